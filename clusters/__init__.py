@@ -1,0 +1,1 @@
+"""Cluster definitions (local, ray up, KubeRay, SLURM) live beside this file."""

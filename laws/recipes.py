@@ -1,0 +1,152 @@
+"""Recipes read off a fitted law: compute-optimal allocation and the isoFLOP parabola check."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import optimize
+
+from laws.base import ScalingLaw
+from laws.result import LawFit
+
+#: laws whose N-D trade-off is A/N^alpha + B/D^beta inside a monotone map (closed form applies)
+_CLOSED_FORM = ("chinchilla", "chinchilla_gamma")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allocation:
+    """Compute-optimal model size and tokens at a budget C (FLOPs, C = 6 N D) and the loss there."""
+
+    C: float
+    N_opt: float
+    D_opt: float
+    loss: float
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.D_opt / self.N_opt
+
+
+def chinchilla_optimum(params: Mapping[str, float], budgets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form N_opt, D_opt under C = 6ND (Hoffmann et al. 2022, Eq. 4 / App. D.3):
+
+    N_opt = G (C/6)^a,  D_opt = (C/6)^b / G,  a = beta/(alpha+beta), b = alpha/(alpha+beta),
+    G = (alpha A / (beta B))^(1/(alpha+beta)).
+    """
+    c = np.asarray(budgets, dtype=np.float64)
+    alpha, beta, a_, b_ = params["alpha"], params["beta"], params["A"], params["B"]
+    s = alpha + beta
+    g = (alpha * a_ / (beta * b_)) ** (1.0 / s)
+    return g * (c / 6.0) ** (beta / s), (c / 6.0) ** (alpha / s) / g
+
+
+def numeric_optimum(law: ScalingLaw, params: Mapping[str, float], budget: float, **fixed: float) -> tuple[float, float]:
+    """argmin over N of L(N, D = C/(6N), **fixed) for any law with inputs N and D.
+
+    A dense scan of log N over [C/6 * 1e-12, C/6 * 1e0] (then Brent's method on the best
+    bracket) so that non-convex laws do not trap a local search.
+    """
+    if "N" not in law.inputs or "D" not in law.inputs:
+        raise ValueError(f"law {law.name!r} has inputs {list(law.inputs)}; compute_optimal needs N and D")
+    missing = [k for k in law.inputs if k not in ("N", "D") and k not in fixed]
+    if missing:
+        raise ValueError(f"law {law.name!r}: give values for inputs {missing} to compute_optimal")
+    log_c6 = np.log(budget / 6.0)
+
+    def loss_at(log_n: np.ndarray) -> np.ndarray:
+        log_n = np.atleast_1d(log_n)
+        n = np.exp(log_n)
+        d = np.exp(log_c6 - log_n)
+        others = {k: np.full_like(n, v) for k, v in fixed.items()}
+        return law.predict(params, N=n, D=d, **others)
+
+    grid = np.linspace(log_c6 / 2 - 14.0, log_c6 / 2 + 14.0, 561)
+    vals = loss_at(grid)
+    i = int(np.nanargmin(vals))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    res = optimize.minimize_scalar(lambda t: float(loss_at(t)[0]), bounds=(lo, hi), method="bounded",
+                                   options={"xatol": 1e-10})
+    n_opt = float(np.exp(res.x))
+    return n_opt, budget / (6.0 * n_opt)
+
+
+def compute_optimal(fit_: LawFit, budgets: Sequence[float], **fixed: float) -> list[Allocation]:
+    """Compute-optimal (N, D) at each budget C under C = 6ND, with the predicted loss.
+
+    Closed form for Chinchilla-type laws (E and gamma drop out of the argmin); a numeric
+    1-D search for any other law with N and D inputs (``fixed`` gives its other inputs).
+    """
+    law = fit_.get_law()
+    c = np.asarray(list(budgets), dtype=np.float64)
+    if np.any(~np.isfinite(c)) or np.any(c <= 0):
+        raise ValueError(f"budgets must be positive and finite, got {c.tolist()}")
+    if fit_.law in _CLOSED_FORM and not fixed:
+        n_opt, d_opt = chinchilla_optimum(fit_.params, c)
+    else:
+        nd = [numeric_optimum(law, fit_.params, float(ci), **fixed) for ci in c]
+        n_opt = np.array([v[0] for v in nd])
+        d_opt = np.array([v[1] for v in nd])
+    others = {k: np.full(c.shape, v) for k, v in fixed.items()}
+    loss = law.predict(fit_.params, N=n_opt, D=d_opt, **others)
+    return [
+        Allocation(C=float(ci), N_opt=float(ni), D_opt=float(di), loss=float(li))
+        for ci, ni, di, li in zip(c, n_opt, d_opt, np.atleast_1d(loss), strict=True)
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class IsoflopMinimum:
+    """Hoffmann et al. 2022 "approach 2": a parabola in log N fitted to one isoFLOP profile."""
+
+    C: float
+    N_opt: float
+    D_opt: float
+    loss: float
+    n_points: int
+    curvature: float
+
+
+def isoflop_minima(
+    N: ArrayLike, C: ArrayLike, loss: ArrayLike, *, rtol: float = 0.05, min_points: int = 3
+) -> list[IsoflopMinimum]:
+    """Per budget: fit loss = a (log N)^2 + b log N + c and take its vertex (approach 2).
+
+    Runs are grouped by budget (C values within ``rtol`` of each other share a group); groups
+    with fewer than ``min_points`` distinct N, or a non-convex parabola, are skipped.
+    """
+    n = np.asarray(N, dtype=np.float64)
+    c = np.asarray(C, dtype=np.float64)
+    y = np.asarray(loss, dtype=np.float64)
+    order = np.argsort(c)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and abs(c[i] / c[groups[-1][0]] - 1.0) <= rtol:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    out = []
+    for g in groups:
+        idx = np.array(g)
+        if np.unique(n[idx]).size < min_points:
+            continue
+        ln = np.log(n[idx])
+        a, b, c0 = np.polyfit(ln, y[idx], 2)
+        if a <= 0:
+            continue
+        log_n = -b / (2 * a)
+        budget = float(np.exp(np.mean(np.log(c[idx]))))
+        n_opt = float(np.exp(log_n))
+        out.append(
+            IsoflopMinimum(
+                C=budget,
+                N_opt=n_opt,
+                D_opt=budget / (6.0 * n_opt),
+                loss=float(c0 - b * b / (4 * a)),
+                n_points=int(idx.size),
+                curvature=float(2 * a),
+            )
+        )
+    return out

@@ -1,0 +1,185 @@
+"""The ``isoflop`` command line.
+
+Exit codes: 0 success; 1 the study ran but some runs failed for good; 2 bad input (nothing was run
+and nothing was written to the tracking store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.errors import StudyError
+
+EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except StudyError as exc:
+        print(f"isoflop: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LookupError as exc:
+        print(f"isoflop: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="isoflop", description="Scaling-law studies on Ray, tracked in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a study here or on the cluster it names")
+    run.add_argument("study", help="study YAML")
+    run.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    run.set_defaults(handler=_cmd_run)
+
+    resume = sub.add_parser("resume", help="continue a study; finished runs are not redone")
+    resume.add_argument("study", help="study YAML, or the name of a study in the local store")
+    resume.set_defaults(handler=_cmd_resume)
+
+    validate = sub.add_parser("validate", help="check a study and list its runs without running anything")
+    validate.add_argument("study")
+    validate.add_argument("overrides", nargs="*")
+    validate.set_defaults(handler=_cmd_validate)
+
+    status = sub.add_parser("status", help="runs done/running/failed and the current law fits")
+    status.add_argument("study", help="study YAML, or the name of a study in the local store")
+    status.set_defaults(handler=_cmd_status)
+
+    export = sub.add_parser("export", help="write the fitted laws, intervals and recipes")
+    export.add_argument("study", help="study YAML, or the name of a study in the local store")
+    export.add_argument("--format", choices=["json", "yaml"], default="json")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    export.add_argument("--budgets", help="comma-separated FLOP budgets for N_opt and D_opt")
+    export.set_defaults(handler=_cmd_export)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the study's store (127.0.0.1)")
+    ui.add_argument("study", nargs="?", help="study YAML (default: the local store)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(handler=_cmd_ui)
+    return p
+
+
+def _resolve(arg: str, overrides: Sequence[str] = ()):  # noqa: ANN202 - StudyConfig, lazily imported
+    from orchestrator.loading import load_study
+    from orchestrator.store import load_stored_study
+
+    if Path(arg).is_file() or arg.endswith((".yaml", ".yml")):
+        return load_study(arg, overrides)
+    return load_stored_study(arg)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.grid import expand
+
+    study = _resolve(args.study, args.overrides)
+    runs = expand(study)
+    total = sum(r.plan.flops for r in runs)
+    print(f"study {study.name!r}: {len(runs)} runs, {total:.3g} training FLOPs in all")
+    print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  mixture")
+    for r in runs:
+        shape = r.plan.shape
+        shape_s = f"{shape.n_layer} x {shape.d_model}, {shape.n_head}" if shape else "-"
+        mix = ",".join(f"{w:g}" for w in r.spec.point.mixture) or "-"
+        print(
+            f"{r.spec.run_key:16}  {r.plan.n_params:9.3g}  {r.plan.tokens:9.3g}  {r.plan.flops:9.3g}  {shape_s:>20}  {mix}"
+        )
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _run(_resolve(args.study, args.overrides))
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _run(_resolve(args.study))
+
+
+def _run(study) -> int:  # noqa: ANN001
+    from orchestrator.grid import expand
+    from orchestrator.progress import Progress
+    from orchestrator.study import run_study
+
+    runs = expand(study)  # validated before anything starts
+    progress = Progress(total=len(runs))
+    print(f"isoflop: study {study.name!r}: {len(runs)} runs", flush=True)
+    start = time.monotonic()
+    outcome = run_study(study, on_event=progress, runs=runs)
+    s = outcome.stats
+    print(
+        f"isoflop: {s.finished} runs finished, {s.skipped} already done, {s.failed} failed "
+        f"({time.monotonic() - start:.1f}s)",
+        flush=True,
+    )
+    for law in outcome.laws:
+        if law.fit is None:
+            print(f"isoflop: law {law.name}: not fitted ({law.error})")
+        else:
+            params = ", ".join(f"{k}={v:.4g}" for k, v in law.fit.params.items())
+            print(f"isoflop: law {law.name} on {law.n_points} runs: {params}")
+    return EXIT_RUNS_FAILED if s.failed else EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.mlflow_tracker import study_status
+    from orchestrator.study import tracking_uri
+
+    study = _resolve(args.study)
+    st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
+    counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(st.counts.items())) or "no runs yet"
+    print(f"study {st.name!r} (parent run {st.parent_run_id}): {counts}; {st.flops_done:.3g} FLOPs done")
+    for law, params in st.fits.items():
+        print(f"  {law}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import export_study
+
+    study = _resolve(args.study)
+    budgets = None
+    if args.budgets:
+        try:
+            budgets = [float(b) for b in args.budgets.split(",")]
+        except ValueError:
+            raise StudyError("--budgets", f"must be comma-separated numbers, got {args.budgets!r}") from None
+    document = export_study(study, budgets=budgets)
+    if args.format == "json":
+        text = json.dumps(document, indent=2)
+    else:
+        import yaml
+
+        text = yaml.safe_dump(document, sort_keys=False)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+        print(f"isoflop: wrote {args.output}")
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from orchestrator.mlflow_tracker import default_tracking_uri
+    from orchestrator.study import tracking_uri
+
+    uri = tracking_uri(_resolve(args.study)) if args.study else default_tracking_uri()
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"isoflop: warning: serving the UI on {args.host}, reachable from other machines", file=sys.stderr)
+    print(f"isoflop: MLflow UI at http://{args.host}:{args.port} (store {uri})", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    return subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

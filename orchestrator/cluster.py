@@ -1,0 +1,66 @@
+"""Connecting to Ray and checking that a study's runs fit on the cluster.
+
+With no address, isoflop starts a fresh local Ray (``address="local"``: ``None`` would silently
+attach to whatever ``ray start`` cluster happens to run on this machine). A task asking for more
+than any node has stays pending forever without an error, so feasibility is checked up front.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from orchestrator.config import ClusterConfig, ResourcesConfig, TrainerConfig
+from orchestrator.errors import StudyError
+
+
+def connect(config: ClusterConfig) -> Any:
+    """Initialise Ray for the driver and return the ``ray`` module."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if config.address is None:
+        kwargs.update(address="local", include_dashboard=False)
+        if config.num_cpus is not None:
+            kwargs["num_cpus"] = config.num_cpus
+        if config.num_gpus is not None:
+            kwargs["num_gpus"] = config.num_gpus
+    else:
+        kwargs["address"] = config.address
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise StudyError("cluster.address", f"cannot reach a Ray cluster at {config.address!r}: {exc}") from None
+    return ray
+
+
+def gpus_per_run(resources: ResourcesConfig, trainer: TrainerConfig, cluster_gpus: float) -> float:
+    """Resolve ``resources.gpus_per_run`` (``auto``: one GPU per real training when there are any)."""
+    if resources.gpus_per_run != "auto":
+        return float(resources.gpus_per_run)
+    if trainer.kind == "simulated" or trainer.device == "cpu" or cluster_gpus < 1:
+        return 0.0
+    return 1.0
+
+
+def check_feasible(ray: Any, num_cpus: float, num_gpus: float) -> None:
+    """Fail now, with the numbers, if no node could ever run one of the study's tasks."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fits = [
+        n
+        for n in nodes
+        if n["Resources"].get("CPU", 0) >= num_cpus and n["Resources"].get("GPU", 0) >= num_gpus
+    ]
+    if not fits:
+        best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
+        best_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+        key = "resources.gpus_per_run" if num_gpus > best_gpu else "resources.cpus_per_run"
+        raise StudyError(
+            key,
+            f"each run asks for {num_cpus:g} CPUs and {num_gpus:g} GPUs, but the largest node has "
+            f"{best_cpu:g} CPUs and {best_gpu:g} GPUs: no run could ever start",
+        )

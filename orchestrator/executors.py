@@ -1,0 +1,148 @@
+"""Where trainings execute: Ray tasks on a cluster, or inline in this process (tests, debugging).
+
+An executor takes ``RunTask`` objects and hands back ``Completion`` objects as they finish; the
+scheduler never touches Ray directly, so it can be stepped in tests with the inline executor.
+"""
+
+from __future__ import annotations
+
+import traceback
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.tracking import SinkFactory
+from trainers import RunResult, RunSpec, get_trainer
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunTask:
+    """One attempt of one run, as shipped to a worker."""
+
+    spec: RunSpec
+    run_id: str  # the tracking store's id of this attempt
+    sink_factory: SinkFactory
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completion:
+    """A finished attempt: a result, or the reason it failed."""
+
+    task: RunTask
+    result: RunResult | None = None
+    error: str | None = None
+
+
+def execute(spec: RunSpec, sink_factory: SinkFactory) -> RunResult:
+    """Train one run (this is the body of every worker task)."""
+    sink = sink_factory()
+    try:
+        return get_trainer(spec.trainer).train(spec, sink)
+    finally:
+        flush = getattr(sink, "flush", None)
+        if flush is not None:
+            flush()
+
+
+class Executor(ABC):
+    """Runs tasks and reports completions."""
+
+    @abstractmethod
+    def submit(self, task: RunTask) -> None:
+        """Start a task (non-blocking for real executors)."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> list[Completion]:
+        """Completions that arrived, waiting at most ``timeout`` seconds for the first one."""
+
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Tasks submitted and not yet reported."""
+
+    def capacity(self, num_cpus: float, num_gpus: float) -> int:
+        """How many tasks of this size can run at once (a hint for the concurrency cap)."""
+        return 1
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release resources; in-flight tasks are abandoned."""
+
+
+class InlineExecutor(Executor):
+    """Runs each task synchronously inside ``wait``: deterministic, no Ray, for tests."""
+
+    def __init__(self) -> None:
+        self._queue: deque[RunTask] = deque()
+
+    def submit(self, task: RunTask) -> None:
+        self._queue.append(task)
+
+    def wait(self, timeout: float) -> list[Completion]:
+        if not self._queue:
+            return []
+        task = self._queue.popleft()
+        try:
+            return [Completion(task=task, result=execute(task.spec, task.sink_factory))]
+        except Exception as exc:  # the reason is recorded on the run; the study goes on
+            return [Completion(task=task, error=_describe(exc))]
+
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+
+def _describe(exc: BaseException) -> str:
+    last = traceback.format_exception(exc)[-3:]
+    return f"{type(exc).__name__}: {exc}\n{''.join(last)}".strip()
+
+
+class RayExecutor(Executor):
+    """Runs each task as a Ray task with its resource request; results collected by ``ray.wait``."""
+
+    def __init__(self, ray_module: Any | None = None) -> None:
+        if ray_module is None:
+            import ray as ray_module
+        self._ray = ray_module
+        self._remote = self._ray.remote(execute)
+        self._pending: dict[Any, RunTask] = {}
+
+    def submit(self, task: RunTask) -> None:
+        ref = self._remote.options(
+            num_cpus=task.num_cpus, num_gpus=task.num_gpus, max_retries=0, name=f"run-{task.spec.run_key}"
+        ).remote(task.spec, task.sink_factory)
+        self._pending[ref] = task
+
+    def wait(self, timeout: float) -> list[Completion]:
+        if not self._pending:
+            return []
+        ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        if ready:  # collect everything else that is already done too
+            more, _ = self._ray.wait(list(self._pending), num_returns=len(self._pending), timeout=0)
+            ready = list(dict.fromkeys([*ready, *more]))
+        completions = []
+        for ref in ready:
+            task = self._pending.pop(ref)
+            try:
+                completions.append(Completion(task=task, result=self._ray.get(ref)))
+            except Exception as exc:
+                cause = getattr(exc, "cause", None)
+                completions.append(Completion(task=task, error=_describe(cause or exc)))
+        return completions
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def capacity(self, num_cpus: float, num_gpus: float) -> int:
+        total = self._ray.cluster_resources()
+        limits = []
+        if num_cpus > 0:
+            limits.append(int(total.get("CPU", 0) // num_cpus))
+        if num_gpus > 0:
+            limits.append(int(total.get("GPU", 0) // num_gpus))
+        return max(1, min(limits)) if limits else 1
+
+    def shutdown(self) -> None:
+        for ref in list(self._pending):
+            self._ray.cancel(ref, force=True)
+        self._pending.clear()

@@ -1,0 +1,42 @@
+"""``isoflop export``: a study's fitted laws, their recipes and the runs behind them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import laws
+from orchestrator.config import StudyConfig
+from orchestrator.errors import StudyError
+from orchestrator.fitting import fit_laws
+from orchestrator.study import open_tracker, tracking_uri
+
+
+def default_budgets(max_run_flops: float) -> list[float]:
+    """Without budgets in the study: 10x, 100x and 1000x the largest run."""
+    return [max_run_flops * f for f in (10.0, 100.0, 1000.0)]
+
+
+def export_study(study: StudyConfig, *, budgets: Sequence[float] | None = None) -> dict[str, Any]:
+    """Refit the study's laws on its finished runs and describe them (see ``laws.export_document``)."""
+    tracker = open_tracker(study)
+    parent = tracker.attach(study.name)
+    runs = list(tracker.finished_runs().values())
+    if not runs:
+        raise StudyError("", f"study {study.name!r} has no finished runs to fit yet")
+    budgets = list(budgets or study.export.budgets or default_budgets(max(r.inputs.get("C", 0.0) for r in runs)))
+    outcomes = fit_laws(study.laws, runs, seed=study.seed)
+    fitted = [o.fit for o in outcomes if o.fit is not None]
+    document = laws.export_document(fitted, budgets=budgets)
+    document["study"] = {
+        "name": study.name,
+        "parent_run_id": parent,
+        "tracking_uri": tracking_uri(study),
+        "finished_runs": len(runs),
+        "not_fitted": {o.name: o.error for o in outcomes if o.fit is None},
+    }
+    document["runs"] = [
+        {"run_key": r.run_key, "run_id": r.run_id, **dict(r.inputs), "loss": r.final_loss}
+        for r in sorted(runs, key=lambda r: (r.inputs.get("C", 0.0), r.inputs.get("N", 0.0)))
+    ]
+    return document

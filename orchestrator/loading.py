@@ -1,0 +1,186 @@
+"""Read a study: YAML over typed defaults over nothing else, then ``key=value`` overrides.
+
+This is the only place YAML is read. The result is a frozen ``StudyConfig``; every problem is a
+``StudyError`` naming the full key path, raised before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import StudyConfig
+from orchestrator.errors import StudyError
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """Load ``path``, apply ``overrides`` (``trainer.seq_len=64``), validate, return typed config."""
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError("", f"study file not found: {path}")
+    try:
+        text = path.read_text()
+        # Safe parse first, for a clear line/column on malformed YAML.
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudyError("", f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise StudyError("", f"{path}: cannot read: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StudyError("", f"{path}: a study must be a mapping of keys, got {type(raw).__name__}")
+    return study_from_dict(raw, overrides)
+
+
+def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> StudyConfig:
+    """Merge a plain mapping (and overrides) over the typed defaults and validate."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise StudyError(item, "an override must look like key.path=value")
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(StudyConfig),
+            OmegaConf.create(raw),
+            OmegaConf.from_dotlist(list(overrides)),
+        )
+        assert isinstance(merged, DictConfig)
+        study = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise _as_study_error(exc) from None
+    assert isinstance(study, StudyConfig)
+    validate(study)
+    return study
+
+
+def to_yaml(study: StudyConfig) -> str:
+    """The resolved study as YAML (written next to every run of it)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(study))
+
+
+def _as_study_error(exc: OmegaConfBaseException) -> StudyError:
+    key = getattr(exc, "full_key", None) or ""
+    message = str(exc).split("\n")[0].strip()
+    if type(exc).__name__ == "MissingMandatoryValue":
+        message = "a value is required"
+    return StudyError(str(key), message)
+
+
+def validate(study: StudyConfig) -> None:
+    """Reject impossible values that types alone cannot catch."""
+    if not study.name.strip():
+        raise StudyError("name", "must not be empty")
+    if any(ch in study.name for ch in "/\\'\"\n"):
+        raise StudyError("name", f"must not contain quotes, slashes or newlines: {study.name!r}")
+    _check_numbers(study, "")
+    t = study.trainer
+    for key, value in {
+        "trainer.seq_len": t.seq_len,
+        "trainer.batch_size": t.batch_size,
+        "trainer.threads": t.threads,
+        "trainer.log_every": t.log_every,
+        "trainer.model.head_dim": t.model.head_dim,
+        "trainer.model.mlp_ratio": t.model.mlp_ratio,
+        "trainer.data.eval_tokens": t.data.eval_tokens,
+        "trainer.simulated.curve_points": t.simulated.curve_points,
+        "grid.replicates": study.grid.replicates,
+        "resources.cpus_per_run": study.resources.cpus_per_run,
+        "resources.wait_timeout_s": study.resources.wait_timeout_s,
+    }.items():
+        if value <= 0:
+            raise StudyError(key, f"must be positive, got {value}")
+    for key, value in {
+        "trainer.optim.warmup_frac": t.optim.warmup_frac,
+        "trainer.optim.min_lr_frac": t.optim.min_lr_frac,
+        "trainer.optim.cooldown_frac": t.optim.cooldown_frac,
+        "trainer.data.heldout_fraction": t.data.heldout_fraction,
+    }.items():
+        if not 0.0 <= value <= 1.0:
+            raise StudyError(key, f"must be between 0 and 1, got {value}")
+    if t.optim.lr <= 0:
+        raise StudyError("trainer.optim.lr", f"must be positive, got {t.optim.lr}")
+    if study.resources.max_retries < 0:
+        raise StudyError("resources.max_retries", "must be 0 or more")
+    if study.resources.max_concurrent < 0:
+        raise StudyError("resources.max_concurrent", "must be 0 (automatic) or more")
+    gpus = study.resources.gpus_per_run
+    if gpus != "auto":
+        try:
+            if float(gpus) < 0:
+                raise ValueError
+        except ValueError:
+            raise StudyError(
+                "resources.gpus_per_run", f"must be 'auto' or a non-negative number, got {gpus!r}"
+            ) from None
+    _validate_grid(study)
+    _validate_names(study)
+
+
+def _check_numbers(node: Any, prefix: str) -> None:
+    """Every float in the study must be finite: NaN and inf are never meaningful here."""
+    if is_dataclass(node):
+        for f in fields(node):
+            _check_numbers(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _check_numbers(v, f"{prefix}.{k}")
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _check_numbers(v, f"{prefix}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise StudyError(prefix, f"must be a finite number, got {node}")
+
+
+def _validate_grid(study: StudyConfig) -> None:
+    g = study.grid
+    for axis in ("N", "D", "tokens_per_param"):
+        for i, value in enumerate(getattr(g, axis)):
+            if value <= 0:
+                raise StudyError(f"grid.{axis}[{i}]", f"must be positive, got {value}")
+    if g.isoflop is not None:
+        if not g.isoflop.budgets:
+            raise StudyError("grid.isoflop.budgets", "must list at least one compute budget")
+        for i, c in enumerate(g.isoflop.budgets):
+            if c <= 0:
+                raise StudyError(f"grid.isoflop.budgets[{i}]", f"must be positive, got {c}")
+        if g.isoflop.points_per_budget < 1:
+            raise StudyError("grid.isoflop.points_per_budget", "must be at least 1")
+        if g.isoflop.span < 1:
+            raise StudyError("grid.isoflop.span", f"must be at least 1, got {g.isoflop.span}")
+        if g.N or g.D or g.tokens_per_param:
+            raise StudyError("grid.isoflop", "give either an isoflop block or N with D, not both")
+    else:
+        if not g.N:
+            raise StudyError("grid", "empty grid: give grid.N with grid.D or grid.tokens_per_param, or grid.isoflop")
+        if bool(g.D) == bool(g.tokens_per_param):
+            raise StudyError("grid.D", "give exactly one of grid.D and grid.tokens_per_param with grid.N")
+    domains = study.trainer.data.domains or {"code": None, "prose": None}
+    for i, weights in enumerate(g.mixture):
+        key = f"grid.mixture[{i}]"
+        if len(weights) != len(domains):
+            raise StudyError(key, f"has {len(weights)} weights for {len(domains)} domains ({', '.join(domains)})")
+        if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
+            raise StudyError(key, f"weights must be non-negative and sum to 1, got {list(weights)}")
+
+
+def _validate_names(study: StudyConfig) -> None:
+    from trainers import TRAINER_KINDS
+
+    if study.trainer.kind not in TRAINER_KINDS:
+        raise StudyError(
+            "trainer.kind", f"unknown trainer {study.trainer.kind!r}; valid kinds: {', '.join(TRAINER_KINDS)}"
+        )
+    from laws import LAW_NAMES
+
+    if not study.laws:
+        raise StudyError("laws", "name at least one law to fit")
+    for i, name in enumerate(study.laws):
+        if name not in LAW_NAMES:
+            raise StudyError(f"laws[{i}]", f"unknown law {name!r}; valid laws: {', '.join(LAW_NAMES)}")

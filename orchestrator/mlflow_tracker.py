@@ -1,0 +1,276 @@
+"""The MLflow tracker: one parent run per study, one nested child run per training attempt.
+
+Facts this relies on (MLflow 3.17): the driver must create the sqlite database and the experiment
+before any worker writes (concurrent schema migration fails); params are immutable, so each retry
+gets its own child run; a child is nested in the UI by the ``mlflow.parentRunId`` tag; filters on
+params and tags compare strings, so the run key is a tag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from orchestrator.tracking import FinishedRun, SinkFactory, StudyStatus, Tracker, law_inputs
+from trainers import RunResult
+from trainers.base import RunPlan, RunSpec
+
+ROLE_TAG = "isoflop.role"
+KEY_TAG = "isoflop.run_key"
+STUDY_TAG = "isoflop.study"
+PARENT_TAG = "mlflow.parentRunId"
+_MAX_BATCH = 900  # MLflow's log_batch accepts at most 1000 metrics per call
+
+
+def default_tracking_uri(workdir: Path | None = None) -> str:
+    """The embedded store: ``.isoflop/mlflow.db`` under the working directory."""
+    root = (workdir or Path.cwd()).resolve() / ".isoflop"
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None
+
+
+class MlflowSink:
+    """Streams a worker's metrics into its child run, buffered into few ``log_batch`` calls."""
+
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 5.0) -> None:
+        self._client = MlflowClient(tracking_uri=uri)
+        self._run_id = run_id
+        self._flush_every_s = flush_every_s
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush > self._flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:_MAX_BATCH], self._buffer[_MAX_BATCH:]
+            self._client.log_batch(self._run_id, metrics=chunk)
+        self._last_flush = time.monotonic()
+
+
+class MlflowSinkFactory:
+    """Picklable: shipped to Ray workers, builds an ``MlflowSink`` there."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri = uri
+        self.run_id = run_id
+
+    def __call__(self) -> MlflowSink:
+        return MlflowSink(self.uri, self.run_id)
+
+
+class MlflowTracker(Tracker):
+    """Tracks a study in an MLflow store (embedded sqlite or a tracking server)."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = uri
+        self.experiment_name = experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = ""
+        self.parent_id = ""
+
+    # -- study -------------------------------------------------------------------------------
+    def attach(self, name: str) -> str:
+        """Find an existing study without changing anything (for status and export)."""
+        if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).is_file():
+            raise LookupError(f"no study named {name!r}: no tracking store at {self.uri}")
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        parent = find_parent_run(self.client, exp.experiment_id, name) if exp is not None else None
+        if exp is None or parent is None:
+            raise LookupError(f"no study named {name!r} in {self.uri}")
+        self.experiment_id, self.parent_id = exp.experiment_id, parent
+        return parent
+
+    def open_study(self, name: str, config_yaml: str) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                self.experiment_name, artifact_location=_artifact_root(self.uri)
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+        parent = find_parent_run(self.client, self.experiment_id, name)
+        if parent is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=name, tags={ROLE_TAG: "study", STUDY_TAG: name}
+            )
+            self.parent_id = run.info.run_id
+        else:
+            self.parent_id = parent
+            self.client.update_run(self.parent_id, status="RUNNING")
+        # A driver that died left its in-flight children RUNNING: they will be redone.
+        for run in self._children("attributes.status = 'RUNNING'"):
+            self.client.set_tag(run.info.run_id, "isoflop.failure", "driver stopped before the run ended")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        self.client.log_text(self.parent_id, config_yaml, f"study/{int(time.time())}.yaml")
+        return self.parent_id
+
+    def close_study(self, *, failed: bool) -> None:
+        self.client.set_terminated(self.parent_id, status="FAILED" if failed else "FINISHED")
+
+    def _children(self, extra: str = "") -> list:
+        query = f"tags.`{PARENT_TAG}` = '{self.parent_id}'"
+        if extra:
+            query += f" and {extra}"
+        return list(
+            self.client.search_runs([self.experiment_id], filter_string=query, max_results=50000)
+        )
+
+    # -- runs --------------------------------------------------------------------------------
+    def finished_runs(self) -> dict[str, FinishedRun]:
+        done: dict[str, FinishedRun] = {}
+        for run in self._children("attributes.status = 'FINISHED'"):
+            key = run.data.tags.get(KEY_TAG)
+            metrics = run.data.metrics
+            if key is None or "final_loss" not in metrics:
+                continue
+            inputs = {k.removeprefix("law."): float(v) for k, v in run.data.params.items() if k.startswith("law.")}
+            done[key] = FinishedRun(
+                run_key=key,
+                run_id=run.info.run_id,
+                inputs=inputs,
+                final_loss=float(metrics["final_loss"]),
+                metrics={k: float(v) for k, v in metrics.items()},
+            )
+        return done
+
+    def start_run(self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None) -> str:
+        tags = {
+            PARENT_TAG: self.parent_id,
+            KEY_TAG: spec.run_key,
+            STUDY_TAG: spec.study,
+            ROLE_TAG: "training",
+            "isoflop.attempt": str(attempt),
+        }
+        name = f"N{plan.n_params:.2g}-D{plan.tokens:.2g}-{spec.run_key[:6]}".replace("+", "")
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(spec, plan, budget).items()])
+        return run_id
+
+    def sink_factory(self, run_id: str) -> SinkFactory:
+        return MlflowSinkFactory(self.uri, run_id)
+
+    def finish_run(self, run_id: str, result: RunResult) -> FinishedRun:
+        now = int(time.time() * 1000)
+        final = {
+            "final_loss": result.final_loss,
+            "flops": result.plan.flops,
+            "tokens_per_s": result.tokens_per_s,
+            "wall_time_s": result.wall_time_s,
+        }
+        final.update({f"eval_loss/{d}": v for d, v in result.eval_losses.items()})
+        metrics = [Metric(k, float(v), now, 0) for k, v in final.items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.client.set_terminated(run_id, status="FINISHED")
+        run = self.client.get_run(run_id)
+        inputs = {k.removeprefix("law."): float(v) for k, v in run.data.params.items() if k.startswith("law.")}
+        return FinishedRun(
+            run_key=result.run_key,
+            run_id=run_id,
+            inputs=inputs,
+            final_loss=result.final_loss,
+            metrics=final,
+        )
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "isoflop.failure", reason[:4000])
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
+        now = int(time.time() * 1000)
+        params = fit_document.get("params", {})
+        assert isinstance(params, Mapping)
+        metrics = [Metric(f"law.{law}.{k}", float(v), now, step) for k, v in params.items()]
+        objective = fit_document.get("objective")
+        if isinstance(objective, int | float):
+            metrics.append(Metric(f"law.{law}.objective", float(objective), now, step))
+        self.client.log_batch(self.parent_id, metrics=metrics)
+        self.client.log_text(self.parent_id, json.dumps(fit_document, indent=2), f"fits/{law}.json")
+
+
+def run_params(spec: RunSpec, plan: RunPlan, budget: float | None) -> dict[str, str]:
+    """A child run's params: every axis, the exact sizes and the conventions used."""
+    params: dict[str, object] = {
+        "N_target": spec.point.n_params,
+        "D_target": spec.point.tokens,
+        "seed": spec.seed,
+        "trainer": spec.trainer.kind,
+        "attention": spec.trainer.model.attention,
+        "seq_len": spec.trainer.seq_len,
+        "batch_size": spec.trainer.batch_size,
+        "lr": spec.trainer.optim.lr,
+        "schedule": spec.trainer.optim.schedule,
+        "flop_convention": plan.flop_convention,
+        "steps": plan.steps,
+        "flops_per_token": plan.flops_per_token,
+        "mixture": list(spec.point.mixture),
+        "sparsity": spec.point.sparsity,
+        "teacher": spec.point.teacher or "",
+        "budget": budget if budget is not None else "",
+    }
+    if plan.shape is not None:
+        params.update(n_layer=plan.shape.n_layer, d_model=plan.shape.d_model, n_head=plan.shape.n_head)
+    params.update({f"law.{k}": v for k, v in law_inputs(plan, spec).items()})
+    return {k: str(v) for k, v in params.items()}
+
+
+def find_parent_run(client: MlflowClient, experiment_id: str, name: str) -> str | None:
+    """The parent run of study ``name`` in an experiment, if it exists."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{name}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
+    """A snapshot of a study from its store (also while it runs elsewhere)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    parent = find_parent_run(client, exp.experiment_id, name) if exp is not None else None
+    if exp is None or parent is None:
+        raise LookupError(f"no study named {name!r} in {uri}")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=50000
+    )
+    counts: dict[str, int] = {}
+    flops = 0.0
+    for run in runs:
+        counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+            flops += float(run.data.metrics.get("flops", 0.0))
+    parent_metrics = client.get_run(parent).data.metrics
+    fits: dict[str, dict[str, float]] = {}
+    for key, value in parent_metrics.items():
+        if key.startswith("law."):
+            _, law, param = key.split(".", 2)
+            fits.setdefault(law, {})[param] = float(value)
+    return StudyStatus(name=name, parent_run_id=parent, counts=counts, flops_done=flops, fits=fits)
+
+
+__all__ = [
+    "MlflowSink",
+    "MlflowSinkFactory",
+    "MlflowTracker",
+    "default_tracking_uri",
+    "find_parent_run",
+    "study_status",
+]

@@ -1,0 +1,44 @@
+"""Plain progress lines for ``isoflop run`` (one line per event, safe for logs and pipes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from orchestrator.scheduler import Event
+
+
+class Progress:
+    """Prints one line per scheduler event: ``[done/total] what  N=.. D=.. loss=..``."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream or sys.stdout
+        self.started: dict[str, float] = {}
+
+    def __call__(self, event: Event) -> None:
+        plan = event.run.plan
+        key = event.run.spec.run_key
+        where = f"N={plan.n_params:.3g} D={plan.tokens:.3g} C={plan.flops:.3g}"
+        if event.kind == "start":
+            self.started[key] = time.monotonic()
+            attempt = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            line = f"start     {where}{attempt}"
+        elif event.kind in ("finish", "skip"):
+            self.done += 1
+            loss = event.finished.final_loss if event.finished else float("nan")
+            took = time.monotonic() - self.started.pop(key, time.monotonic())
+            verb = "finished" if event.kind == "finish" else "skipped "
+            line = f"{verb}  {where} loss={loss:.4f}" + (f" in {took:.1f}s" if event.kind == "finish" else " (already done)")
+        elif event.kind == "retry":
+            line = f"retrying  {where}: {_first_line(event.error)}"
+        else:
+            self.done += 1
+            line = f"FAILED    {where}: {_first_line(event.error)}"
+        print(f"[{self.done:>{len(str(self.total))}}/{self.total}] {line}  ({key[:8]})", file=self.stream, flush=True)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "unknown error").strip().splitlines()[0][:200]

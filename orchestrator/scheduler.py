@@ -1,0 +1,151 @@
+"""The steppable scheduler: keeps runs in flight, records results, retries failures.
+
+``step()`` does one unit of work (fill free slots, wait briefly for results, record them), so tests
+drive it deterministically with an inline executor and an in-memory tracker, and the CLI simply
+loops over it. Ray, MLflow and the refit hook are all injected.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from orchestrator.executors import Completion, Executor, RunTask
+from orchestrator.grid import PlannedRun
+from orchestrator.tracking import FinishedRun, Tracker
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Something that happened to a run, for progress display."""
+
+    kind: str  # skip | start | finish | fail | retry
+    run: PlannedRun
+    attempt: int = 0
+    finished: FinishedRun | None = None
+    error: str | None = None
+
+
+@dataclass(kw_only=True)
+class SchedulerStats:
+    """Counts over the runs this scheduler owns."""
+
+    total: int
+    skipped: int = 0  # already finished in the store before this invocation
+    finished: int = 0
+    failed: int = 0  # failed after all retries
+    attempts_failed: int = 0
+    flops_done: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)  # run key -> last reason
+
+
+class Scheduler:
+    """Runs a list of planned runs through an executor, recording each attempt in a tracker."""
+
+    def __init__(
+        self,
+        runs: list[PlannedRun],
+        *,
+        executor: Executor,
+        tracker: Tracker,
+        max_concurrent: int,
+        max_retries: int,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        on_event: Callable[[Event], None] | None = None,
+        on_finished: Callable[[list[FinishedRun]], None] | None = None,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        self.runs = runs
+        self.executor = executor
+        self.tracker = tracker
+        self.max_concurrent = max_concurrent
+        self.max_retries = max_retries
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.on_event = on_event or (lambda event: None)
+        self.on_finished = on_finished or (lambda runs: None)
+        self.stats = SchedulerStats(total=len(runs))
+        self.finished: dict[str, FinishedRun] = {}
+        self._pending: deque[PlannedRun] = deque()
+        self._attempts: dict[str, int] = {}
+        self._running: dict[str, PlannedRun] = {}
+        self._started = False
+
+    def start(self) -> None:
+        """Skip runs the store already has as FINISHED; queue the rest."""
+        if self._started:
+            return
+        self._started = True
+        done = self.tracker.finished_runs()
+        for run in self.runs:
+            previous = done.get(run.spec.run_key)
+            if previous is not None:
+                self.finished[run.spec.run_key] = previous
+                self.stats.skipped += 1
+                self.on_event(Event(kind="skip", run=run, finished=previous))
+            else:
+                self._pending.append(run)
+
+    @property
+    def done(self) -> bool:
+        return self._started and not self._pending and not self._running
+
+    def step(self, timeout: float = 1.0) -> bool:
+        """Fill free slots, wait up to ``timeout`` s for results, record them. False when done."""
+        self.start()
+        while self._pending and len(self._running) < self.max_concurrent:
+            self._submit(self._pending.popleft())
+        if self._running:
+            completions = self.executor.wait(timeout)
+            newly = [f for f in (self._record(c) for c in completions) if f is not None]
+            if newly:
+                self.on_finished(newly)
+        return not self.done
+
+    def run(self, timeout: float = 1.0) -> SchedulerStats:
+        """Step until every run has finished or failed for good."""
+        while self.step(timeout):
+            pass
+        return self.stats
+
+    def _submit(self, run: PlannedRun) -> None:
+        key = run.spec.run_key
+        attempt = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempt
+        run_id = self.tracker.start_run(run.spec, run.plan, attempt=attempt, budget=run.budget)
+        task = RunTask(
+            spec=run.spec,
+            run_id=run_id,
+            sink_factory=self.tracker.sink_factory(run_id),
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+        )
+        self._running[key] = run
+        self.executor.submit(task)
+        self.on_event(Event(kind="start", run=run, attempt=attempt))
+
+    def _record(self, completion: Completion) -> FinishedRun | None:
+        key = completion.task.spec.run_key
+        run = self._running.pop(key)
+        attempt = self._attempts[key]
+        if completion.result is not None:
+            finished = self.tracker.finish_run(completion.task.run_id, completion.result)
+            self.finished[key] = finished
+            self.stats.finished += 1
+            self.stats.flops_done += completion.result.plan.flops
+            self.on_event(Event(kind="finish", run=run, attempt=attempt, finished=finished))
+            return finished
+        reason = completion.error or "unknown error"
+        self.tracker.fail_run(completion.task.run_id, reason)
+        self.stats.attempts_failed += 1
+        self.stats.failures[key] = reason
+        if attempt <= self.max_retries:
+            self._pending.append(run)
+            self.on_event(Event(kind="retry", run=run, attempt=attempt, error=reason))
+        else:
+            self.stats.failed += 1
+            self.on_event(Event(kind="fail", run=run, attempt=attempt, error=reason))
+        return None

@@ -1,0 +1,174 @@
+"""Where a study's runs are recorded: the ``Tracker`` interface and an in-memory implementation.
+
+The driver owns every run's life cycle: it creates the child run before the training starts,
+workers stream metrics into it through a picklable sink factory, and the driver marks it FINISHED
+or FAILED. So no run is ever left RUNNING by a crashed worker without the driver knowing, and
+re-running a study skips every run key already FINISHED.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from trainers import MetricSink, RunResult
+from trainers.base import RunPlan, RunSpec
+
+SinkFactory = Callable[[], MetricSink]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinishedRun:
+    """A finished run as the store remembers it: enough to fit laws and to skip it next time."""
+
+    run_key: str
+    run_id: str
+    inputs: Mapping[str, float]  # law inputs: N (exact params), D (tokens), C (FLOPs), ...
+    final_loss: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyStatus:
+    """Counts of a study's runs by state, plus the latest logged law fits."""
+
+    name: str
+    parent_run_id: str
+    counts: Mapping[str, int]
+    flops_done: float
+    fits: Mapping[str, Mapping[str, float]]
+
+
+def law_inputs(plan: RunPlan, spec: RunSpec) -> dict[str, float]:
+    """The quantities laws are fitted on, from a run's plan and point."""
+    inputs = {
+        "N": float(plan.n_params),
+        "N_non_embedding": float(plan.n_params_non_embedding),
+        "N_active": float(plan.n_params_active),
+        "D": float(plan.tokens),
+        "C": float(plan.flops),
+        "S": float(spec.point.sparsity),
+    }
+    for i, w in enumerate(spec.point.mixture):
+        inputs[f"h{i}"] = float(w)
+    return inputs
+
+
+class Tracker(ABC):
+    """Records a study and its runs. Methods are called by the driver only, in this order:
+    ``open_study`` once, then ``start_run``/``finish_run``/``fail_run`` per attempt,
+    ``log_fit`` as laws are refit, and ``close_study`` at the end."""
+
+    @abstractmethod
+    def open_study(self, name: str, config_yaml: str) -> str:
+        """Create or reopen the study's parent run; mark runs a dead driver left RUNNING as
+        KILLED. Returns the parent run id."""
+
+    @abstractmethod
+    def finished_runs(self) -> dict[str, FinishedRun]:
+        """Runs of this study already FINISHED, by run key."""
+
+    @abstractmethod
+    def start_run(self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None) -> str:
+        """Create a child run for one attempt; returns its id."""
+
+    @abstractmethod
+    def sink_factory(self, run_id: str) -> SinkFactory:
+        """A picklable factory of the metric sink a worker writes the run's curve into."""
+
+    @abstractmethod
+    def finish_run(self, run_id: str, result: RunResult) -> FinishedRun:
+        """Record a successful attempt."""
+
+    @abstractmethod
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Record a failed attempt with its reason."""
+
+    @abstractmethod
+    def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
+        """Log a law fit on the parent run; ``step`` is the number of finished runs."""
+
+    @abstractmethod
+    def close_study(self, *, failed: bool) -> None:
+        """Mark the parent run finished (or failed)."""
+
+
+class _ListSink:
+    def __init__(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        self._rows = rows
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
+        self._rows.append((step, dict(metrics)))
+
+
+class MemoryTracker(Tracker):
+    """A tracker that keeps everything in memory: for tests and in-process use.
+
+    Its sink factories only work in the same process (the inline executor)."""
+
+    def __init__(self) -> None:
+        self.parent_id = ""
+        self.runs: dict[str, dict[str, object]] = {}
+        self.fits: list[tuple[str, int, Mapping[str, object]]] = []
+        self.closed: bool | None = None
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+
+    def open_study(self, name: str, config_yaml: str) -> str:
+        self.parent_id = self.parent_id or f"study-{name}"
+        for run in self.runs.values():
+            if run["status"] == "RUNNING":
+                run["status"] = "KILLED"
+        self.closed = None
+        return self.parent_id
+
+    def finished_runs(self) -> dict[str, FinishedRun]:
+        return {
+            r["run_key"]: r["finished"]  # type: ignore[misc]
+            for r in self.runs.values()
+            if r["status"] == "FINISHED"
+        }
+
+    def start_run(self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None) -> str:
+        with self._lock:
+            run_id = f"run-{next(self._ids)}"
+        self.runs[run_id] = {
+            "run_key": spec.run_key,
+            "status": "RUNNING",
+            "attempt": attempt,
+            "spec": spec,
+            "plan": plan,
+            "metrics": [],
+        }
+        return run_id
+
+    def sink_factory(self, run_id: str) -> SinkFactory:
+        rows = self.runs[run_id]["metrics"]
+        assert isinstance(rows, list)
+        return lambda: _ListSink(rows)
+
+    def finish_run(self, run_id: str, result: RunResult) -> FinishedRun:
+        run = self.runs[run_id]
+        spec = run["spec"]
+        assert isinstance(spec, RunSpec)
+        finished = FinishedRun(
+            run_key=spec.run_key,
+            run_id=run_id,
+            inputs=law_inputs(result.plan, spec),
+            final_loss=result.final_loss,
+            metrics=dict(result.eval_losses),
+        )
+        run.update(status="FINISHED", finished=finished)
+        return finished
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        self.runs[run_id].update(status="FAILED", reason=reason)
+
+    def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
+        self.fits.append((law, step, fit_document))
+
+    def close_study(self, *, failed: bool) -> None:
+        self.closed = failed

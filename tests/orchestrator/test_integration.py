@@ -1,0 +1,120 @@
+"""A small study through a real local Ray and a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cli import main
+from orchestrator.export import export_study
+from orchestrator.loading import study_from_dict
+from orchestrator.mlflow_tracker import PARENT_TAG, ROLE_TAG
+from orchestrator.study import run_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory) -> Path:
+    """A freshly migrated MLflow database, made once (migrations take seconds) and copied."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, migrated_db: Path) -> str:
+    target = tmp_path / ".isoflop" / "mlflow.db"
+    target.parent.mkdir()
+    shutil.copy(migrated_db, target)
+    return f"sqlite:///{target}"
+
+
+def _children(client: MlflowClient, parent: str):
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+
+
+def test_simulated_study_is_tracked_nested_deduplicated_and_exported(ray_local, store) -> None:
+    study = study_from_dict(
+        {
+            "name": "integration-sim",
+            "tracking": {"uri": store},
+            "trainer": {"kind": "simulated"},
+            "grid": {"isoflop": {"budgets": [1e18, 1e19, 1e20], "points_per_budget": 5}},
+            "export": {"budgets": [1e21, 1e22]},
+        }
+    )
+    outcome = run_study(study)
+    assert outcome.stats.finished == 15 and outcome.stats.failed == 0
+    client = MlflowClient(tracking_uri=store)
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.data.tags[ROLE_TAG] == "study"
+    assert parent.info.status == "FINISHED"
+    assert {"law.chinchilla.E", "law.chinchilla.alpha"} <= set(parent.data.metrics)
+    children = _children(client, outcome.parent_run_id)
+    assert len(children) == 15
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"final_loss", "flops", "wall_time_s"} <= set(child.data.metrics)
+        assert {"law.N", "law.D", "seed", "flop_convention"} <= set(child.data.params)
+        # the worker streamed the loss curve into the child run
+        history = client.get_metric_history(child.info.run_id, "train_loss")
+        assert len(history) >= 2
+
+    again = run_study(study)
+    assert again.stats.skipped == 15 and again.stats.finished == 0
+    assert len(_children(client, outcome.parent_run_id)) == 15, "a re-run must not duplicate runs"
+
+    document = export_study(study)
+    json.dumps(document)  # JSON-able
+    assert document["study"]["finished_runs"] == 15
+    assert len(document["runs"]) == 15
+
+
+def test_real_dense_runs_train_through_ray(ray_local, store) -> None:
+    study = study_from_dict(
+        {
+            "name": "integration-dense",
+            "tracking": {"uri": store},
+            "trainer": {"seq_len": 32, "batch_size": 4, "log_every": 2, "data": {"eval_tokens": 1024}},
+            "grid": {"N": [3e4], "D": [8192, 16384]},
+        }
+    )
+    outcome = run_study(study)
+    assert outcome.stats.finished == 2
+    client = MlflowClient(tracking_uri=store)
+    for child in _children(client, outcome.parent_run_id):
+        assert child.data.metrics["final_loss"] < 5.6  # better than uniform bytes, log(256) = 5.55
+        assert int(child.data.params["n_layer"]) >= 1
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 2
+
+
+def test_cli_bad_study_exits_2_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrid: {N: [-1], D: [10]}\n")
+    assert main(["run", str(bad)]) == 2
+    assert "grid.N[0]" in capsys.readouterr().err
+    assert not (tmp_path / ".isoflop").exists()
+
+
+def test_cli_validate_lists_runs(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("name: v\ntrainer: {kind: simulated}\ngrid: {N: [1e6, 1e7], D: [1e8]}\n")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs" in out

@@ -1,0 +1,100 @@
+"""The steppable scheduler, with Ray and MLflow swapped for fakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.executors import InlineExecutor
+from orchestrator.grid import expand
+from orchestrator.loading import study_from_dict
+from orchestrator.scheduler import Scheduler
+from orchestrator.study import run_study
+from orchestrator.tracking import MemoryTracker
+from tests.orchestrator.conftest import ScriptedExecutor
+
+
+def _study(**extra):
+    raw = {
+        "name": "sched",
+        "trainer": {"kind": "simulated"},
+        "grid": {"N": [1e6, 1e7, 1e8], "tokens_per_param": [5, 20, 80]},
+    }
+    raw.update(extra)
+    return study_from_dict(raw)
+
+
+def test_runs_everything_and_respects_the_cap() -> None:
+    study = _study()
+    runs = expand(study)
+    executor, tracker = ScriptedExecutor(), MemoryTracker()
+    tracker.open_study(study.name, "")
+    sched = Scheduler(runs, executor=executor, tracker=tracker, max_concurrent=2, max_retries=0)
+    steps = 0
+    while sched.step(timeout=0):
+        steps += 1
+        assert executor.in_flight() <= 2
+    assert sched.stats.finished == 9
+    assert executor.max_in_flight == 2
+    assert len(tracker.finished_runs()) == 9
+    assert all(r["metrics"] for r in tracker.runs.values()), "workers stream curves into the sink"
+
+
+def test_retries_are_bounded_and_failures_recorded() -> None:
+    study = _study()
+    runs = expand(study)
+    flaky, broken = runs[0].spec.run_key, runs[1].spec.run_key
+    executor = ScriptedExecutor(failures={flaky: 1, broken: 10})
+    tracker = MemoryTracker()
+    tracker.open_study(study.name, "")
+    events = []
+    sched = Scheduler(
+        runs, executor=executor, tracker=tracker, max_concurrent=3, max_retries=2, on_event=events.append
+    )
+    stats = sched.run(timeout=0)
+    assert stats.finished == 8
+    assert stats.failed == 1
+    assert executor.submitted.count(flaky) == 2
+    assert executor.submitted.count(broken) == 3  # first attempt + 2 retries
+    assert "scripted failure" in stats.failures[broken]
+    failed = [r for r in tracker.runs.values() if r["status"] == "FAILED"]
+    assert len(failed) == 4 and all("scripted failure" in r["reason"] for r in failed)
+    assert [e.kind for e in events].count("retry") == 3
+    assert [e.kind for e in events].count("fail") == 1
+
+
+def test_rerun_skips_finished_runs() -> None:
+    study = _study()
+    tracker = MemoryTracker()
+    first = run_study(study, tracker=tracker, executor=InlineExecutor())
+    assert first.stats.finished == 9
+    executor = ScriptedExecutor()
+    second = run_study(study, tracker=tracker, executor=executor)
+    assert second.stats.skipped == 9 and second.stats.finished == 0
+    assert executor.submitted == []
+    # the law is refit on the same runs either way
+    assert second.laws[0].fit is not None
+    assert second.laws[0].fit.params == pytest.approx(first.laws[0].fit.params)
+
+
+def test_runs_left_running_by_a_dead_driver_are_redone() -> None:
+    study = _study()
+    runs = expand(study)
+    tracker = MemoryTracker()
+    tracker.open_study(study.name, "")
+    sched = Scheduler(runs, executor=ScriptedExecutor(), tracker=tracker, max_concurrent=3, max_retries=0)
+    sched.step(timeout=0)  # three started, one finished; then the driver "dies"
+    assert sum(r["status"] == "RUNNING" for r in tracker.runs.values()) == 2
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor())
+    assert outcome.stats.skipped == 1 and outcome.stats.finished == 8
+    statuses = [r["status"] for r in tracker.runs.values()]
+    assert statuses.count("KILLED") == 2 and statuses.count("FINISHED") == 9
+
+
+def test_study_fits_chinchilla_on_simulated_runs() -> None:
+    study = _study(trainer={"kind": "simulated", "simulated": {"noise": 0.0}})
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor())
+    fit = outcome.laws[0].fit
+    assert fit is not None
+    assert tracker.fits and tracker.fits[0][0] == "chinchilla" and tracker.fits[0][1] == 9
+    assert tracker.closed is False

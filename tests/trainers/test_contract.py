@@ -1,0 +1,62 @@
+"""Behaviour every trainer kind shares (the contract of ``trainers.base.Trainer``)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import replace
+
+import pytest
+
+from trainers import TRAINER_KINDS, RunPoint, RunSpec, get_trainer
+from trainers.config import ModelConfig, TrainerConfig
+
+
+def _config(kind: str) -> TrainerConfig:
+    return TrainerConfig(
+        kind=kind,
+        seq_len=32,
+        batch_size=4,
+        log_every=2,
+        device="cpu",
+        model=ModelConfig(head_dim=16, aspect_ratio=16.0),
+    )
+
+
+@pytest.mark.parametrize("kind", TRAINER_KINDS)
+def test_trainer_contract(kind: str, chinchilla_law: object, sink) -> None:
+    config = _config(kind)
+    trainer = get_trainer(config)
+    assert trainer.kind == kind
+    point = RunPoint(n_params=15_000, tokens=4 * 32 * 6)
+    plan = trainer.plan(point)
+    assert plan == trainer.plan(point)  # cheap and pure
+    assert plan.flops == pytest.approx(plan.flops_per_token * plan.tokens)
+    assert plan.n_params >= plan.n_params_non_embedding > 0 and plan.steps >= 1
+    spec = RunSpec(
+        run_key=f"contract-{kind}", study="contract", seed=1, point=point, trainer=config
+    )
+    spec = pickle.loads(pickle.dumps(spec))  # specs travel to workers pickled
+    result = trainer.train(spec, sink)
+    assert result.plan == plan
+    assert result.run_key == spec.run_key
+    assert math.isfinite(result.final_loss)
+    assert sink.calls and all(math.isfinite(v) for _, m in sink.calls for v in m.values())
+    assert {"train_loss", "lr", "tokens", "eval_loss"} <= sink.keys()
+    assert result.curve and result.curve[-1].step == plan.steps
+    assert result.wall_time_s > 0
+    assert pickle.loads(pickle.dumps(result)) == result
+
+
+@pytest.mark.parametrize("kind", TRAINER_KINDS)
+def test_impossible_points_raise_value_error(kind: str) -> None:
+    trainer = get_trainer(_config(kind))
+    with pytest.raises(ValueError):
+        trainer.plan(RunPoint(n_params=0, tokens=1000))
+    with pytest.raises(ValueError):
+        trainer.plan(RunPoint(n_params=15_000, tokens=0))
+
+
+def test_unknown_kind_lists_valid_kinds() -> None:
+    with pytest.raises(ValueError, match="dense, simulated"):
+        get_trainer(replace(_config("dense"), kind="moe"))

@@ -1,0 +1,81 @@
+"""The simulated trainer: a known law plus seeded noise, in milliseconds."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from trainers.base import NullSink, RunPoint, RunSpec
+from trainers.config import REPLICATION_CHINCHILLA, SimulatedConfig, TrainerConfig
+from trainers.simulated import SimulatedTrainer
+
+
+def _spec(seed: int = 0, *, noise: float = 0.01, n: int = 10**8, d: int = 2 * 10**9) -> RunSpec:
+    config = TrainerConfig(kind="simulated", simulated=SimulatedConfig(noise=noise))
+    point = RunPoint(n_params=n, tokens=d)
+    return RunSpec(run_key=f"sim-{seed}", study="test", seed=seed, point=point, trainer=config)
+
+
+def _truth(law: object, n: float, d: float) -> float:
+    return float(law.predict(REPLICATION_CHINCHILLA, N=np.array([n]), D=np.array([d]))[0])  # type: ignore[attr-defined]
+
+
+def test_plan_has_no_shape_and_6nd_flops() -> None:
+    spec = _spec()
+    plan = SimulatedTrainer(spec.trainer).plan(spec.point)
+    assert plan.shape is None
+    assert plan.n_params == plan.n_params_non_embedding == plan.n_params_active == 10**8
+    assert plan.flops == 6.0 * 10**8 * 2 * 10**9 and plan.steps == 10
+    assert plan.flop_convention == "6N"
+
+
+def test_zero_noise_recovers_the_ground_truth(chinchilla_law: object) -> None:
+    spec = _spec(noise=0.0)
+    result = SimulatedTrainer(spec.trainer).train(spec, NullSink())
+    assert result.final_loss == pytest.approx(_truth(chinchilla_law, 1e8, 2e9), rel=1e-12)
+    by_hand = 1.8172 + 477.8 / 1e8**0.3473 + 2143.0 / 2e9**0.3672
+    assert result.final_loss == pytest.approx(by_hand, rel=1e-9)
+    for point in result.curve:
+        assert point.train_loss == pytest.approx(_truth(chinchilla_law, 1e8, point.tokens))
+    losses = [p.train_loss for p in result.curve]
+    assert losses == sorted(losses, reverse=True)
+
+
+def test_deterministic_under_the_seed(chinchilla_law: object) -> None:
+    a, b, c = (SimulatedTrainer(_spec().trainer).train(_spec(s), NullSink()) for s in (7, 7, 8))
+    assert a == b
+    assert a.final_loss != c.final_loss
+
+
+def test_noise_has_the_configured_scale(chinchilla_law: object) -> None:
+    truth = _truth(chinchilla_law, 1e8, 2e9)
+    trainer = SimulatedTrainer(_spec().trainer)
+    logs = [
+        math.log(trainer.train(_spec(s, noise=0.05), NullSink()).final_loss / truth)
+        for s in range(400)
+    ]
+    assert abs(np.mean(logs)) < 3 * 0.05 / math.sqrt(400)
+    assert np.std(logs) == pytest.approx(0.05, rel=0.15)
+
+
+def test_cost_is_simulated_not_spent(chinchilla_law: object) -> None:
+    spec = _spec(n=10**10, d=10**11)
+    trainer = SimulatedTrainer(spec.trainer)
+    trainer.train(spec, NullSink())  # warm imports
+    start = time.perf_counter()
+    result = trainer.train(spec, NullSink())
+    assert time.perf_counter() - start < 0.05
+    assert result.wall_time_s == pytest.approx(2.0 + 6e21 / 1e13)
+    assert result.tokens_per_s == pytest.approx(1e11 / result.wall_time_s)
+
+
+def test_custom_params_override_the_default(chinchilla_law: object) -> None:
+    params = {"E": 2.0, "A": 100.0, "B": 1000.0, "alpha": 0.3, "beta": 0.4}
+    spec = _spec(noise=0.0)
+    config = replace(spec.trainer, simulated=SimulatedConfig(noise=0.0, params=params))
+    result = SimulatedTrainer(config).train(replace(spec, trainer=config), NullSink())
+    assert result.final_loss == pytest.approx(2.0 + 100.0 / 1e8**0.3 + 1000.0 / 2e9**0.4)

@@ -1,0 +1,132 @@
+"""The contract between the orchestrator and every trainer.
+
+The orchestrator expands a study into ``RunSpec`` objects, asks a ``Trainer`` for each run's
+``RunPlan`` (exact size and cost, known before training), ships the spec to a worker, and gets a
+``RunResult`` back. Everything here is a frozen dataclass so it pickles cleanly into Ray tasks and
+hashes into a run identity.
+
+Tensor-shape legend used in trainers/ and kernels/: ``b`` batch, ``t`` sequence position,
+``d`` model width, ``h`` attention heads, ``k`` head dimension, ``v`` vocabulary, ``f`` MLP
+hidden width, ``e`` experts. A tensor named ``x_btd`` has shape (batch, time, width).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from trainers.config import TrainerConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPoint:
+    """Coordinates of one run on the study grid: what the scaling laws see as inputs."""
+
+    n_params: int  # target parameter count N; the shape rule realises it approximately
+    tokens: int  # training tokens D
+    mixture: tuple[float, ...] = ()  # domain weights h in domain order; () = uniform
+    sparsity: float = 0.0  # MoE sparsity S = (E - K) / E; 0 = dense
+    teacher: str | None = None  # run key of the teacher run (distillation)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """A fully resolved run: its identity, seed, grid point and trainer configuration."""
+
+    run_key: str
+    study: str
+    seed: int
+    point: RunPoint
+    trainer: TrainerConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelShape:
+    """The architecture a target N resolves to (see ``trainers.shapes`` for the rule)."""
+
+    n_layer: int
+    d_model: int
+    n_head: int
+    d_ff: int
+    vocab_size: int
+    seq_len: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunPlan:
+    """Size and cost of a run, known before it trains."""
+
+    shape: ModelShape | None  # None for trainers without a real model (simulated)
+    n_params: int  # exact total parameter count
+    n_params_non_embedding: int  # total minus token/position embeddings (tied head counted once)
+    n_params_active: int  # parameters touched per token (MoE: shared + top-k experts)
+    flops_per_token: float  # training FLOPs per token under ``flop_convention``
+    tokens: int  # tokens actually trained on (whole steps)
+    steps: int  # optimiser steps
+    flops: float  # total training FLOPs = flops_per_token * tokens
+    flop_convention: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurvePoint:
+    """One point of a run's loss curve."""
+
+    step: int
+    tokens: int
+    train_loss: float
+    lr: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What a finished run reports back to the driver."""
+
+    run_key: str
+    plan: RunPlan
+    final_loss: float  # held-out loss in nats/token, averaged over the mixture's domains
+    eval_losses: Mapping[str, float] = field(default_factory=dict)  # per domain, nats/token
+    curve: tuple[CurvePoint, ...] = ()
+    wall_time_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+class MetricSink(Protocol):
+    """Where a trainer streams metrics while it runs (an MLflow child run, or a test list)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None: ...
+
+
+class NullSink:
+    """A sink that drops everything."""
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
+        return None
+
+
+class Trainer(ABC):
+    """Base class of every trainer kind.
+
+    ``plan`` is called on the driver for every run while a study is expanded and validated, so it
+    must be cheap and must not touch data or devices. ``train`` is called once per attempt inside
+    a worker process; it must be deterministic for a given ``spec`` (same seed, same result on
+    CPU) and must raise on failure (a diverged loss raises ``TrainingDiverged``).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: TrainerConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def plan(self, point: RunPoint) -> RunPlan:
+        """Exact size and cost of training ``point``; raises ``ValueError`` if impossible."""
+
+    @abstractmethod
+    def train(self, spec: RunSpec, sink: MetricSink) -> RunResult:
+        """Train one run to completion and return its result."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,170 @@
+"""The shape rule: which GPT a target parameter count N becomes, and its exact parameter count.
+
+The N a study asks for is the **total** parameter count (embeddings included): with a byte-level
+vocabulary of 256 the embedding is a small share of every model above a few thousand parameters,
+and the total is what ``RunPlan.n_params`` records. Both counts are returned by ``count_params``
+so laws can be fitted on either.
+
+The rule (``derive_shape``), pure integer arithmetic, O(number of widths):
+
+1. Widths are multiples of ``head_dim`` (``d_model = n_head * head_dim``); ``d_ff = mlp_ratio *
+   d_model``; depths are ``n_layer >= 1`` with ``d_model / n_layer`` inside the aspect band
+   ``[aspect_ratio / 2, 2 * aspect_ratio]`` (``n_layer = 1`` is always allowed, so the narrowest
+   models exist even when the band is empty).
+2. Among all such (d_model, n_layer), the candidates whose exact total count lies within
+   ``N_TOLERANCE`` (5 %) of the target in log space compete on the aspect ratio: the one whose
+   ``log(d_model / n_layer)`` is closest to ``log(aspect_ratio)`` wins (ties: closer count, then
+   narrower).
+3. When no candidate is that close (small models, where one more layer or head is a big step), the
+   candidate with the closest count in log space wins.
+
+A target more than the tolerance below the smallest model (one head, one layer) raises
+``ValueError``. The realised counts are exact and recorded in the run's plan, so the small
+mismatch to the target never reaches a fitted law.
+"""
+
+from __future__ import annotations
+
+import math
+
+from trainers.base import ModelShape
+from trainers.config import TrainerConfig
+
+#: Byte-level tokenizer: every byte value is a token.
+VOCAB_SIZE = 256
+
+#: Relative distance (in log space) within which the aspect ratio decides between shapes.
+N_TOLERANCE = 0.05
+
+
+def _counts(d: int, config: TrainerConfig) -> tuple[int, int, int]:
+    """(fixed, per_layer, embedding) parameter counts; total = fixed + n_layer * per_layer.
+
+    The layout mirrors ``trainers.model.GPT``: bias-free linear layers and bias-free LayerNorms
+    (one weight vector of width d each), two norms per block plus a final norm.
+    """
+    model = config.model
+    f = model.mlp_ratio * d
+    per_layer = 2 * d  # ln_1, ln_2 weights
+    per_layer += 3 * d * d + d * d  # qkv and output projection
+    per_layer += 2 * d * f  # MLP up and down projections
+    if model.attention == "sigmoid":
+        per_layer += 2 * model.head_dim  # QK-norm weights (one per q and k, shared by heads)
+    embedding = VOCAB_SIZE * d  # token embedding
+    if model.positional == "learned":
+        embedding += config.seq_len * d
+    fixed = embedding + d  # + final norm
+    if not model.tie_embeddings:
+        fixed += VOCAB_SIZE * d  # separate output head
+    return fixed, per_layer, embedding
+
+
+def count_params(shape: ModelShape, config: TrainerConfig) -> tuple[int, int]:
+    """Exact (total, non_embedding) parameter counts of ``trainers.model.GPT(shape, config)``.
+
+    Non-embedding = total minus the token and position embeddings; a tied output head shares the
+    token embedding and is counted once (as embedding), an untied head counts as non-embedding.
+    """
+    if shape.d_ff != config.model.mlp_ratio * shape.d_model:
+        raise ValueError(
+            f"shape.d_ff: {shape.d_ff} != mlp_ratio * d_model = "
+            f"{config.model.mlp_ratio * shape.d_model}"
+        )
+    if shape.d_model != shape.n_head * config.model.head_dim:
+        raise ValueError(
+            f"shape: d_model={shape.d_model} != n_head * head_dim = "
+            f"{shape.n_head} * {config.model.head_dim}"
+        )
+    fixed, per_layer, embedding = _counts(shape.d_model, config)
+    total = fixed + shape.n_layer * per_layer
+    return total, total - embedding
+
+
+def _layer_band(d: int, aspect: float) -> tuple[int, int]:
+    """Depths allowed at width d: d / n_layer within [aspect / 2, 2 * aspect], always >= 1."""
+    lo = max(1, math.ceil(d / (2.0 * aspect)))
+    hi = max(1, math.floor(2.0 * d / aspect))
+    return (lo, hi) if lo <= hi else (1, 1)
+
+
+def _validate(n_target: int, config: TrainerConfig) -> None:
+    model = config.model
+    if model.head_dim < 1:
+        raise ValueError(f"model.head_dim: must be >= 1, got {model.head_dim}")
+    if model.mlp_ratio < 1:
+        raise ValueError(f"model.mlp_ratio: must be >= 1, got {model.mlp_ratio}")
+    if not model.aspect_ratio > 0:
+        raise ValueError(f"model.aspect_ratio: must be > 0, got {model.aspect_ratio}")
+    if n_target < 1:
+        raise ValueError(f"n_params: must be a positive integer, got {n_target}")
+
+
+def derive_shape(n_target: int, config: TrainerConfig) -> ModelShape:
+    """The model shape the rule in this module's docstring assigns to ``n_target`` total params."""
+    _validate(n_target, config)
+    head_dim = config.model.head_dim
+    aspect = config.model.aspect_ratio
+    log_target = math.log(n_target)
+    log_aspect = math.log(aspect)
+
+    smallest = sum(_counts(head_dim, config)[:2])
+    if math.log(smallest) - log_target > N_TOLERANCE:
+        raise ValueError(
+            f"n_params: target {n_target} is below the smallest model ({smallest} parameters at "
+            f"d_model={head_dim}, n_layer=1); lower model.head_dim or raise the target"
+        )
+
+    # Candidates compare as tuples: (aspect distance, count distance, d, n_layer) inside the
+    # tolerance, (count distance, d, n_layer) for the closest-count fallback.
+    best_in: tuple[float, float, int, int] | None = None
+    best_any: tuple[float, int, int] | None = None
+    d = head_dim
+    while True:
+        fixed, per_layer, _ = _counts(d, config)
+        lo, hi = _layer_band(d, aspect)
+        min_count = fixed + lo * per_layer
+        # Counts grow with d at the band's lower edge, so once the smallest model at this width
+        # is both past the tolerance and no closer than the best so far, wider ones are worse.
+        dist_min = math.log(min_count) - log_target
+        if dist_min > N_TOLERANCE and best_any is not None and dist_min >= best_any[0]:
+            break
+        # Depths whose count is within the tolerance form an interval (count is linear in depth).
+        l_in_lo = max(lo, math.ceil((n_target * math.exp(-N_TOLERANCE) - fixed) / per_layer))
+        l_in_hi = min(hi, math.floor((n_target * math.exp(N_TOLERANCE) - fixed) / per_layer))
+        if l_in_lo <= l_in_hi:
+            ideal = d / aspect
+            for n_layer in {
+                min(max(math.floor(ideal), l_in_lo), l_in_hi),
+                min(max(math.ceil(ideal), l_in_lo), l_in_hi),
+            }:
+                count = fixed + n_layer * per_layer
+                key = (
+                    abs(math.log(d / n_layer) - log_aspect),
+                    abs(math.log(count) - log_target),
+                    d,
+                    n_layer,
+                )
+                if best_in is None or key < best_in:
+                    best_in = key
+        # Closest count at this width: the depth nearest the continuous solution, clamped.
+        l_star = (n_target - fixed) / per_layer
+        for n_layer in {min(max(math.floor(l_star), lo), hi), min(max(math.ceil(l_star), lo), hi)}:
+            count = fixed + n_layer * per_layer
+            key_any = (abs(math.log(count) - log_target), d, n_layer)
+            if best_any is None or key_any < best_any:
+                best_any = key_any
+        d += head_dim
+
+    if best_in is not None:
+        d, n_layer = best_in[2], best_in[3]
+    else:
+        assert best_any is not None
+        d, n_layer = best_any[1], best_any[2]
+    return ModelShape(
+        n_layer=n_layer,
+        d_model=d,
+        n_head=d // head_dim,
+        d_ff=config.model.mlp_ratio * d,
+        vocab_size=VOCAB_SIZE,
+        seq_len=config.seq_len,
+    )

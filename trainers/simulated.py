@@ -1,0 +1,124 @@
+"""The simulated trainer: a known scaling law plus seeded noise, in milliseconds per run.
+
+It lets a whole study (grid expansion, scheduling, tracking, refits, run selection) be exercised
+against a ground truth that is known exactly: by default the Chinchilla law with the parameters
+re-fitted to the Epoch replication (``trainers.config.REPLICATION_CHINCHILLA``).
+
+For a run at (N, D) with seed s, ``z_0, z_1, ...`` are standard normal draws from
+``numpy.random.default_rng(s)`` and
+
+    final_loss = L(N, D) * exp(noise * z_0)                      (log-normal, median L(N, D))
+    curve_i    = L(N, D_i) * exp(noise * z_i),  D_i = D * i / K  for i = 1 .. K - 1
+    curve_K    = final_loss
+
+with K = ``curve_points``. The cost model reports ``overhead_s + 6 N D / flops_per_second``
+seconds of wall time without spending them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from trainers.base import CurvePoint, MetricSink, RunPlan, RunPoint, RunResult, RunSpec, Trainer
+from trainers.config import REPLICATION_CHINCHILLA, TrainerConfig
+from trainers.schedule import lr_at
+
+
+def load_law(name: str) -> Any:
+    """The ground-truth law family ``name`` from ``laws`` (imported only when a run trains)."""
+    from laws import get_law
+
+    return get_law(name)
+
+
+def plan_simulated(point: RunPoint, config: TrainerConfig) -> RunPlan:
+    """A run of N parameters on D tokens under C = 6·N·D; there is no model shape."""
+    if point.n_params < 1:
+        raise ValueError(f"n_params: must be a positive integer, got {point.n_params}")
+    if point.tokens < 1:
+        raise ValueError(f"tokens: must be a positive integer, got {point.tokens}")
+    if config.simulated.curve_points < 1:
+        raise ValueError(
+            f"simulated.curve_points: must be >= 1, got {config.simulated.curve_points}"
+        )
+    per_token = 6.0 * point.n_params
+    return RunPlan(
+        shape=None,
+        n_params=point.n_params,
+        n_params_non_embedding=point.n_params,
+        n_params_active=point.n_params,
+        flops_per_token=per_token,
+        tokens=point.tokens,
+        steps=config.simulated.curve_points,
+        flops=per_token * point.tokens,
+        flop_convention="6N",
+    )
+
+
+def law_params(config: TrainerConfig) -> Mapping[str, float]:
+    """The configured ground-truth parameters, or the replication's Chinchilla fit."""
+    return dict(config.simulated.params) if config.simulated.params else REPLICATION_CHINCHILLA
+
+
+class SimulatedTrainer(Trainer):
+    """Ground-truth law plus log-normal noise (kind ``simulated``); see the module docstring."""
+
+    kind = "simulated"
+
+    def plan(self, point: RunPoint) -> RunPlan:
+        """Exact size and cost; see ``plan_simulated``."""
+        return plan_simulated(point, self.config)
+
+    def train(self, spec: RunSpec, sink: MetricSink) -> RunResult:
+        """Draw the run's curve and final loss; deterministic in ``spec.seed``."""
+        config = spec.trainer
+        sim = config.simulated
+        plan = plan_simulated(spec.point, config)
+        n, d, k = plan.n_params, plan.tokens, plan.steps
+        law = load_law(sim.law)
+
+        # D_i = D * i / K (whole tokens, at least 1); the last point is the run's end, D.
+        tokens_k = np.maximum(1, (d * np.arange(1, k + 1)) // k).astype(np.int64)
+        tokens_k[-1] = d
+        clean_k = np.asarray(
+            law.predict(
+                law_params(config),
+                N=np.full(k, float(n)),
+                D=tokens_k.astype(np.float64),
+            ),
+            dtype=np.float64,
+        ).reshape(k)
+        rng = np.random.default_rng(spec.seed)
+        z_k = rng.standard_normal(k)
+        # z_0 (drawn first) belongs to the final loss, so it does not depend on curve_points.
+        z_k = np.concatenate([z_k[1:], z_k[:1]])
+        loss_k = clean_k * np.exp(sim.noise * z_k)
+        final_loss = float(loss_k[-1])
+
+        curve = []
+        for i in range(k):
+            step = i + 1
+            lr = lr_at(i, k, config.optim)
+            point = CurvePoint(
+                step=step, tokens=int(tokens_k[i]), train_loss=float(loss_k[i]), lr=lr
+            )
+            curve.append(point)
+            sink.log_metrics(
+                {"train_loss": point.train_loss, "lr": lr, "tokens": point.tokens}, step=step
+            )
+        sink.log_metrics({"eval_loss": final_loss}, step=k)
+
+        wall = sim.overhead_s + plan.flops / sim.flops_per_second
+        return RunResult(
+            run_key=spec.run_key,
+            plan=plan,
+            final_loss=final_loss,
+            eval_losses={},
+            curve=tuple(curve),
+            wall_time_s=wall,
+            tokens_per_s=d / wall if wall > 0 and math.isfinite(wall) else 0.0,
+        )
