@@ -55,10 +55,30 @@ class GridConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectionConfig:
-    """How runs are chosen from the grid."""
+class TargetConfig:
+    """Where the fitted law must predict well (active selection's objective)."""
 
-    mode: Literal["grid"] = "grid"  # grid = every point of the grid
+    budget: float | None = None  # FLOPs of the run you plan: loss and N_opt at its compute optimum
+    quantities: list[str] = field(default_factory=lambda: ["loss", "N_opt"])  # at the budget
+    points: list[dict[str, float]] = field(default_factory=list)  # law inputs, e.g. {N: 1e9, D: 2e10}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionConfig:
+    """How runs are chosen from the grid: all of them, or a budgeted subset picked online."""
+
+    # grid = every point; active = most information about the target per FLOP (Optuna ask/tell);
+    # random and cheapest = baselines under the same budget
+    mode: Literal["grid", "active", "random", "cheapest"] = "grid"
+    budget_flops: float | None = None  # training FLOPs to spend (not grid mode)
+    budget_fraction: float | None = None  # or: this fraction of the full grid's FLOPs
+    law: str | None = None  # the law whose target predictions drive active selection; null = laws[0]
+    target: TargetConfig = field(default_factory=TargetConfig)
+    tolerance: float = 0.0  # stop early once every target's 95% interval is within +-tolerance (relative)
+    initial_runs: int = 0  # space-filling runs before the criterion takes over; 0 = 2 x law parameters
+    cost_exponent: float = 0.4  # score = information / cost^exponent (1 = pure information per FLOP)
+    cost_overhead_flops: float = 0.0  # fixed cost added to every run (start-up, evaluation)
+    refit_every: int = 10  # a full multi-start refit every this many updates (others are warm-started)
 
 
 @dataclass(frozen=True, kw_only=True)

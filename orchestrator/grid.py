@@ -11,7 +11,8 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
@@ -30,16 +31,23 @@ class PlannedRun:
     spec: RunSpec
     plan: RunPlan
     budget: float | None = None  # the isoFLOP budget this run belongs to, if any
+    tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for its tracked runs
 
 
-def run_key(point: RunPoint, trainer_config: object, seed: int) -> str:
+def run_key(point: RunPoint, trainer_config: object, seed: int, plan: RunPlan | None = None) -> str:
     """Deterministic identity of a run: a hash of its resolved configuration and seed.
 
-    The study's name is left out on purpose, so that the same run in two studies (a teacher
-    shared by several studies) is recognisably the same run.
+    With the trainer's ``plan``, the requested size is replaced by what it resolves to (the model
+    shape and its exact parameter count), so two requested sizes that round to the same model are
+    one run. The study's name is left out on purpose, so that the same run in two studies (a
+    teacher shared by several studies) is recognisably the same run.
     """
+    resolved: dict[str, object] = asdict(point)
+    if plan is not None:
+        resolved["n_params"] = plan.n_params
+        resolved["shape"] = None if plan.shape is None else asdict(plan.shape)
     payload = json.dumps(
-        {"point": asdict(point), "trainer": asdict(trainer_config), "seed": seed},  # type: ignore[call-overload]
+        {"point": resolved, "trainer": asdict(trainer_config), "seed": seed},  # type: ignore[call-overload]
         sort_keys=True,
         default=str,
     )
@@ -58,11 +66,11 @@ def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRu
     ):
         point = replace(point, mixture=mixture)
         seed = study.seed + rep
-        key = run_key(point, study.trainer, seed)
-        if key in seen:  # two axes values that resolve to the same run
+        plan = _plan(trainer, point, "grid")
+        key = run_key(point, study.trainer, seed, plan)
+        if key in seen:  # two axes values (or two requested sizes) that resolve to the same run
             continue
         seen.add(key)
-        plan = _plan(trainer, point, "grid")
         spec = RunSpec(run_key=key, study=study.name, seed=seed, point=point, trainer=study.trainer)
         runs.append(PlannedRun(spec=spec, plan=plan, budget=budget))
     return runs

@@ -121,6 +121,7 @@ def validate(study: StudyConfig) -> None:
             ) from None
     _validate_grid(study)
     _validate_names(study)
+    _validate_selection(study)
 
 
 def _check_numbers(node: Any, prefix: str) -> None:
@@ -184,3 +185,55 @@ def _validate_names(study: StudyConfig) -> None:
     for i, name in enumerate(study.laws):
         if name not in LAW_NAMES:
             raise StudyError(f"laws[{i}]", f"unknown law {name!r}; valid laws: {', '.join(LAW_NAMES)}")
+
+
+def _validate_selection(study: StudyConfig) -> None:
+    from laws import get_law
+
+    sel = study.selection
+    if sel.law is not None and sel.law not in study.laws:
+        raise StudyError("selection.law", f"{sel.law!r} is not one of the study's laws {list(study.laws)}")
+    for key, value in {
+        "selection.tolerance": sel.tolerance,
+        "selection.initial_runs": sel.initial_runs,
+        "selection.cost_exponent": sel.cost_exponent,
+        "selection.cost_overhead_flops": sel.cost_overhead_flops,
+    }.items():
+        if value < 0:
+            raise StudyError(key, f"must be 0 or more, got {value}")
+    if sel.refit_every < 1:
+        raise StudyError("selection.refit_every", f"must be at least 1, got {sel.refit_every}")
+    if sel.budget_flops is not None and sel.budget_fraction is not None:
+        raise StudyError("selection.budget_fraction", "give selection.budget_flops or selection.budget_fraction, not both")
+    if sel.budget_flops is not None and sel.budget_flops <= 0:
+        raise StudyError("selection.budget_flops", f"must be positive, got {sel.budget_flops}")
+    if sel.budget_fraction is not None and not 0 < sel.budget_fraction <= 1:
+        raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
+    if sel.mode == "grid":
+        return
+    if sel.budget_flops is None and sel.budget_fraction is None:
+        raise StudyError("selection.budget_flops", f"selection mode {sel.mode!r} needs a budget_flops or budget_fraction")
+    law = get_law(sel.law or study.laws[0])
+    t = sel.target
+    if sel.mode == "active" and t.budget is None and not t.points:
+        raise StudyError("selection.target", "active selection needs a target: a budget or points")
+    if t.budget is not None and t.budget <= 0:
+        raise StudyError("selection.target.budget", f"must be positive, got {t.budget}")
+    for i, q in enumerate(t.quantities):
+        if q not in ("loss", "N_opt"):
+            raise StudyError(f"selection.target.quantities[{i}]", f"unknown quantity {q!r}; use loss or N_opt")
+        if q == "N_opt" and not {"A", "B", "alpha", "beta"} <= set(law.param_names):
+            raise StudyError(
+                f"selection.target.quantities[{i}]", f"law {law.name!r} has no closed-form N_opt; target its loss instead"
+            )
+    for i, point in enumerate(t.points):
+        unknown = sorted(set(point) - set(law.inputs))
+        missing = [k for k in law.inputs if k not in point]
+        if unknown or missing:
+            raise StudyError(
+                f"selection.target.points[{i}]",
+                f"law {law.name!r} takes inputs {list(law.inputs)}; missing {missing}, unknown {unknown}",
+            )
+        for k, v in point.items():
+            if v <= 0:
+                raise StudyError(f"selection.target.points[{i}].{k}", f"must be positive, got {v}")

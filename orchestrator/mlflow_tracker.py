@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
@@ -84,6 +85,7 @@ class MlflowTracker(Tracker):
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = ""
         self.parent_id = ""
+        self._inputs: dict[str, dict[str, float]] = {}  # run id -> law inputs, for finish_run
 
     # -- study -------------------------------------------------------------------------------
     def attach(self, name: str) -> str:
@@ -150,18 +152,22 @@ class MlflowTracker(Tracker):
             )
         return done
 
-    def start_run(self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None) -> str:
+    def start_run(
+        self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None, tags: Mapping[str, str] | None = None
+    ) -> str:
         tags = {
             PARENT_TAG: self.parent_id,
             KEY_TAG: spec.run_key,
             STUDY_TAG: spec.study,
             ROLE_TAG: "training",
             "isoflop.attempt": str(attempt),
+            **(tags or {}),
         }
         name = f"N{plan.n_params:.2g}-D{plan.tokens:.2g}-{spec.run_key[:6]}".replace("+", "")
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(spec, plan, budget).items()])
+        self._inputs[run_id] = law_inputs(plan, spec)
         return run_id
 
     def sink_factory(self, run_id: str) -> SinkFactory:
@@ -179,30 +185,46 @@ class MlflowTracker(Tracker):
         metrics = [Metric(k, float(v), now, 0) for k, v in final.items()]
         self.client.log_batch(run_id, metrics=metrics)
         self.client.set_terminated(run_id, status="FINISHED")
-        run = self.client.get_run(run_id)
-        inputs = {k.removeprefix("law."): float(v) for k, v in run.data.params.items() if k.startswith("law.")}
         return FinishedRun(
             run_key=result.run_key,
             run_id=run_id,
-            inputs=inputs,
+            inputs=self._inputs.pop(run_id),
             final_loss=result.final_loss,
             metrics=final,
         )
 
     def fail_run(self, run_id: str, reason: str) -> None:
+        self._inputs.pop(run_id, None)
         self.client.set_tag(run_id, "isoflop.failure", reason[:4000])
         self.client.set_terminated(run_id, status="FAILED")
 
     def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
-        now = int(time.time() * 1000)
-        params = fit_document.get("params", {})
-        assert isinstance(params, Mapping)
-        metrics = [Metric(f"law.{law}.{k}", float(v), now, step) for k, v in params.items()]
-        objective = fit_document.get("objective")
-        if isinstance(objective, int | float):
-            metrics.append(Metric(f"law.{law}.objective", float(objective), now, step))
-        self.client.log_batch(self.parent_id, metrics=metrics)
+        metrics = [Metric(k, v, int(time.time() * 1000), step) for k, v in fit_metrics(law, fit_document).items()]
+        for i in range(0, len(metrics), _MAX_BATCH):
+            self.client.log_batch(self.parent_id, metrics=metrics[i : i + _MAX_BATCH])
         self.client.log_text(self.parent_id, json.dumps(fit_document, indent=2), f"fits/{law}.json")
+
+
+def fit_metrics(law: str, document: Mapping[str, object]) -> dict[str, float]:
+    """A law fit as parent-run metrics: ``law.<law>.<param>`` with ``.lo``/``.hi`` interval ends,
+    the objective, and the compute-optimal recipe per budget (``law.<law>.N_opt.C1e21``)."""
+    out: dict[str, float] = {}
+    params = document.get("params") or {}
+    intervals = document.get("intervals") or {}
+    assert isinstance(params, Mapping) and isinstance(intervals, Mapping)
+    for k, v in params.items():
+        out[f"law.{law}.{k}"] = float(v)
+        if k in intervals:
+            lo, hi = intervals[k]
+            out[f"law.{law}.{k}.lo"], out[f"law.{law}.{k}.hi"] = float(lo), float(hi)
+    objective = document.get("objective")
+    if isinstance(objective, int | float):
+        out[f"law.{law}.objective"] = float(objective)
+    for row in document.get("compute_optimal") or []:  # type: ignore[union-attr]
+        tag = f"C{row['C']:.0e}".replace("+", "")
+        for q in ("N_opt", "D_opt", "loss"):
+            out[f"law.{law}.{q}.{tag}"] = float(row[q])
+    return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
 def run_params(spec: RunSpec, plan: RunPlan, budget: float | None) -> dict[str, str]:
@@ -260,9 +282,9 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
     parent_metrics = client.get_run(parent).data.metrics
     fits: dict[str, dict[str, float]] = {}
     for key, value in parent_metrics.items():
-        if key.startswith("law."):
-            _, law, param = key.split(".", 2)
-            fits.setdefault(law, {})[param] = float(value)
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "law":  # law.<law>.<param>; intervals have 4 parts
+            fits.setdefault(parts[1], {})[parts[2]] = float(value)
     return StudyStatus(name=name, parent_run_id=parent, counts=counts, flops_done=flops, fits=fits)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from orchestrator.executors import Completion, Executor, RunTask
 from orchestrator.grid import PlannedRun
@@ -40,6 +41,16 @@ class SchedulerStats:
     failures: dict[str, str] = field(default_factory=dict)  # run key -> last reason
 
 
+class Proposer(Protocol):
+    """Supplies runs on demand (budgeted selection) instead of a fixed list."""
+
+    def propose(self, k: int) -> list[PlannedRun]:
+        """Up to ``k`` runs to start now; an empty list means no more runs will come."""
+
+    def observe(self, event: Event) -> None:
+        """Called with every scheduler event (start, finish, fail, skip, retry)."""
+
+
 class Scheduler:
     """Runs a list of planned runs through an executor, recording each attempt in a tracker."""
 
@@ -55,6 +66,7 @@ class Scheduler:
         num_gpus: float = 0.0,
         on_event: Callable[[Event], None] | None = None,
         on_finished: Callable[[list[FinishedRun]], None] | None = None,
+        proposer: Proposer | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
@@ -65,7 +77,16 @@ class Scheduler:
         self.max_retries = max_retries
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
-        self.on_event = on_event or (lambda event: None)
+        self.proposer = proposer
+        self._exhausted = proposer is None
+        user_event = on_event or (lambda event: None)
+
+        def on_any(event: Event) -> None:
+            if proposer is not None:
+                proposer.observe(event)
+            user_event(event)
+
+        self.on_event = on_any
         self.on_finished = on_finished or (lambda runs: None)
         self.stats = SchedulerStats(total=len(runs))
         self.finished: dict[str, FinishedRun] = {}
@@ -73,13 +94,14 @@ class Scheduler:
         self._attempts: dict[str, int] = {}
         self._running: dict[str, PlannedRun] = {}
         self._started = False
+        self._stored: dict[str, FinishedRun] = {}
 
     def start(self) -> None:
         """Skip runs the store already has as FINISHED; queue the rest."""
         if self._started:
             return
         self._started = True
-        done = self.tracker.finished_runs()
+        done = self._stored = self.tracker.finished_runs()
         for run in self.runs:
             previous = done.get(run.spec.run_key)
             if previous is not None:
@@ -91,19 +113,48 @@ class Scheduler:
 
     @property
     def done(self) -> bool:
-        return self._started and not self._pending and not self._running
+        return self._started and self._exhausted and not self._pending and not self._running
 
     def step(self, timeout: float = 1.0) -> bool:
         """Fill free slots, wait up to ``timeout`` s for results, record them. False when done."""
         self.start()
-        while self._pending and len(self._running) < self.max_concurrent:
-            self._submit(self._pending.popleft())
+        self._fill()
         if self._running:
             completions = self.executor.wait(timeout)
             newly = [f for f in (self._record(c) for c in completions) if f is not None]
             if newly:
                 self.on_finished(newly)
         return not self.done
+
+    def _fill(self) -> None:
+        """Start runs until every slot is busy, asking the proposer when the queue is empty."""
+        while len(self._running) < self.max_concurrent:
+            if not self._pending and not self._exhausted:
+                assert self.proposer is not None
+                proposed = self.proposer.propose(self.max_concurrent - len(self._running))
+                if not proposed:
+                    self._exhausted = True
+                    break
+                self._pending.extend(self._admit(proposed))
+                continue  # all of them may have been finished already: ask again
+            if not self._pending:
+                break
+            self._submit(self._pending.popleft())
+
+    def _admit(self, runs: list[PlannedRun]) -> list[PlannedRun]:
+        """Proposed runs minus those already finished (in the store or here), reported as skipped."""
+        fresh = []
+        for run in runs:
+            self.runs.append(run)
+            self.stats.total += 1
+            previous = self._stored.get(run.spec.run_key) or self.finished.get(run.spec.run_key)
+            if previous is None:
+                fresh.append(run)
+                continue
+            self.finished[run.spec.run_key] = previous
+            self.stats.skipped += 1
+            self.on_event(Event(kind="skip", run=run, finished=previous))
+        return fresh
 
     def run(self, timeout: float = 1.0) -> SchedulerStats:
         """Step until every run has finished or failed for good."""
@@ -115,7 +166,7 @@ class Scheduler:
         key = run.spec.run_key
         attempt = self._attempts.get(key, 0) + 1
         self._attempts[key] = attempt
-        run_id = self.tracker.start_run(run.spec, run.plan, attempt=attempt, budget=run.budget)
+        run_id = self.tracker.start_run(run.spec, run.plan, attempt=attempt, budget=run.budget, tags=run.tags)
         task = RunTask(
             spec=run.spec,
             run_id=run_id,

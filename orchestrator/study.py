@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import optuna
+
+from laws.export import law_entry
 from orchestrator.cluster import check_feasible, connect, gpus_per_run
 from orchestrator.config import StudyConfig
 from orchestrator.executors import Executor, RayExecutor
@@ -12,7 +16,9 @@ from orchestrator.fitting import LawOutcome, fit_laws
 from orchestrator.grid import PlannedRun, expand
 from orchestrator.loading import to_yaml
 from orchestrator.mlflow_tracker import MlflowTracker, default_tracking_uri
+from orchestrator.refit import OnlineRefitter, RefitState
 from orchestrator.scheduler import Event, Scheduler, SchedulerStats
+from orchestrator.selection import Selector, journal_storage
 from orchestrator.tracking import Tracker
 
 
@@ -23,6 +29,7 @@ class StudyOutcome:
     parent_run_id: str
     stats: SchedulerStats
     laws: list[LawOutcome]
+    stopped: str | None = None  # why a budgeted selection stopped proposing runs
 
 
 def tracking_uri(study: StudyConfig) -> str:
@@ -34,20 +41,33 @@ def open_tracker(study: StudyConfig) -> MlflowTracker:
     return MlflowTracker(tracking_uri(study), study.tracking.experiment or study.name)
 
 
+def selection_journal(study: StudyConfig) -> Path:
+    """Where a budgeted selection keeps its Optuna journal: next to the embedded store, or under
+    ``.isoflop/`` in the working directory for a remote tracking server."""
+    uri = tracking_uri(study)
+    root = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path(".isoflop")
+    return root / "optuna" / f"{study.name}.journal"
+
+
 def run_study(
     study: StudyConfig,
     *,
     tracker: Tracker | None = None,
     executor: Executor | None = None,
     on_event: Callable[[Event], None] | None = None,
+    on_fit: Callable[[RefitState], None] | None = None,
     runs: list[PlannedRun] | None = None,
+    optuna_storage: optuna.storages.BaseStorage | None = None,
+    background_refit: bool = True,
 ) -> StudyOutcome:
-    """Run every run of ``study`` not already finished in its store, then fit its laws.
+    """Run the study's runs not already finished in its store, refitting its laws as they finish.
 
-    Everything that can reject the study (expansion, cluster feasibility) happens before the
-    tracking store is touched, so a rejected study leaves nothing behind.
+    In grid mode every run of the grid is trained; otherwise the grid is the candidate pool of a
+    budgeted selection (:class:`~orchestrator.selection.Selector`). Everything that can reject
+    the study (expansion, budget, cluster feasibility) happens before the tracking store is
+    touched, so a rejected study leaves nothing behind.
     """
-    runs = runs if runs is not None else expand(study)
+    candidates = runs if runs is not None else expand(study)
     num_cpus = study.resources.cpus_per_run
     if executor is None:
         ray = connect(study.cluster)
@@ -56,10 +76,27 @@ def run_study(
         executor = RayExecutor(ray)
     else:
         num_gpus = 0.0 if study.resources.gpus_per_run == "auto" else float(study.resources.gpus_per_run)
+    refitter = OnlineRefitter(
+        study.laws,
+        budgets=study.export.budgets,
+        full_every=study.selection.refit_every,
+        seed=study.seed,
+        background=background_refit,
+        on_fit=on_fit,
+    )
+    selector = None
+    if study.selection.mode != "grid":
+        selector = Selector(
+            study,
+            candidates,
+            fit_provider=refitter.current,
+            storage=optuna_storage or journal_storage(selection_journal(study)),
+        )
     tracker = tracker or open_tracker(study)
+    refitter.tracker = tracker
     parent = tracker.open_study(study.name, to_yaml(study))
     scheduler = Scheduler(
-        runs,
+        candidates if selector is None else [],
         executor=executor,
         tracker=tracker,
         max_concurrent=study.resources.max_concurrent or executor.capacity(num_cpus, num_gpus),
@@ -67,16 +104,29 @@ def run_study(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         on_event=on_event,
+        on_finished=refitter.submit,
+        proposer=selector,
     )
     try:
-        stats = scheduler.run(timeout=study.resources.wait_timeout_s)
+        while scheduler.step(study.resources.wait_timeout_s):
+            if refitter.poll() and selector is not None:
+                selector.check_stop(refitter.current(selector.law.name))
+        refitter.drain()
     except BaseException:
         executor.shutdown()
+        refitter.close()
         tracker.close_study(failed=True)
         raise
+    refitter.close()
+    # the final word: a full multi-start fit of every law on every finished run
     outcomes = fit_laws(study.laws, scheduler.finished.values(), seed=study.seed)
     for outcome in outcomes:
         if outcome.fit is not None:
-            tracker.log_fit(outcome.name, outcome.fit.to_dict(), step=len(scheduler.finished))
-    tracker.close_study(failed=stats.failed > 0)
-    return StudyOutcome(parent_run_id=parent, stats=stats, laws=outcomes)
+            tracker.log_fit(outcome.name, law_entry(outcome.fit, budgets=study.export.budgets), step=len(scheduler.finished))
+    tracker.close_study(failed=scheduler.stats.failed > 0)
+    return StudyOutcome(
+        parent_run_id=parent,
+        stats=scheduler.stats,
+        laws=outcomes,
+        stopped=selector.stopped if selector is not None else None,
+    )

@@ -72,8 +72,10 @@ class Tracker(ABC):
         """Runs of this study already FINISHED, by run key."""
 
     @abstractmethod
-    def start_run(self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None) -> str:
-        """Create a child run for one attempt; returns its id."""
+    def start_run(
+        self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None, tags: Mapping[str, str] | None = None
+    ) -> str:
+        """Create a child run for one attempt (with extra ``tags``); returns its id."""
 
     @abstractmethod
     def sink_factory(self, run_id: str) -> SinkFactory:
@@ -132,7 +134,9 @@ class MemoryTracker(Tracker):
             if r["status"] == "FINISHED"
         }
 
-    def start_run(self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None) -> str:
+    def start_run(
+        self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None, tags: Mapping[str, str] | None = None
+    ) -> str:
         with self._lock:
             run_id = f"run-{next(self._ids)}"
         self.runs[run_id] = {
@@ -141,6 +145,7 @@ class MemoryTracker(Tracker):
             "attempt": attempt,
             "spec": spec,
             "plan": plan,
+            "tags": dict(tags or {}),
             "metrics": [],
         }
         return run_id

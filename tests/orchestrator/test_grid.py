@@ -82,3 +82,27 @@ def test_dense_plan_records_exact_shapes() -> None:
         assert r.plan.shape is not None
         assert r.plan.n_params > 0
         assert r.plan.tokens % (study.trainer.batch_size * study.trainer.seq_len) == 0
+
+
+def test_sizes_that_resolve_to_the_same_model_are_one_run() -> None:
+    # 20e3 and 21e3 parameters round to the same shape at this head_dim/aspect ratio: one run.
+    study = study_from_dict(
+        {
+            "name": "g",
+            "trainer": {"kind": "dense", "seq_len": 64, "model": {"head_dim": 16, "aspect_ratio": 16}},
+            "grid": {"N": [20e3, 21e3], "D": [1e6]},
+        }
+    )
+    runs = expand(study)
+    shapes = {r.plan.shape for r in runs}
+    assert len(shapes) == 1
+    assert len(runs) == 1
+    # the identity still separates genuinely different models
+    bigger = study_from_dict(
+        {
+            "name": "g",
+            "trainer": {"kind": "dense", "seq_len": 64, "model": {"head_dim": 16, "aspect_ratio": 16}},
+            "grid": {"N": [20e3, 80e3], "D": [1e6]},
+        }
+    )
+    assert len({r.spec.run_key for r in expand(bigger)}) == 2

@@ -1,0 +1,181 @@
+"""Online refit: every law of a study is refit each time runs finish, without holding up the
+scheduler.
+
+Each update is a warm-started fit (from the previous optimum, the latest full multi-start optimum
+and a few seeded perturbations of them: milliseconds for a few hundred runs). Every
+``full_every`` updates a full multi-start refit from the law's whole initialisation grid runs in a
+background thread; its optimum joins the warm starts of the next update, so the online fit cannot
+stay stuck in a poor basin. Fits are logged on the study's parent run with the number of finished
+runs as the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+import laws
+from laws.export import law_entry
+from orchestrator.fitting import law_table
+from orchestrator.tracking import FinishedRun, Tracker
+
+#: warm-started refits start next to the optimum: a few dozen Newton steps are plenty, and a
+#: poorly identified fit must not spend the full iteration budget on every update
+WARM_OPTIONS = laws.NewtonOptions(max_iter=50)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefitState:
+    """The latest fit of one law and how it was obtained."""
+
+    law: str
+    fit: laws.LawFit | None
+    n_runs: int
+    error: str | None = None
+
+
+class OnlineRefitter:
+    """Keeps the current fit of every law of a study as runs finish.
+
+    The driver calls :meth:`submit` with newly finished runs and :meth:`poll` once per scheduler
+    step; fits are computed in a background thread on the latest snapshot of the runs (updates
+    that arrive meanwhile are coalesced into the next one) and logged from the driver's thread
+    by :meth:`poll`. With ``background=False`` every submit refits at once (tests, replay).
+    """
+
+    def __init__(
+        self,
+        law_names: Sequence[str],
+        *,
+        tracker: Tracker | None = None,
+        budgets: Sequence[float] = (),
+        full_every: int = 10,
+        jitter_starts: int = 8,
+        seed: int = 0,
+        background: bool = True,
+        on_fit: Callable[[RefitState], None] | None = None,
+    ) -> None:
+        self.laws = {name: laws.get_law(name) for name in law_names}
+        self.tracker = tracker
+        self.budgets = list(budgets)
+        self.full_every = max(int(full_every), 1)
+        self.jitter_starts = jitter_starts
+        self.rng = np.random.default_rng(seed)
+        self.on_fit = on_fit or (lambda state: None)
+        self.states: dict[str, RefitState] = {}
+        self.updates = 0  # refits completed
+        self._runs: dict[str, FinishedRun] = {}
+        self._dirty = False
+        self._full: dict[str, np.ndarray] = {}  # law -> latest full multi-start optimum
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit") if background else None
+        self._job: Future[dict[str, RefitState]] | None = None
+
+    # -- public ---------------------------------------------------------------------------------
+    def current(self, name: str) -> laws.LawFit | None:
+        state = self.states.get(name)
+        return state.fit if state else None
+
+    def submit(self, finished: Iterable[FinishedRun]) -> None:
+        """Add finished runs; a refit on them starts now or right after the running one."""
+        for run in finished:
+            self._runs[run.run_key] = run
+            self._dirty = True
+        self._start()
+        if self._pool is None:
+            self.poll()
+
+    def poll(self) -> dict[str, RefitState]:
+        """Collect a finished refit (logging it); returns the laws it updated (may be empty)."""
+        if self._job is None or not self._job.done():
+            return {}
+        new = self._job.result()
+        self._job = None
+        self.updates += 1
+        for name, state in new.items():
+            self.states[name] = state
+            self._log(state)
+            self.on_fit(state)
+        self._start()
+        return new
+
+    def drain(self) -> dict[str, RefitState]:
+        """Wait until the fits reflect every submitted run."""
+        while self._job is not None:
+            self._job.result()
+            self.poll()
+        return dict(self.states)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._job is not None or not self._dirty:
+            return
+        self._dirty = False
+        runs = sorted(self._runs.values(), key=lambda r: r.run_key)
+        full = self.updates % self.full_every == 0
+        starts = {name: self._starts(name, law) for name, law in self.laws.items()}
+        if self._pool is None:
+            done: Future[dict[str, RefitState]] = Future()
+            done.set_result(self._refit_all(runs, starts, full))
+            self._job = done
+        else:
+            self._job = self._pool.submit(self._refit_all, runs, starts, full)
+
+    def _starts(self, name: str, law: laws.ScalingLaw) -> np.ndarray | None:
+        bases = []
+        prev = self.current(name)
+        if prev is not None:
+            bases.append(law.from_natural(prev.params).numpy())
+        if name in self._full:
+            bases.append(self._full[name])
+        if not bases:
+            return None  # first fit: the law's whole initialisation grid
+        base = np.stack(bases)
+        jitter = base[self.rng.integers(0, len(base), self.jitter_starts)]
+        jitter = jitter + self.rng.normal(scale=0.1, size=jitter.shape) * np.maximum(np.abs(jitter), 0.1)
+        return np.concatenate([base, jitter])
+
+    def _refit_all(
+        self, runs: list[FinishedRun], starts: dict[str, np.ndarray | None], full: bool
+    ) -> dict[str, RefitState]:
+        out = {}
+        for name, law in self.laws.items():
+            try:
+                inputs, loss = law_table(law, runs)
+                if full and starts[name] is not None:
+                    best = laws.fit(law, inputs, loss, covariance=False)
+                    self._full[name] = law.from_natural(best.params).numpy()
+                    starts[name] = np.concatenate([starts[name], self._full[name][None]])
+                warm = starts[name] is not None
+                fit_ = laws.fit(law, inputs, loss, init=starts[name], options=WARM_OPTIONS if warm else None)
+            except ValueError as exc:
+                out[name] = RefitState(law=name, fit=None, n_runs=len(runs), error=str(exc))
+                continue
+            out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs))
+        return out
+
+    def _log(self, state: RefitState) -> None:
+        if self.tracker is None or state.fit is None:
+            return
+        self.tracker.log_fit(state.law, law_entry(state.fit, budgets=self.budgets), step=state.n_runs)
+
+
+def fit_summary(state: RefitState) -> str:
+    """One line: the law, its parameters with intervals where known."""
+    if state.fit is None:
+        return f"law {state.law}: not fitted yet ({state.error})"
+    try:
+        intervals = laws.parametric_intervals(state.fit)
+    except ValueError:
+        intervals = {}
+    parts = []
+    for k, v in state.fit.params.items():
+        lo_hi = intervals.get(k)
+        parts.append(f"{k}={v:.4g}" + (f" [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}]" if lo_hi else ""))
+    return f"law {state.law} on {state.n_runs} runs: " + ", ".join(parts)

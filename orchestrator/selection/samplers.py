@@ -1,0 +1,185 @@
+"""Optuna samplers over a pool of candidate runs.
+
+A trial's only parameter is ``candidate``, an index into the study's candidate pool (the expanded
+grid, in its stable order). Every sampler sees the trials already proposed (finished, failed or
+still in flight: ``RUNNING`` trials with a candidate) so parallel workers never get the same run,
+and only proposes runs that fit in the remaining compute budget.
+
+- :class:`InformationSampler`: target-variance reduction per FLOP^gamma
+  (:mod:`orchestrator.selection.criteria`), after a space-filling start;
+- :class:`RandomPoolSampler`: uniformly at random (seeded), a baseline;
+- :class:`CheapestSampler`: cheapest first, a baseline.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, IntDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+import laws
+from orchestrator.selection.criteria import (
+    Target,
+    greedy_information,
+    noise_variance,
+    space_filling,
+    target_gradients,
+)
+
+PARAM = "candidate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pool:
+    """The candidates: law inputs per run [n] each, their costs (FLOPs plus overhead) and the
+    total budget. ``space`` are the coordinates the space-filling design spreads over."""
+
+    inputs: dict[str, np.ndarray]
+    cost: np.ndarray
+    budget: float
+    space: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.cost.shape[0])
+
+    def distribution(self) -> IntDistribution:
+        return IntDistribution(0, self.size - 1)
+
+
+def proposed(study: optuna.Study) -> list[int]:
+    """Candidates of every trial that has one (finished, failed or in flight)."""
+    return [
+        int(t.params[PARAM])
+        for t in study.get_trials(deepcopy=False)
+        if PARAM in t.params and t.state != TrialState.WAITING
+    ]
+
+
+def budget_left(study: optuna.Study, pool: Pool) -> float:
+    return pool.budget - float(sum(pool.cost[i] for i in proposed(study)))
+
+
+def available(study: optuna.Study, pool: Pool) -> np.ndarray:
+    """Mask of candidates not proposed yet and affordable with what is left."""
+    mask = np.ones(pool.size, dtype=bool)
+    taken = proposed(study)
+    mask[taken] = False
+    return mask & (pool.cost <= budget_left(study, pool))
+
+
+class PoolSampler(BaseSampler):
+    """Base class: proposes one candidate index per trial."""
+
+    def __init__(self, pool: Pool, seed: int = 0) -> None:
+        self.pool = pool
+        self.rng = np.random.default_rng(seed)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {PARAM: self.pool.distribution()}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if PARAM not in search_space:
+            return {}
+        mask = available(study, self.pool)
+        if not mask.any():
+            raise RuntimeError("no affordable candidate is left; check selection.exhausted() before ask()")
+        return {PARAM: int(self.choose(study, mask))}
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        raise ValueError(f"pool samplers only propose {PARAM!r}, not {param_name!r}")
+
+    def reseed_rng(self) -> None:
+        self.rng = np.random.default_rng()
+
+    @abstractmethod
+    def choose(self, study: optuna.Study, mask: np.ndarray) -> int:
+        """The candidate to run next among ``mask``."""
+
+
+class RandomPoolSampler(PoolSampler):
+    def choose(self, study: optuna.Study, mask: np.ndarray) -> int:
+        return int(self.rng.choice(np.flatnonzero(mask)))
+
+
+class CheapestSampler(PoolSampler):
+    def choose(self, study: optuna.Study, mask: np.ndarray) -> int:
+        idx = np.flatnonzero(mask)
+        return int(idx[np.argmin(self.pool.cost[idx])])
+
+
+class InformationSampler(PoolSampler):
+    """Information per unit of cost about the targets, from the current fit.
+
+    Until the law is fitted on at least ``initial_runs`` runs, candidates come from a maximin
+    space-filling design at the cheap end of the pool. Then each candidate is scored by the
+    expected reduction of the targets' variance divided by cost^gamma, counting runs in flight as
+    if done (:func:`~orchestrator.selection.criteria.greedy_information`).
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        law: laws.ScalingLaw,
+        fit_provider: Callable[[], laws.LawFit | None],
+        targets: Sequence[Target],
+        initial_runs: int,
+        gamma: float = 0.4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(pool, seed)
+        self.law = law
+        self.fit_provider = fit_provider
+        self.targets = list(targets)
+        self.initial_runs = initial_runs
+        self.gamma = gamma
+        self._cache: tuple[tuple[float, ...], np.ndarray, np.ndarray] | None = None
+        self.last_scores: list[tuple[int, float]] = []  # (candidate, gain) of recent picks
+
+    def _pool_state(self, fit_: laws.LawFit) -> tuple[np.ndarray, np.ndarray]:
+        """Jacobians [n, P] and log-predictions [n] of the whole pool at the current fit."""
+        theta = self.law.from_natural(fit_.params).numpy()
+        key = tuple(theta.tolist())
+        if self._cache is None or self._cache[0] != key:
+            jac = laws.prediction_jacobian(self.law, theta, self.pool.inputs)
+            log_pred = np.log(self.law.predict(fit_.params, **self.pool.inputs))
+            self._cache = (key, np.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0), log_pred)
+        return self._cache[1], self._cache[2]
+
+    def choose(self, study: optuna.Study, mask: np.ndarray) -> int:
+        taken = np.array(proposed(study), dtype=int)
+        fit_ = self.fit_provider()
+        left = budget_left(study, self.pool)
+        if fit_ is None or fit_.report.n_points < self.initial_runs:
+            return space_filling(
+                self.pool.space, self.pool.cost, 1, taken=taken, allowed=mask, budget_left=left, rng=self.rng
+            )[0]
+        jac, log_pred = self._pool_state(fit_)
+        done = [t for t in study.get_trials(deepcopy=False) if PARAM in t.params and t.state in _COUNTED]
+        j_done = jac[[int(t.params[PARAM]) for t in done]]
+        finished = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
+        residuals = np.array([log_pred[int(t.params[PARAM])] - np.log(t.value) for t in finished])
+        sigma2 = noise_variance(fit_, residuals)
+        g = target_gradients(self.law, fit_, self.targets)
+        scores = greedy_information(
+            jac, self.pool.cost, j_done, g, sigma2=sigma2, k=1, gamma=self.gamma, allowed=mask, budget_left=left
+        )
+        if not scores.picks:
+            return int(np.flatnonzero(mask)[0])
+        self.last_scores = [*self.last_scores[-9:], (scores.picks[0], scores.gains[0])]
+        return scores.picks[0]
+
+
+_COUNTED = (TrialState.COMPLETE, TrialState.RUNNING)

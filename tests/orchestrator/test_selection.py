@@ -1,0 +1,204 @@
+"""Budgeted run selection: the information criterion, the Optuna selector, resume and baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import laws
+from orchestrator.errors import StudyError
+from orchestrator.executors import InlineExecutor
+from orchestrator.grid import expand
+from orchestrator.loading import study_from_dict
+from orchestrator.selection import (
+    Selector,
+    Target,
+    greedy_information,
+    space_filling,
+    target_gradients,
+)
+from orchestrator.selection.criteria import log_n_opt
+from orchestrator.study import run_study
+from orchestrator.tracking import MemoryTracker
+from trainers.simulated import REPLICATION_CHINCHILLA
+
+
+def _study(mode: str = "active", **selection) -> object:
+    sel = {"mode": mode, "budget_fraction": 0.3, "target": {"budget": 1e22}, "refit_every": 1000}
+    sel.update(selection)
+    return study_from_dict(
+        {
+            "name": f"sel-{mode}",
+            "seed": 0,
+            "trainer": {"kind": "simulated", "simulated": {"noise": 0.005}},
+            "grid": {"isoflop": {"budgets": [1e17, 1e18, 1e19, 1e20], "points_per_budget": 7, "span": 30}},
+            "laws": ["chinchilla"],
+            "selection": sel,
+        }
+    )
+
+
+def _true_fit() -> laws.LawFit:
+    report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
+    return laws.LawFit(law="chinchilla", params=dict(REPLICATION_CHINCHILLA), objective=0.0, report=report)
+
+
+def test_greedy_rank_one_updates_match_recomputed_variances() -> None:
+    rng = np.random.default_rng(0)
+    p, n = 4, 40
+    j_pool, j_done, g = rng.normal(size=(n, p)), rng.normal(size=(6, p)), rng.normal(size=(2, p))
+    cost = rng.uniform(1, 5, size=n)
+    s = greedy_information(j_pool, cost, j_done, g, sigma2=0.3, k=3, gamma=0.0, prior_precision=0.0)
+    assert len(s.picks) == 3 and len(set(s.picks)) == 3
+    # each greedy gain equals the exact drop of the target variance when that run is added
+    chosen = list(j_done)
+    for i, gain in zip(s.picks, s.gains, strict=True):
+        before = np.trace(g @ np.linalg.inv(np.array(chosen).T @ np.array(chosen) / 0.3) @ g.T)
+        after_rows = np.array([*chosen, j_pool[i]])
+        after = np.trace(g @ np.linalg.inv(after_rows.T @ after_rows / 0.3) @ g.T)
+        assert gain == pytest.approx(before - after, rel=1e-8)
+        # and it is the best single addition among the remaining candidates
+        others = [
+            np.trace(g @ np.linalg.inv(np.array([*chosen, j_pool[c]]).T @ np.array([*chosen, j_pool[c]]) / 0.3) @ g.T)
+            for c in range(n)
+            if c not in s.picks[: s.picks.index(i)]
+        ]
+        assert after == pytest.approx(min(others), rel=1e-8)
+        chosen.append(j_pool[i])
+
+
+def test_greedy_respects_budget_and_mask() -> None:
+    rng = np.random.default_rng(1)
+    j_pool, g = rng.normal(size=(10, 3)), rng.normal(size=(1, 3))
+    cost = np.arange(1.0, 11.0)
+    allowed = np.ones(10, dtype=bool)
+    allowed[0] = False
+    s = greedy_information(j_pool, cost, rng.normal(size=(5, 3)), g, sigma2=1.0, k=10, allowed=allowed, budget_left=7.0)
+    assert 0 not in s.picks
+    assert cost[s.picks].sum() <= 7.0
+
+
+def test_space_filling_spreads_over_the_cheap_end() -> None:
+    x = np.array([[a, b] for a in range(10) for b in range(10)], dtype=float)
+    cost = x.sum(1) + 1
+    picks = space_filling(
+        x, cost, 4, taken=np.array([], dtype=int), allowed=np.ones(100, dtype=bool),
+        budget_left=np.inf, rng=np.random.default_rng(0),
+    )
+    assert len(set(picks)) == 4
+    assert all(cost[i] <= np.quantile(cost, 0.5) for i in picks)
+    pts = x[picks]
+    min_dist = min(np.linalg.norm(a - b) for i, a in enumerate(pts) for b in pts[i + 1 :])
+    assert min_dist >= 3.0  # a maximin design, not a clump
+
+
+def test_n_opt_gradient_matches_finite_differences() -> None:
+    law = laws.get_law("chinchilla")
+    fit_ = _true_fit()
+    g = target_gradients(law, fit_, [Target(kind="N_opt", budget=1e21)])[0]
+    theta = law.from_natural(fit_.params)
+    eps = 1e-6
+    for i in range(law.n_params):
+        d = theta.clone()
+        d[i] += eps
+        fd = (log_n_opt(law, d, budget=1e21) - log_n_opt(law, theta, budget=1e21)) / eps
+        assert g[i] == pytest.approx(float(fd), rel=1e-4, abs=1e-7)
+    # and log N_opt itself is the closed form of the recipes module
+    n_opt = laws.compute_optimal(fit_, [1e21])[0].N_opt
+    assert float(log_n_opt(law, theta, budget=1e21)) == pytest.approx(np.log(n_opt), rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["active", "random", "cheapest"])
+def test_budgeted_study_spends_within_budget_without_duplicates(mode: str) -> None:
+    study = _study(mode)
+    grid = expand(study)
+    budget = 0.3 * sum(r.plan.flops for r in grid)
+    tracker = MemoryTracker()
+    storage = optuna.storages.InMemoryStorage()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=storage, background_refit=False)
+    runs = [r for r in tracker.runs.values() if r["status"] == "FINISHED"]
+    keys = [r["run_key"] for r in runs]
+    assert len(keys) == len(set(keys)) == outcome.stats.finished > 5
+    spent = sum(r["plan"].flops for r in runs)
+    assert spent <= budget * (1 + 1e-9)
+    assert outcome.stopped is not None and "budget spent" in outcome.stopped
+    # every run is an Optuna trial, told its final loss, and tagged with its trial number
+    trials = optuna.load_study(study_name=study.name, storage=storage).get_trials()
+    assert len(trials) == len(runs) and all(t.state == TrialState.COMPLETE for t in trials)
+    by_number = {t.number: t.value for t in trials}
+    for r in runs:
+        number = int(r["tags"]["isoflop.trial"])
+        assert by_number[number] == pytest.approx(r["finished"].final_loss)
+    if mode == "cheapest":
+        chosen = sorted(r["plan"].flops for r in runs)
+        assert chosen == sorted(r.plan.flops for r in grid)[: len(chosen)]
+
+
+def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
+    study = _study("active")
+    grid = expand(study)
+    storage = optuna.storages.InMemoryStorage()
+    first = Selector(study, grid, fit_provider=lambda name: None, storage=storage)
+    proposed = first.propose(3)  # three in flight; then the driver dies without telling Optuna
+    assert len({r.spec.run_key for r in proposed}) == 3
+    second = Selector(study, grid, fit_provider=lambda name: None, storage=storage)
+    again = second.propose(3)
+    assert [r.spec.run_key for r in again] == [r.spec.run_key for r in proposed]
+    assert [r.tags["isoflop.trial"] for r in again] == [r.tags["isoflop.trial"] for r in proposed]
+    fresh = second.propose(2)
+    assert not {r.spec.run_key for r in fresh} & {r.spec.run_key for r in proposed}
+
+
+def test_active_prefers_informative_runs_over_cheap_ones() -> None:
+    # with the true law known, the first criterion-driven picks are not simply the cheapest runs
+    study = _study("active", initial_runs=1)
+    grid = expand(study)
+    fit_ = _true_fit()
+    fit_ = laws.LawFit(law=fit_.law, params=fit_.params, objective=0.0, report=laws.FitReport(
+        n_points=20, n_starts=1, n_best=1, best_tol=0.0, grad_norm=0.0, converged=True))
+    sel = Selector(study, grid, fit_provider=lambda name: fit_, storage=optuna.storages.InMemoryStorage())
+    picks = sel.propose(6)
+    costs = sorted(r.plan.flops for r in grid)
+    assert max(r.plan.flops for r in picks) > costs[5], "pure cheapest-first would have taken the 6 cheapest"
+    assert len({r.spec.run_key for r in picks}) == 6
+
+
+@pytest.mark.parametrize(
+    ("selection", "key"),
+    [
+        ({"mode": "active", "target": {"budget": 1e22}}, "selection.budget_flops"),
+        ({"mode": "active", "budget_fraction": 1.5, "target": {"budget": 1e22}}, "selection.budget_fraction"),
+        ({"mode": "active", "budget_fraction": 0.1}, "selection.target"),
+        ({"mode": "active", "budget_fraction": 0.1, "target": {"budget": 1e22, "quantities": ["loss", "x"]}},
+         "selection.target.quantities[1]"),
+        ({"mode": "active", "budget_fraction": 0.1, "target": {"points": [{"N": 1e9}]}}, "selection.target.points[0]"),
+        ({"mode": "random", "budget_flops": 1e18, "budget_fraction": 0.1}, "selection.budget_fraction"),
+        ({"mode": "active", "budget_fraction": 0.1, "law": "chinchilla_gamma", "target": {"budget": 1e22}},
+         "selection.law"),
+        ({"mode": "active", "budget_fraction": 0.1, "cost_exponent": -1, "target": {"budget": 1e22}},
+         "selection.cost_exponent"),
+        ({"mode": "bayes"}, "selection.mode"),
+    ],
+)
+def test_bad_selection_names_the_key(selection: dict, key: str) -> None:
+    with pytest.raises(StudyError) as err:
+        study_from_dict(
+            {
+                "name": "bad",
+                "trainer": {"kind": "simulated"},
+                "grid": {"N": [1e6, 1e7], "D": [1e8]},
+                "selection": selection,
+            }
+        )
+    assert err.value.key == key
+
+
+def test_budget_below_the_cheapest_run_is_rejected_before_anything_is_written() -> None:
+    study = _study("random", budget_fraction=None, budget_flops=1.0)
+    tracker = MemoryTracker()
+    with pytest.raises(StudyError) as err:
+        run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=optuna.storages.InMemoryStorage())
+    assert err.value.key == "selection.budget_flops"
+    assert tracker.parent_id == "" and not tracker.runs
