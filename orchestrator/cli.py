@@ -105,27 +105,43 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _run(study) -> int:  # noqa: ANN001
     from orchestrator.grid import expand
-    from orchestrator.progress import Progress
+    from orchestrator.progress import FitPrinter, Progress
     from orchestrator.study import run_study
 
     runs = expand(study)  # validated before anything starts
+    sel = study.selection
+    if sel.mode == "grid":
+        print(f"isoflop: study {study.name!r}: {len(runs)} runs", flush=True)
+    else:
+        total = sum(r.plan.flops for r in runs)
+        budget = sel.budget_flops if sel.budget_flops is not None else (sel.budget_fraction or 1.0) * total
+        print(
+            f"isoflop: study {study.name!r}: {sel.mode} selection from {len(runs)} candidate runs, "
+            f"budget {budget:.3g} of {total:.3g} FLOPs",
+            flush=True,
+        )
     progress = Progress(total=len(runs))
-    print(f"isoflop: study {study.name!r}: {len(runs)} runs", flush=True)
     start = time.monotonic()
-    outcome = run_study(study, on_event=progress, runs=runs)
+    outcome = run_study(study, on_event=progress, on_fit=FitPrinter(), runs=runs)
     s = outcome.stats
     print(
         f"isoflop: {s.finished} runs finished, {s.skipped} already done, {s.failed} failed "
-        f"({time.monotonic() - start:.1f}s)",
+        f"({time.monotonic() - start:.1f}s)" + (f"; selection stopped: {outcome.stopped}" if outcome.stopped else ""),
         flush=True,
     )
     for law in outcome.laws:
         if law.fit is None:
             print(f"isoflop: law {law.name}: not fitted ({law.error})")
         else:
-            params = ", ".join(f"{k}={v:.4g}" for k, v in law.fit.params.items())
-            print(f"isoflop: law {law.name} on {law.n_points} runs: {params}")
+            print(f"isoflop: {fit_line(law.name, law.fit, law.n_points)}")
     return EXIT_RUNS_FAILED if s.failed else EXIT_OK
+
+
+def fit_line(name: str, fit, n_runs: int) -> str:  # noqa: ANN001 - laws.LawFit
+    """The law's parameters with their 95 % intervals, on one line."""
+    from orchestrator.refit import RefitState, fit_summary
+
+    return fit_summary(RefitState(law=name, fit=fit, n_runs=n_runs))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import TextIO
 
+from orchestrator.refit import RefitState, fit_summary
 from orchestrator.scheduler import Event
 
 
@@ -42,3 +43,19 @@ class Progress:
 
 def _first_line(text: str | None) -> str:
     return (text or "unknown error").strip().splitlines()[0][:200]
+
+
+class FitPrinter:
+    """Prints the online fit of each law at most every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 10.0, stream: TextIO | None = None) -> None:
+        self.every_s = every_s
+        self.stream = stream or sys.stdout
+        self._last: dict[str, float] = {}
+
+    def __call__(self, state: RefitState) -> None:
+        now = time.monotonic()
+        if state.fit is None or now - self._last.get(state.law, -1e9) < self.every_s:
+            return
+        self._last[state.law] = now
+        print(f"          {fit_summary(state)}", file=self.stream, flush=True)

@@ -5,7 +5,7 @@ against a ground truth that is known exactly: by default the Chinchilla law with
 re-fitted to the Epoch replication (``trainers.config.REPLICATION_CHINCHILLA``).
 
 For a run at (N, D) with seed s, ``z_0, z_1, ...`` are standard normal draws from
-``numpy.random.default_rng(s)`` and
+``numpy.random.default_rng([s, hash(run key)])`` (independent across runs) and
 
     final_loss = L(N, D) * exp(noise * z_0)                      (log-normal, median L(N, D))
     curve_i    = L(N, D_i) * exp(noise * z_i),  D_i = D * i / K  for i = 1 .. K - 1
@@ -17,6 +17,7 @@ seconds of wall time without spending them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,13 @@ import numpy as np
 from trainers.base import CurvePoint, MetricSink, RunPlan, RunPoint, RunResult, RunSpec, Trainer
 from trainers.config import REPLICATION_CHINCHILLA, TrainerConfig
 from trainers.schedule import lr_at
+
+
+def noise_seed(spec: RunSpec) -> list[int]:
+    """Entropy of a run's noise: its seed and its identity, so that runs sharing a seed (every
+    run of a replicate) still draw independent noise."""
+    digest = hashlib.sha256(spec.run_key.encode()).digest()
+    return [spec.seed, int.from_bytes(digest[:8], "little")]
 
 
 def load_law(name: str) -> Any:
@@ -92,7 +100,7 @@ class SimulatedTrainer(Trainer):
             ),
             dtype=np.float64,
         ).reshape(k)
-        rng = np.random.default_rng(spec.seed)
+        rng = np.random.default_rng(noise_seed(spec))
         z_k = rng.standard_normal(k)
         # z_0 (drawn first) belongs to the final loss, so it does not depend on curve_points.
         z_k = np.concatenate([z_k[1:], z_k[:1]])

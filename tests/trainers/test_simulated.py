@@ -51,6 +51,17 @@ def test_deterministic_under_the_seed(chinchilla_law: object) -> None:
     assert a.final_loss != c.final_loss
 
 
+def test_runs_sharing_a_seed_draw_independent_noise(chinchilla_law: object) -> None:
+    # every run of one replicate has the same seed: their noise must still be independent,
+    # or a fit would see one common factor and report absurdly narrow intervals
+    trainer = SimulatedTrainer(_spec().trainer)
+    ratios = []
+    for n in (10**7, 10**8, 10**9):
+        spec = replace(_spec(0, n=n), run_key=f"run-{n}")
+        ratios.append(trainer.train(spec, NullSink()).final_loss / _truth(chinchilla_law, n, 2e9))
+    assert len({round(r, 12) for r in ratios}) == 3
+
+
 def test_noise_has_the_configured_scale(chinchilla_law: object) -> None:
     truth = _truth(chinchilla_law, 1e8, 2e9)
     trainer = SimulatedTrainer(_spec().trainer)
