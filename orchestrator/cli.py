@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the fitted laws, intervals and recipes")
     export.add_argument("study", help="study YAML, or the name of a study in the local store")
-    export.add_argument("--format", choices=["json", "yaml"], default="json")
+    export.add_argument("--format", choices=["json", "yaml", "md"], default="json")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.add_argument("--budgets", help="comma-separated FLOP budgets for N_opt and D_opt")
     export.set_defaults(handler=_cmd_export)
@@ -158,7 +158,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from orchestrator.export import export_study
+    from orchestrator.export import export_with_runs
 
     study = _resolve(args.study)
     budgets = None
@@ -167,8 +167,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
             budgets = [float(b) for b in args.budgets.split(",")]
         except ValueError:
             raise StudyError("--budgets", f"must be comma-separated numbers, got {args.budgets!r}") from None
-    document = export_study(study, budgets=budgets)
-    if args.format == "json":
+        if any(not b > 0 for b in budgets):
+            raise StudyError("--budgets", f"must be positive FLOP counts, got {args.budgets!r}")
+    document, runs = export_with_runs(study, budgets=budgets)
+    if args.format == "md" and args.output:
+        from orchestrator.report import write_report
+
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = write_report(document, runs, out)
+        print(f"isoflop: wrote {out} with {len(written) - 1} figures")
+        return EXIT_OK
+    if args.format == "md":
+        from orchestrator.report import markdown_report
+
+        text = markdown_report(document)
+    elif args.format == "json":
         text = json.dumps(document, indent=2)
     else:
         import yaml

@@ -10,6 +10,7 @@ from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from orchestrator.fitting import fit_laws
 from orchestrator.study import open_tracker, tracking_uri
+from orchestrator.tracking import FinishedRun
 
 
 def default_budgets(max_run_flops: float) -> list[float]:
@@ -19,6 +20,13 @@ def default_budgets(max_run_flops: float) -> list[float]:
 
 def export_study(study: StudyConfig, *, budgets: Sequence[float] | None = None) -> dict[str, Any]:
     """Refit the study's laws on its finished runs and describe them (see ``laws.export_document``)."""
+    return export_with_runs(study, budgets=budgets)[0]
+
+
+def export_with_runs(
+    study: StudyConfig, *, budgets: Sequence[float] | None = None
+) -> tuple[dict[str, Any], list[FinishedRun]]:
+    """The export document and the finished runs it was fitted on."""
     tracker = open_tracker(study)
     parent = tracker.attach(study.name)
     runs = list(tracker.finished_runs().values())
@@ -39,4 +47,4 @@ def export_study(study: StudyConfig, *, budgets: Sequence[float] | None = None) 
         {"run_key": r.run_key, "run_id": r.run_id, **dict(r.inputs), "loss": r.final_loss}
         for r in sorted(runs, key=lambda r: (r.inputs.get("C", 0.0), r.inputs.get("N", 0.0)))
     ]
-    return document
+    return document, runs

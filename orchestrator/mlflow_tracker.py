@@ -204,6 +204,10 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.parent_id, metrics=metrics[i : i + _MAX_BATCH])
         self.client.log_text(self.parent_id, json.dumps(fit_document, indent=2), f"fits/{law}.json")
 
+    def log_figures(self, figures: Mapping[str, object]) -> None:
+        for name, fig in figures.items():
+            self.client.log_figure(self.parent_id, fig, f"plots/{name}")
+
 
 def fit_metrics(law: str, document: Mapping[str, object]) -> dict[str, float]:
     """A law fit as parent-run metrics: ``law.<law>.<param>`` with ``.lo``/``.hi`` interval ends,

@@ -66,6 +66,7 @@ class OnlineRefitter:
         self.rng = np.random.default_rng(seed)
         self.on_fit = on_fit or (lambda state: None)
         self.states: dict[str, RefitState] = {}
+        self.history: dict[str, dict[int, laws.LawFit]] = {name: {} for name in law_names}
         self.updates = 0  # refits completed
         self._runs: dict[str, FinishedRun] = {}
         self._dirty = False
@@ -74,6 +75,11 @@ class OnlineRefitter:
         self._job: Future[dict[str, RefitState]] | None = None
 
     # -- public ---------------------------------------------------------------------------------
+    @property
+    def runs(self) -> list[FinishedRun]:
+        """Every finished run submitted so far."""
+        return list(self._runs.values())
+
     def current(self, name: str) -> laws.LawFit | None:
         state = self.states.get(name)
         return state.fit if state else None
@@ -96,6 +102,8 @@ class OnlineRefitter:
         self.updates += 1
         for name, state in new.items():
             self.states[name] = state
+            if state.fit is not None:
+                self.history[name][state.n_runs] = state.fit
             self._log(state)
             self.on_fit(state)
         self._start()

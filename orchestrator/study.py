@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
+import laws
 from laws.export import law_entry
 from orchestrator.cluster import check_feasible, connect, gpus_per_run
 from orchestrator.config import StudyConfig
@@ -103,14 +105,17 @@ def run_study(
         max_retries=study.resources.max_retries,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
-        on_event=on_event,
+        on_event=_with_skipped_runs(refitter, on_event),
         on_finished=refitter.submit,
         proposer=selector,
     )
+    figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)
     try:
         while scheduler.step(study.resources.wait_timeout_s):
-            if refitter.poll() and selector is not None:
-                selector.check_stop(refitter.current(selector.law.name))
+            if refitter.poll():
+                figures.maybe_log()
+                if selector is not None:
+                    selector.check_stop(refitter.current(selector.law.name))
         refitter.drain()
     except BaseException:
         executor.shutdown()
@@ -123,6 +128,7 @@ def run_study(
     for outcome in outcomes:
         if outcome.fit is not None:
             tracker.log_fit(outcome.name, law_entry(outcome.fit, budgets=study.export.budgets), step=len(scheduler.finished))
+    figures.log({o.name: o.fit for o in outcomes if o.fit is not None})
     tracker.close_study(failed=scheduler.stats.failed > 0)
     return StudyOutcome(
         parent_run_id=parent,
@@ -130,3 +136,44 @@ def run_study(
         laws=outcomes,
         stopped=selector.stopped if selector is not None else None,
     )
+
+
+class FigureLogger:
+    """Refreshes the study's figures on the parent run, at most every ``every_s`` seconds."""
+
+    def __init__(self, tracker: Tracker, refitter: OnlineRefitter, *, budgets: list[float], every_s: float = 30.0) -> None:
+        self.tracker = tracker
+        self.refitter = refitter
+        self.budgets = budgets
+        self.every_s = every_s
+        self._last = time.monotonic()
+
+    def maybe_log(self) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            fits = {name: s.fit for name, s in self.refitter.states.items() if s.fit is not None}
+            self.log(fits)
+
+    def log(self, fits: dict[str, laws.LawFit]) -> None:
+        from orchestrator import plots
+
+        self._last = time.monotonic()
+        runs = self.refitter.runs
+        if not runs:
+            return
+        figures = plots.study_figures(runs, fits, budgets=self.budgets, history=self.refitter.history)
+        try:
+            self.tracker.log_figures(figures)
+        finally:
+            plots.close(figures)
+
+
+def _with_skipped_runs(refitter: OnlineRefitter, on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    """Runs finished by an earlier invocation count for the fits too."""
+
+    def handle(event: Event) -> None:
+        if event.kind == "skip" and event.finished is not None:
+            refitter.submit([event.finished])
+        if on_event is not None:
+            on_event(event)
+
+    return handle

@@ -13,6 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trainers import MetricSink, RunResult
 from trainers.base import RunPlan, RunSpec
@@ -97,6 +98,9 @@ class Tracker(ABC):
     def close_study(self, *, failed: bool) -> None:
         """Mark the parent run finished (or failed)."""
 
+    def log_figures(self, figures: Mapping[str, Any]) -> None:  # noqa: B027 - optional
+        """Attach figures (matplotlib, by file name) to the parent run; replaces earlier ones."""
+
 
 class _ListSink:
     def __init__(self, rows: list[tuple[int, dict[str, float]]]) -> None:
@@ -116,6 +120,7 @@ class MemoryTracker(Tracker):
         self.runs: dict[str, dict[str, object]] = {}
         self.fits: list[tuple[str, int, Mapping[str, object]]] = []
         self.closed: bool | None = None
+        self.figures: dict[str, str] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -177,3 +182,6 @@ class MemoryTracker(Tracker):
 
     def close_study(self, *, failed: bool) -> None:
         self.closed = failed
+
+    def log_figures(self, figures: Mapping[str, Any]) -> None:
+        self.figures.update({name: type(fig).__name__ for name, fig in figures.items()})

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+import laws
+from orchestrator.api import latest_fits, study_runs
 from orchestrator.cli import main
 from orchestrator.export import export_study
 from orchestrator.loading import study_from_dict
@@ -83,6 +85,29 @@ def test_simulated_study_is_tracked_nested_deduplicated_and_exported(ray_local, 
     json.dumps(document)  # JSON-able
     assert document["study"]["finished_runs"] == 15
     assert len(document["runs"]) == 15
+    # the exported law loads back and predicts without MLflow or Ray
+    (fit,) = laws.load_document(json.loads(json.dumps(document)))
+    assert fit.predict(N=1e9, D=2e10) == pytest.approx(document_prediction(document, 1e9, 2e10), rel=1e-12)
+
+    # the parent run carries the figures, the fit documents and interval metrics
+    artifacts = {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")}
+    assert {"plots/loss_vs_compute.png", "plots/isoflop_curves.png", "plots/residuals_chinchilla.png"} <= artifacts
+    assert {"law.chinchilla.alpha.lo", "law.chinchilla.alpha.hi"} <= set(parent.data.metrics)
+    history = client.get_metric_history(outcome.parent_run_id, "law.chinchilla.alpha")
+    assert len(history) >= 2 and max(m.step for m in history) == 15
+
+    # the Python API: runs as a DataFrame, the latest fits as objects
+    df = study_runs(study)
+    assert len(df) == 15 and set(df["status"]) == {"FINISHED"}
+    assert {"N", "D", "C", "final_loss", "run_key"} <= set(df.columns)
+    fits = latest_fits(study)
+    assert set(fits) == {"chinchilla"}
+    assert fits["chinchilla"].params == pytest.approx(fit.params, rel=1e-6)
+
+
+def document_prediction(document: dict, n: float, d: float) -> float:
+    p = document["laws"][0]["params"]
+    return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
 
 
 def test_real_dense_runs_train_through_ray(ray_local, store) -> None:
@@ -118,3 +143,20 @@ def test_cli_validate_lists_runs(tmp_path: Path, capsys) -> None:
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2 runs" in out
+
+
+def test_cli_markdown_report_with_figures(ray_local, store, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "md.yaml"
+    path.write_text(
+        f"name: md\ntracking: {{uri: '{store}'}}\ntrainer: {{kind: simulated}}\n"
+        "grid: {isoflop: {budgets: [1e18, 1e19], points_per_budget: 4}}\n"
+    )
+    assert main(["run", str(path)]) == 0
+    out = tmp_path / "report" / "md.md"
+    assert main(["export", str(path), "--format", "md", "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## Law `chinchilla`" in text and "| alpha |" in text and "N_opt" in text
+    figures = sorted((tmp_path / "report" / "md_files").glob("*.png"))
+    assert len(figures) >= 3 and all(f.stat().st_size > 5000 for f in figures)
+    assert all(f"md_files/{f.name}" in text for f in figures)
+    assert main(["export", str(path), "--budgets", "1e20,-3"]) == 2

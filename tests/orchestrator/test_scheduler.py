@@ -88,6 +88,9 @@ def test_runs_left_running_by_a_dead_driver_are_redone() -> None:
     assert outcome.stats.skipped == 1 and outcome.stats.finished == 8
     statuses = [r["status"] for r in tracker.runs.values()]
     assert statuses.count("KILLED") == 2 and statuses.count("FINISHED") == 9
+    # the run finished before the crash counts for the fits: every online refit saw it
+    steps = [step for law, step, _ in tracker.fits]
+    assert steps[-2:] == [9, 9], "the last online refit (before the final fit) saw all 9 runs"
 
 
 def test_study_fits_chinchilla_on_simulated_runs() -> None:
@@ -101,4 +104,7 @@ def test_study_fits_chinchilla_on_simulated_runs() -> None:
     assert len(steps) >= 2 and steps == sorted(steps) and steps[-1] == 9
     assert 5 <= steps[0] < 9  # the first fit as soon as there are as many runs as parameters
     assert set(tracker.fits[-1][2]["intervals"]) == {"E", "A", "B", "alpha", "beta"}
+    assert {"loss_vs_compute.png", "isoflop_curves.png", "residuals_chinchilla.png", "trajectory_chinchilla.png"} <= set(
+        tracker.figures
+    )
     assert tracker.closed is False

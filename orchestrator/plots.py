@@ -1,0 +1,139 @@
+"""Figures of a study: what the MLflow UI shows on the parent run and the Markdown report embeds.
+
+Every function takes the finished runs (and fits) and returns a matplotlib Figure; nothing here
+touches MLflow. The Agg backend is used, so figures render without a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import laws  # noqa: E402
+from orchestrator.tracking import FinishedRun  # noqa: E402
+
+
+def _column(runs: Sequence[FinishedRun], key: str) -> np.ndarray:
+    return np.array([float(r.inputs.get(key, np.nan)) for r in runs])
+
+
+def _budget_groups(c: np.ndarray, rtol: float = 0.05) -> list[np.ndarray]:
+    order = np.argsort(c)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and abs(c[i] / c[groups[-1][0]] - 1.0) <= rtol:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    return [np.array(g) for g in groups]
+
+
+def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budgets: Sequence[float] = ()) -> Figure:
+    """Final loss against training FLOPs, with the fitted law's compute-optimal frontier."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    c, n, y = _column(runs, "C"), _column(runs, "N"), np.array([r.final_loss for r in runs])
+    sc = ax.scatter(c, y, c=np.log10(n), cmap="viridis", s=18, label="runs")
+    fig.colorbar(sc, ax=ax, label="log10 N")
+    if fit_ is not None and {"N", "D"} == set(fit_.get_law().inputs) and len(c):
+        hi = max([float(np.nanmax(c)), *budgets])
+        grid = np.logspace(np.log10(np.nanmin(c)), np.log10(hi), 60)
+        frontier = laws.compute_optimal(fit_, grid)
+        ax.plot(grid, [a.loss for a in frontier], color="crimson", lw=1.5, label=f"{fit_.law}: compute-optimal loss")
+        for b in budgets:
+            a = laws.compute_optimal(fit_, [b])[0]
+            ax.plot([b], [a.loss], marker="*", color="crimson", ms=10)
+            ax.annotate(f"N*={a.N_opt:.2g}", (b, a.loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="final loss", title="Loss against compute")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def isoflop_curves(runs: Sequence[FinishedRun], fit_: laws.LawFit | None) -> Figure:
+    """Loss against N at each compute budget, with the fitted law along each isoFLOP curve."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    c, n, y = _column(runs, "C"), _column(runs, "N"), np.array([r.final_loss for r in runs])
+    groups = _budget_groups(c)
+    colors = plt.cm.plasma(np.linspace(0, 0.9, max(len(groups), 1)))
+    for g, color in zip(groups, colors, strict=False):
+        budget = float(np.exp(np.mean(np.log(c[g]))))
+        ax.scatter(n[g], y[g], color=color, s=16, label=f"C={budget:.2g}")
+        if fit_ is not None and set(fit_.get_law().inputs) == {"N", "D"} and len(g) > 1:
+            ns = np.logspace(np.log10(n[g].min()) - 0.2, np.log10(n[g].max()) + 0.2, 50)
+            ax.plot(ns, fit_.predict(N=ns, D=budget / (6 * ns)), color=color, lw=1)
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final loss", title="IsoFLOP curves")
+    if groups:
+        ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def residuals(runs: Sequence[FinishedRun], fit_: laws.LawFit) -> Figure:
+    """log(predicted / observed) per run against FLOPs: structure here means a misfit."""
+    law = fit_.get_law()
+    inputs = {k: _column(runs, k) for k in law.inputs}
+    y = np.array([r.final_loss for r in runs])
+    r = np.log(fit_.predict(**inputs) / y)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.scatter(_column(runs, "C"), r, s=14)
+    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="log(predicted / observed)", title=f"Residuals of {fit_.law}")
+    return fig
+
+
+def parameter_trajectories(history: Mapping[int, laws.LawFit]) -> Figure:
+    """Each parameter of a law against the number of finished runs, with its 95 % interval."""
+    steps = sorted(history)
+    names = list(history[steps[-1]].params)
+    cols = min(len(names), 3)
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), layout="constrained", squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        values = [history[s].params[name] for s in steps]
+        lo, hi = [], []
+        for s in steps:
+            try:
+                iv = laws.parametric_intervals(history[s])[name]
+            except ValueError:
+                iv = (np.nan, np.nan)
+            lo.append(iv[0])
+            hi.append(iv[1])
+        ax.fill_between(steps, lo, hi, alpha=0.25)
+        ax.plot(steps, values, marker=".")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("finished runs", fontsize=8)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{history[steps[-1]].law}: parameters as runs finish", fontsize=10)
+    return fig
+
+
+def study_figures(
+    runs: Sequence[FinishedRun],
+    fits: Mapping[str, laws.LawFit],
+    *,
+    budgets: Sequence[float] = (),
+    history: Mapping[str, Mapping[int, laws.LawFit]] | None = None,
+) -> dict[str, Figure]:
+    """Every figure that applies to this study, by artifact file name."""
+    first = next(iter(fits.values()), None)
+    figures = {
+        "loss_vs_compute.png": loss_vs_compute(runs, first, budgets),
+        "isoflop_curves.png": isoflop_curves(runs, first),
+    }
+    for name, fit_ in fits.items():
+        figures[f"residuals_{name}.png"] = residuals(runs, fit_)
+    for name, hist in (history or {}).items():
+        if len(hist) >= 2:
+            figures[f"trajectory_{name}.png"] = parameter_trajectories(hist)
+    return figures
+
+
+def close(figures: Mapping[str, Figure]) -> None:
+    for fig in figures.values():
+        plt.close(fig)

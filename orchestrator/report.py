@@ -1,0 +1,82 @@
+"""The Markdown report of ``isoflop export --format md``: fitted laws with intervals, the recipes
+they imply, the runs behind them and the study's figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import laws
+from orchestrator.tracking import FinishedRun
+
+
+def _g(x: Any, digits: int = 4) -> str:
+    return f"{x:.{digits}g}" if isinstance(x, int | float) else str(x)
+
+
+def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ()) -> str:
+    """Render an export document (see ``laws.export``); ``figures`` are relative image paths."""
+    study = document.get("study", {})
+    lines = [f"# Scaling-law study `{study.get('name', '?')}`", ""]
+    if study:
+        lines += [
+            f"- finished runs: {study.get('finished_runs')}",
+            f"- tracking store: `{study.get('tracking_uri')}` (parent run `{study.get('parent_run_id')}`)",
+            f"- export schema version: {document.get('schema_version')}",
+            "",
+        ]
+        for name, why in (study.get("not_fitted") or {}).items():
+            lines.append(f"- law `{name}` not fitted: {why}")
+    for entry in document.get("laws", []):
+        lines += [f"## Law `{entry['law']}`", "", f"`L = {entry.get('formula') or '?'}`", ""]
+        intervals = entry.get("intervals") or {}
+        lines += [f"| parameter | value | {int(100 * entry.get('level', 0.95))} % interval |", "|---|---:|---|"]
+        for k, v in entry["params"].items():
+            iv = intervals.get(k)
+            lines.append(f"| {k} | {_g(v)} | {f'[{_g(iv[0], 3)}, {_g(iv[1], 3)}]' if iv else '-'} |")
+        report = entry.get("report", {})
+        lines += [
+            "",
+            f"Intervals: {entry.get('interval_method', '-')}. Fit: objective {_g(entry.get('objective'))}, "
+            f"{report.get('n_points')} points, {report.get('n_best')} of {report.get('n_starts')} starts reached the "
+            f"best optimum, gradient norm {_g(report.get('grad_norm'), 2)}, {_g(report.get('seconds'), 2)} s.",
+        ]
+        for w in report.get("warnings", []):
+            lines.append(f"> warning: {w}")
+        if entry.get("compute_optimal"):
+            lines += ["", "| budget C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---:|---:|---:|---:|---:|"]
+            for row in entry["compute_optimal"]:
+                lines.append(
+                    f"| {row['C']:.3g} | {row['N_opt']:.3g} | {row['D_opt']:.3g} | {row['tokens_per_param']:.1f} | {row['loss']:.4f} |"
+                )
+        lines.append("")
+    if figures:
+        lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    runs = document.get("runs") or []
+    if runs:
+        keys = [k for k in ("N", "D", "C", "S") if any(k in r for r in runs)]
+        lines += ["## Runs", "", "| run | " + " | ".join(keys) + " | loss |", "|---|" + "---:|" * (len(keys) + 1)]
+        for r in runs:
+            lines.append(f"| `{r['run_key'][:8]}` | " + " | ".join(_g(r.get(k), 3) for k in keys) + f" | {r['loss']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(document: Mapping[str, Any], runs: Sequence[FinishedRun], output: Path) -> list[Path]:
+    """Write ``output`` (Markdown) and its figures beside it in ``<stem>_files/``; returns all paths."""
+    from orchestrator import plots
+
+    fits = {e["law"]: laws.LawFit.from_dict(e) for e in document.get("laws", [])}
+    budgets = document.get("budgets", [])
+    figures = plots.study_figures(runs, fits, budgets=budgets)
+    folder = output.parent / f"{output.stem}_files"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        for name, fig in figures.items():
+            fig.savefig(folder / name, dpi=110)
+            written.append(folder / name)
+    finally:
+        plots.close(figures)
+    output.write_text(markdown_report(document, figures=[f"{folder.name}/{p.name}" for p in written]))
+    return [output, *written]
