@@ -1,23 +1,27 @@
 """FlashSigmoid (Triton) against FlashAttention-2 softmax attention (SDPA flash backend) on a GPU.
 
 1. Correctness on the GPU: forward and dQ/dK/dV of the kernels against the float64 PyTorch
-   reference (bf16 and fp32 inputs, causal and not, a length with a partial last block).
-2. Timing with CUDA events through ``triton.testing.do_bench`` (median after warm-up) of the
-   forward and of forward+backward (both dQ strategies of the backward: a separate dQ kernel, or
-   fp32 atomics in the dK/dV kernel), at sequence lengths 1k..16k, head dims 64 and 128, bf16,
-   causal and not, against ``scaled_dot_product_attention`` restricted to the flash backend.
-   Shapes follow the FlashAttention-2 paper (Dao, 2023): batch x length = 16k tokens, model width
-   2048 (heads = 2048 / head_dim).
+   reference (bf16 and fp32 inputs, head dims 64 and 128, causal and not, lengths with a partial
+   last block, both dQ strategies of the backward). Timing only starts if every case passes.
+2. Timing with CUDA events: warm-up calls (they also run the autotuner), then the median of many
+   individually timed calls, of the forward and of forward+backward (both dQ strategies: a
+   separate dQ kernel, or fp32 atomics in the dK/dV kernel), at sequence lengths 1k..16k, head
+   dims 64 and 128, bf16, causal and not, against ``scaled_dot_product_attention`` restricted to
+   the flash backend (softmax attention, FlashAttention-2; Dao 2023). Shapes follow the
+   FlashAttention-2 paper: batch x length = 16k tokens, model width 2048 (heads = 2048 / head_dim).
 
 FLOPs (the FlashAttention convention): forward 4·b·h·t²·k (two matmuls), halved when causal;
 backward 2.5x the forward (five matmuls against two), so forward+backward is 3.5x. The count is
 the same for sigmoid and softmax attention, so the TFLOP/s ratio is the speed ratio.
 
-Targets (Ramapuram et al., ICLR 2025, report FlashSigmoid 17 % faster forward on H100):
-forward >= 1.15x and forward+backward >= 1.0x SDPA at t >= 4k, head dim 128.
+Targets (Ramapuram et al. 2025 report FlashSigmoid 17 % faster than FlashAttention-2 in the
+forward on H100): forward >= 1.15x and forward+backward >= 1.0x SDPA at t >= 4k, head dim 128.
+
+Without CUDA there is nothing to time: the script says so and runs a tiny correctness check of
+the kernels through Triton's CPU interpreter instead.
 
 Usage: python benchmarks/sigmoid_attention.py [--seq-lens 1024 4096] [--head-dims 128]
-       python benchmarks/sigmoid_attention.py --plan   # print the shapes; needs no GPU
+       python benchmarks/sigmoid_attention.py --plan   # print the shapes and FLOPs only
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import contextlib
 import itertools
 import math
 import os
+import platform
+import statistics
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,10 +43,28 @@ SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
 HEAD_DIMS = (64, 128)
 TOKENS = 16384
 WIDTH = 2048
-# Relative-error bounds for the GPU correctness check (fp32 accumulation in both cases).
-REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
-# (t_q, t_k) for the correctness check: partial last blocks, and keys past the last query.
-CHECK_LENGTHS = ((1027, 1027), (300, 517))
+# Relative L2 error bounds for the correctness check (fp32 accumulation in every case).
+REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckPlan:
+    """The correctness cases: every combination of these is compared to the float64 reference."""
+
+    dtypes: tuple[torch.dtype, ...]
+    head_dims: tuple[int, ...]
+    lengths: tuple[tuple[int, int], ...]  # (t_q, t_k)
+    dq_modes: tuple[str, ...]
+    batch: int = 2
+    heads: int = 3
+
+
+# On the GPU: partial last blocks at every block size tried, and keys past the last query.
+GPU_CHECK = CheckPlan(dtypes=(torch.bfloat16, torch.float32), head_dims=HEAD_DIMS,
+                      lengths=((1027, 1027), (300, 517)), dq_modes=("split", "atomic"))
+# Under the CPU interpreter: a few seconds.
+CPU_CHECK = CheckPlan(dtypes=(torch.float32, torch.bfloat16), head_dims=(32,),
+                      lengths=((37, 37), (20, 45)), dq_modes=("split",), batch=1, heads=2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,10 +113,9 @@ def dq_mode(mode: str) -> Iterator[None]:
             os.environ[DQ_MODE_ENV] = old
 
 
-def check_correctness(device: str) -> bool:
-    """Kernels against the float64 reference on the GPU; prints a table, returns all-passed."""
+def check_correctness(device: str, plan: CheckPlan) -> bool:
+    """Kernels against the float64 reference; prints a Markdown table, returns all-passed."""
     from kernels import sigmoid_attention, sigmoid_attention_reference
-    from kernels._flash_sigmoid_bwd import DQ_MODES
 
     print("## Correctness against the float64 reference (relative L2 error)\n")
     print("| dtype | t_q | t_k | k | causal | dQ | out | dq | dk | dv | ok |")
@@ -101,11 +124,12 @@ def check_correctness(device: str) -> bool:
     gen = torch.Generator(device=device).manual_seed(0)
 
     def draw(t: int, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
-        x = torch.randn(2, 3, t, head_dim, device=device, dtype=torch.float64, generator=gen)
+        x = torch.randn(plan.batch, plan.heads, t, head_dim, device=device, dtype=torch.float64,
+                        generator=gen)
         return x.to(dtype).requires_grad_()
 
     for dtype, head_dim, causal, (t_q, t_k), mode in itertools.product(
-        (torch.bfloat16, torch.float32), HEAD_DIMS, (False, True), CHECK_LENGTHS, DQ_MODES
+        plan.dtypes, plan.head_dims, (False, True), plan.lengths, plan.dq_modes
     ):
         q, k, v = (draw(t, head_dim, dtype) for t in (t_q, t_k, t_k))
         do = draw(t_q, head_dim, dtype).detach()
@@ -121,21 +145,34 @@ def check_correctness(device: str) -> bool:
         cells = " | ".join(f"{e:.1e}" for e in errs)
         name = str(dtype).removeprefix("torch.")
         print(f"| {name} | {t_q} | {t_k} | {head_dim} | {causal} | {mode} | {cells} | "
-              f"{'yes' if ok else 'NO'} |")
+              f"{'yes' if ok else 'NO'} |", flush=True)
     print()
     return all_ok
 
 
-def _time_ms(fn: Callable[[], object], grads: list[torch.Tensor] | None = None) -> float:
-    import triton.testing
+def time_ms(fn: Callable[[], object], *, warmup: int, reps: int,
+            grads: tuple[torch.Tensor, ...] = ()) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` calls, each timed with its own CUDA events.
 
-    fn()  # compile and autotune outside the timed region
+    The warm-up calls compile and autotune the kernels and are not timed. ``grads`` are set to
+    None before each call, so a backward never pays for accumulating into an existing gradient.
+    """
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grads,
-                                         return_mode="median"))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
+    for start, end in events:
+        for x in grads:
+            x.grad = None
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def benchmark(shape: Shape, device: str) -> dict[str, float]:
+def benchmark(shape: Shape, device: str, *, warmup: int, reps: int) -> dict[str, float]:
     """Median milliseconds of each pass (see ``PASSES``) for both implementations."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention
@@ -151,20 +188,25 @@ def benchmark(shape: Shape, device: str) -> dict[str, float]:
         return sigmoid_attention(q, k, v, causal=shape.causal, impl="triton")
 
     def softmax_fwd() -> torch.Tensor:
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return scaled_dot_product_attention(q, k, v, is_causal=shape.causal)
+        return scaled_dot_product_attention(q, k, v, is_causal=shape.causal)
 
     def fwd_bwd(fwd: Callable[[], torch.Tensor]) -> Callable[[], None]:
         return lambda: fwd().backward(do)
 
+    def timed(fn: Callable[[], object], grads: tuple[torch.Tensor, ...] = ()) -> float:
+        return time_ms(fn, warmup=warmup, reps=reps, grads=grads)
+
     times = {}
     with torch.no_grad():
-        times["sigmoid_fwd"] = _time_ms(sigmoid_fwd)
-        times["sdpa_fwd"] = _time_ms(softmax_fwd)
+        times["sigmoid_fwd"] = timed(sigmoid_fwd)
     for mode in ("split", "atomic"):
         with dq_mode(mode):
-            times[f"sigmoid_fwdbwd_{mode}"] = _time_ms(fwd_bwd(sigmoid_fwd), grads=[q, k, v])
-    times["sdpa_fwdbwd"] = _time_ms(fwd_bwd(softmax_fwd), grads=[q, k, v])
+            times[f"sigmoid_fwdbwd_{mode}"] = timed(fwd_bwd(sigmoid_fwd), grads=(q, k, v))
+    # Only the flash backend: SDPA raises instead of falling back to another one.
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        with torch.no_grad():
+            times["sdpa_fwd"] = timed(softmax_fwd)
+        times["sdpa_fwdbwd"] = timed(fwd_bwd(softmax_fwd), grads=(q, k, v))
     return times
 
 
@@ -176,13 +218,13 @@ PASSES = (
 )
 
 
-def _tflops(flops: float, ms: float) -> float:
+def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
 
 
-def print_table(results: list[tuple[Shape, dict[str, float]]]) -> None:
-    """Markdown table: TFLOP/s of both implementations and their ratio."""
-    print("## Speed (bf16; TFLOP/s, median of do_bench)\n")
+def print_table(results: list[tuple[Shape, dict[str, float]]], *, reps: int) -> None:
+    """Markdown table: milliseconds and TFLOP/s of both implementations, and their ratio."""
+    print(f"## Speed (bf16; median of {reps} calls timed with CUDA events)\n")
     print("| t | k | b x h | causal | pass | FlashSigmoid ms | TFLOP/s | SDPA flash ms | TFLOP/s "
           "| ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -191,10 +233,35 @@ def print_table(results: list[tuple[Shape, dict[str, float]]]) -> None:
             flops = factor * shape.fwd_flops()
             sig, ref = t[sigmoid_key], t[sdpa_key]
             print(f"| {shape.seq_len} | {shape.head_dim} | {shape.batch}x{shape.heads} | "
-                  f"{shape.causal} | {label} | {sig:.3f} | {_tflops(flops, sig):.0f} | "
-                  f"{ref:.3f} | {_tflops(flops, ref):.0f} | {ref / sig:.2f}x |")
+                  f"{shape.causal} | {label} | {sig:.3f} | {tflops(flops, sig):.0f} | "
+                  f"{ref:.3f} | {tflops(flops, ref):.0f} | {ref / sig:.2f}x |")
     print("\nratio = SDPA time / FlashSigmoid time (> 1: FlashSigmoid faster). Targets: fwd >= "
           "1.15x, fwd+bwd >= 1.0x at t >= 4k, k = 128.")
+
+
+def environment() -> str:
+    """GPU, library versions and the CUDA that torch was built with, to record with the numbers."""
+    import triton
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+    return (f"{gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}), triton "
+            f"{triton.__version__}, Python {platform.python_version()}")
+
+
+def cpu_check() -> int:
+    """Without CUDA: say so, then check the kernels on tiny shapes under Triton's interpreter."""
+    print("No CUDA device: GPU timing needs CUDA, so nothing is timed here.\n"
+          "Running a tiny correctness check of the kernels under Triton's CPU interpreter "
+          "instead (TRITON_INTERPRET=1; it proves the maths, not GPU speed).\n", flush=True)
+    # The interpreter is chosen when the kernels are defined: set it before importing them.
+    os.environ["TRITON_INTERPRET"] = "1"
+    if "kernels._flash_sigmoid_fwd" in sys.modules:
+        print("kernels were imported before TRITON_INTERPRET was set: run this script directly.",
+              file=sys.stderr)
+        return 1
+    ok = check_correctness("cpu", CPU_CHECK)
+    print("CPU interpreter check passed." if ok else "CPU interpreter check FAILED.")
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dims", type=int, nargs="+", default=list(HEAD_DIMS))
     parser.add_argument("--tokens", type=int, default=TOKENS, help="batch x sequence length")
     parser.add_argument("--width", type=int, default=WIDTH, help="heads x head dim")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls per measurement")
+    parser.add_argument("--reps", type=int, default=50, help="timed calls per measurement")
     parser.add_argument("--plan", action="store_true", help="print the shapes and exit")
     parser.add_argument("--skip-check", action="store_true", help="skip the correctness check")
     args = parser.parse_args(argv)
@@ -211,24 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         for s in grid:
             print(f"b={s.batch} h={s.heads} t={s.seq_len} k={s.head_dim} causal={s.causal} "
-                  f"fwd={s.fwd_flops() / 1e12:.2f} TFLOP")
+                  f"fwd={s.fwd_flops() / 1e12:.3f} TFLOP")
         return 0
     if not torch.cuda.is_available():
-        print("No CUDA device: this benchmark times GPU kernels and has nothing to run here. "
-              "The kernels' CPU checks are `pytest tests/kernels` (Triton interpreter); "
-              "`--plan` prints the benchmark shapes.", file=sys.stderr)
-        return 1
+        return cpu_check()
 
     device = "cuda"
-    print(f"# FlashSigmoid vs SDPA flash on {torch.cuda.get_device_name()}\n")
-    if not args.skip_check and not check_correctness(device):
+    print(f"# FlashSigmoid vs SDPA flash\n\n{environment()}\n")
+    if not args.skip_check and not check_correctness(device, GPU_CHECK):
         print("Correctness check failed: not timing.", file=sys.stderr)
         return 1
     results = []
     for s in grid:
-        results.append((s, benchmark(s, device)))
+        results.append((s, benchmark(s, device, warmup=args.warmup, reps=args.reps)))
         torch.cuda.empty_cache()
-    print_table(results)
+    print_table(results, reps=args.reps)
     return 0
 
 

@@ -70,16 +70,28 @@ class LaunchParams:
     input_precision: str  # "ieee" for fp32 inputs (tf32 would cost three digits), else unused
 
 
+def sigmoid_constants(head_dim: int, bias: float, *, fast: bool) -> tuple[float, float]:
+    """(a, b) such that the kernels' ``_sigmoid(qk, a, b)`` is sigmoid(qk / sqrt(head_dim) + bias).
+
+    fast: sigmoid(x) = 0.5 + 0.5 * tanh(x / 2), one MUFU tanh.approx instead of exp2 and a
+    division, so tanh is taken of qk * a + b. Otherwise sigmoid(x) = 1 / (1 + 2^(-x log2 e)),
+    exp2 being the native instruction, and 2 is raised to qk * a + b.
+    """
+    scale = 1.0 / math.sqrt(head_dim)
+    if fast:
+        return 0.5 * scale, 0.5 * bias
+    return -scale * LOG2_E, -bias * LOG2_E
+
+
 def launch_params(q_bhtk: torch.Tensor, t_k: int, bias: float | None) -> LaunchParams:
     """Scaling constants and compile-time switches for one call.
 
-    ``bias`` defaults to -log(t_k) (Ramapuram et al.: b = -log n keeps the attention
+    ``bias`` defaults to -log(t_k) (Ramapuram et al. 2025: b = -log n keeps the attention
     output's norm from growing with the sequence length at initialisation).
     """
     head_dim = q_bhtk.shape[-1]
     if bias is None:
         bias = -math.log(t_k)
-    scale = 1.0 / math.sqrt(head_dim)
     sixteen_bit = q_bhtk.dtype in (torch.float16, torch.bfloat16)
     interpret = interpreter_enabled()
     fast = (
@@ -88,17 +100,12 @@ def launch_params(q_bhtk: torch.Tensor, t_k: int, bias: float | None) -> LaunchP
         and not interpret
         and os.environ.get(_FAST_SIGMOID_ENV, "1") != "0"
     )
-    if fast:
-        # sigmoid(x) = 0.5 + 0.5 * tanh(x / 2): one MUFU op instead of exp2 plus a reciprocal.
-        sig_a, sig_b = 0.5 * scale, 0.5 * bias
-    else:
-        # sigmoid(x) = 1 / (1 + 2^(-x log2 e)): exp2 is the native instruction.
-        sig_a, sig_b = -scale * LOG2_E, -bias * LOG2_E
+    sig_a, sig_b = sigmoid_constants(head_dim, float(bias), fast=fast)
     block_k = max(16, triton.next_power_of_2(head_dim))
     return LaunchParams(
         sig_a=sig_a,
         sig_b=sig_b,
-        sm_scale=scale,
+        sm_scale=1.0 / math.sqrt(head_dim),
         block_k=block_k,
         even_k=block_k == head_dim,
         fast_sigmoid=fast,
@@ -109,7 +116,7 @@ def launch_params(q_bhtk: torch.Tensor, t_k: int, bias: float | None) -> LaunchP
 
 @triton.jit
 def _sigmoid(qk, sig_a, sig_b, FAST: tl.constexpr):
-    """sigmoid(qk * scale + bias), with the constants pre-folded by ``launch_params``."""
+    """sigmoid(qk / sqrt(head_dim) + bias), constants folded by ``sigmoid_constants``."""
     if FAST:
         # tanh.approx.f32 has a relative error near 2^-11: below bf16/fp16 rounding, so it is
         # used for 16-bit inputs only (the usual fast sigmoid on NVIDIA GPUs).

@@ -9,6 +9,7 @@ kernel forgets to write fails the comparison.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import zlib
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import torch
 import triton
 
 import kernels._flash_sigmoid_bwd as bwd_module
+import kernels._flash_sigmoid_common as common
 import kernels._flash_sigmoid_fwd as fwd_module
 from kernels import sigmoid_attention, sigmoid_attention_reference
 from kernels._flash_sigmoid_bwd import flash_sigmoid_backward
@@ -31,8 +33,11 @@ pytestmark = pytest.mark.skipif(
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Bounds on ||out - ref|| / ||ref||: fp32 accumulation everywhere, so the input dtype's rounding
-# of P and dS before the second product dominates (observed: fp32 ~3e-7, fp16 ~3e-4, bf16 ~6e-3).
-REL_TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+# of P and dS before the second product dominates (observed under the interpreter: fp32 ~3e-7,
+# fp16 ~3e-4, bf16 ~6e-3; the margin covers the tanh.approx sigmoid used for 16 bits on CUDA).
+REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+# Bound on max |out - ref| / max |ref|: catches a few wrong elements that the L2 norm dilutes.
+MAX_TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 @dataclass(frozen=True)
@@ -55,15 +60,24 @@ class Case:
 
 
 CASES = [
+    # Several query and key blocks, each length with a partial last block; default bias.
     Case(t_q=100, t_k=100, head_dim=64, causal=True, dtype=torch.float32),
-    Case(t_q=77, t_k=77, head_dim=32, causal=False, dtype=torch.float32, bias=-2.5, batch=2,
+    # Cross-length, non-causal, explicit bias, batch > 1.
+    Case(t_q=77, t_k=45, head_dim=32, causal=False, dtype=torch.float32, bias=-2.5, batch=2,
          heads=1),
     Case(t_q=50, t_k=83, head_dim=32, causal=True, dtype=torch.float32),  # keys past every query
     Case(t_q=70, t_k=30, head_dim=48, causal=True, dtype=torch.float32),  # padded head dim
     Case(t_q=65, t_k=65, head_dim=128, causal=True, dtype=torch.float32, heads=1),
     Case(t_q=61, t_k=61, head_dim=64, causal=False, dtype=torch.float16, bthk_layout=True),
-    Case(t_q=33, t_k=33, head_dim=32, causal=True, dtype=torch.float16, bias=1.0),
+    Case(t_q=33, t_k=47, head_dim=32, causal=True, dtype=torch.float16, bias=1.0),
+    # bf16: the interpreter needs the fp32 dot (``LaunchParams.dot_fp32``).
     Case(t_q=40, t_k=40, head_dim=32, causal=True, dtype=torch.bfloat16),
+    Case(t_q=29, t_k=37, head_dim=16, causal=False, dtype=torch.bfloat16, bias=-1.0),
+]
+# Larger cases: many blocks per program, and the largest head dim.
+SLOW_CASES = [
+    Case(t_q=257, t_k=257, head_dim=64, causal=True, dtype=torch.float32, heads=1),
+    Case(t_q=70, t_k=70, head_dim=256, causal=False, dtype=torch.float16, heads=1),
 ]
 
 
@@ -99,6 +113,10 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want).norm() / want.norm()).item()
 
 
+def _max_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).abs().max() / want.abs().max()).item()
+
+
 def _nan_like(x: torch.Tensor) -> torch.Tensor:
     return torch.full(x.shape, float("nan"), dtype=x.dtype, device=x.device)
 
@@ -117,11 +135,20 @@ def _check_kernels(case: Case, seed: int, dq_mode: str = "split",
     for name, got, ref in zip(("o", "dq", "dk", "dv"), (o, dq, dk, dv), want, strict=True):
         err = _rel_err(got, ref)
         assert err < REL_TOL[case.dtype], f"{name}: relative error {err:.2e} ({case}, {dq_mode})"
+        err = _max_err(got, ref)
+        assert err < MAX_TOL[case.dtype], f"{name}: max error {err:.2e} ({case}, {dq_mode})"
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_kernels_match_reference(case: Case) -> None:
     _check_kernels(case, seed=zlib.crc32(str(case).encode()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW_CASES, ids=str)
+@pytest.mark.parametrize("dq_mode", ["split", "atomic"])
+def test_larger_cases_match_reference(case: Case, dq_mode: str) -> None:
+    _check_kernels(case, seed=zlib.crc32(str(case).encode()) + 2, dq_mode=dq_mode)
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5]], ids=str)
@@ -202,8 +229,9 @@ def test_autograd_function_matches_reference(monkeypatch: pytest.MonkeyPatch) ->
 
 # exp2 overflowing to inf is how a very negative score becomes exactly p = 0.
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
-def test_causal_mask_is_exact() -> None:
+def test_causal_mask_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """Future keys change nothing (bit for bit) and receive exactly zero gradient."""
+    monkeypatch.setenv("ISOFLOP_KERNELS_POISON", "1")
     case = Case(t_q=40, t_k=56, head_dim=32, causal=True, dtype=torch.float32, heads=1)
     q, k, v, do = _inputs(case, seed=13)
     o = flash_sigmoid_forward(q, k, v, causal=True, bias=None)
@@ -217,34 +245,6 @@ def test_causal_mask_is_exact() -> None:
     assert torch.count_nonzero(dv[:, :, case.t_q:]) == 0
 
 
-def test_tiny_model_trains_through_the_kernels() -> None:
-    """A one-layer sigmoid-attention model fits a fixed random batch: the loss must drop."""
-    torch.manual_seed(0)
-    vocab, width, t = 16, 32, 24
-    embed = torch.nn.Embedding(vocab, width, device=DEVICE)
-    qkv = torch.nn.Linear(width, 3 * width, device=DEVICE)
-    head = torch.nn.Linear(width, vocab, device=DEVICE)
-    params = [*embed.parameters(), *qkv.parameters(), *head.parameters()]
-    tokens_bt = torch.randint(0, vocab, (2, t + 1), device=DEVICE)
-    losses = []
-    for _ in range(5):
-        x_btd = embed(tokens_bt[:, :-1])
-        q_btd, k_btd, v_btd = qkv(x_btd).chunk(3, dim=-1)
-        # One head of width 32 in the bhtk layout.
-        o_bhtk = sigmoid_attention(q_btd[:, None], k_btd[:, None], v_btd[:, None], impl="triton")
-        logits_btv = head(o_bhtk[:, 0] + x_btd)
-        loss = torch.nn.functional.cross_entropy(logits_btv.reshape(-1, vocab),
-                                                 tokens_bt[:, 1:].reshape(-1))
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():  # plain SGD: torch.optim would import torch._dynamo (seconds)
-            for p, g in zip(params, grads, strict=True):
-                p -= 0.5 * g
-        losses.append(loss.item())
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
-    assert losses[-1] < 0.9 * losses[0], losses
-
-
 def test_dq_mode_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(bwd_module.DQ_MODE_ENV, raising=False)
     assert bwd_module.default_dq_mode() == "split"
@@ -255,12 +255,55 @@ def test_dq_mode_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         bwd_module.default_dq_mode()
 
 
-def test_invalid_inputs_are_refused() -> None:
+def test_output_buffers_are_checked() -> None:
     q = torch.zeros(1, 2, 8, 32, device=DEVICE)
-    with pytest.raises(ValueError, match="head dims must match"):
-        flash_sigmoid_forward(q, q[..., :16], q, causal=True, bias=None)
-    with pytest.raises(ValueError, match="4-D"):
-        flash_sigmoid_forward(q[0], q[0], q[0], causal=True, bias=None)
+    with pytest.raises(ValueError, match="out_bhtk is"):
+        flash_sigmoid_forward(q, q, q, causal=True, bias=None, out_bhtk=q[:, :1])
+    with pytest.raises(ValueError, match="dk_bhtk is"):
+        flash_sigmoid_backward(q, q, q, q, causal=True, bias=None, dk_bhtk=q.half())
     with pytest.raises(ValueError, match="multiple of BLOCK_N"):
         flash_sigmoid_forward(q, q, q, causal=True, bias=None,
                               config={"BLOCK_M": 16, "BLOCK_N": 32})
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_autocast_runs_in_the_autocast_dtype(impl: str) -> None:
+    """Under autocast, fp32 q and k (after a LayerNorm) and a bf16 v meet in bf16, as in SDPA."""
+    device_type = "cuda" if DEVICE == "cuda" else "cpu"
+    gen = torch.Generator().manual_seed(17)
+    q, k = (torch.randn(1, 2, 19, 32, generator=gen).to(DEVICE).requires_grad_()
+            for _ in range(2))
+    v = torch.randn(1, 2, 19, 32, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_()
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        o = sigmoid_attention(q, k, v, impl=impl)  # type: ignore[arg-type]
+    assert o.dtype == torch.bfloat16
+    o.float().square().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32
+    assert v.grad is not None and v.grad.dtype == torch.bfloat16
+    want = sigmoid_attention_reference(q.double(), k.double(), v.double())
+    assert _rel_err(o, want) < REL_TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["tanh", "exp2"])
+def test_sigmoid_constants(fast: bool) -> None:
+    """Both forms of the kernels' sigmoid, evaluated in torch, give sigmoid(qk / sqrt(k) + b).
+
+    The tanh.approx form runs only on CUDA, so this is its CPU check.
+    """
+    qk = torch.linspace(-60.0, 60.0, 241, dtype=torch.float64)
+    a, b = common.sigmoid_constants(64, -2.3, fast=fast)
+    got = 0.5 * torch.tanh(qk * a + b) + 0.5 if fast else 1.0 / (1.0 + torch.exp2(qk * a + b))
+    torch.testing.assert_close(got, torch.sigmoid(qk / 8.0 - 2.3), rtol=1e-12, atol=1e-15)
+
+
+def test_launch_params_under_the_interpreter() -> None:
+    """The fp32 dot is used exactly for bf16 in the interpreter; the tanh sigmoid never there."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        params = common.launch_params(torch.zeros(1, 1, 4, 48, dtype=dtype, device=DEVICE), 9, None)
+        interpret = common.interpreter_enabled()
+        assert params.dot_fp32 == (interpret and dtype == torch.bfloat16)
+        assert params.block_k == 64 and not params.even_k
+        if interpret:
+            assert not params.fast_sigmoid
+        expected = common.sigmoid_constants(48, -math.log(9), fast=params.fast_sigmoid)
+        assert (params.sig_a, params.sig_b) == pytest.approx(expected)

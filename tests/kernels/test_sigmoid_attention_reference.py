@@ -25,12 +25,27 @@ def _naive(q_bhtk, k_bhtk, v_bhtk, *, causal: bool, bias: float) -> torch.Tensor
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_reference_matches_the_definition(causal: bool) -> None:
+@pytest.mark.parametrize(("t_q", "t_k"), [(7, 7), (5, 9), (9, 5)])
+def test_reference_matches_the_definition(causal: bool, t_q: int, t_k: int) -> None:
+    """Including cross lengths: the causal mask is top-left aligned (key j visible to i >= j)."""
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 7, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    q = torch.randn(2, 3, t_q, 16, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, 3, t_k, 16, generator=gen, dtype=torch.float64) for _ in range(2))
     got = sigmoid_attention_reference(q, k, v, causal=causal)
-    want = _naive(q, k, v, causal=causal, bias=-math.log(7))
+    want = _naive(q, k, v, causal=causal, bias=-math.log(t_k))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reference_accumulates_16_bit_inputs_in_fp32(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 33, 32, generator=gen).to(dtype) for _ in range(3))
+    got = sigmoid_attention_reference(q, k, v, causal=True, bias=-1.0)
+    assert got.dtype == dtype
+    want = sigmoid_attention_reference(q.double(), k.double(), v.double(), causal=True, bias=-1.0)
+    # Only the rounding of the output to the 16-bit format: at most one ulp, relative.
+    ulp = torch.finfo(dtype).eps
+    assert ((got.double() - want).abs() <= ulp * want.abs() + 1e-6).all()
 
 
 def test_reference_default_bias_uses_the_key_length() -> None:
