@@ -50,8 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_cmd_validate)
 
     status = sub.add_parser("status", help="runs done/running/failed and the current law fits")
-    status.add_argument("study", help="study YAML, or the name of a study in the local store")
+    status.add_argument("study", nargs="?", help="study YAML, or the name of a study in the local store")
+    status.add_argument("--address", help="also list the study's jobs on this Ray cluster (http://HEAD:8265)")
     status.set_defaults(handler=_cmd_status)
+
+    submit = sub.add_parser("submit", help="send a study to a Ray cluster as a job (Jobs API)")
+    submit.add_argument("study", help="study YAML inside the working directory")
+    submit.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    submit.add_argument("--working-dir", default=".", help="directory shipped to the cluster (default: .)")
+    submit.set_defaults(handler=_cmd_submit)
+
+    cancel = sub.add_parser("cancel", help="stop a submitted study's running jobs")
+    cancel.add_argument("study", help="study name (or its YAML)")
+    cancel.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HEAD:8265")
+    cancel.set_defaults(handler=_cmd_cancel)
 
     export = sub.add_parser("export", help="write the fitted laws, intervals and recipes")
     export.add_argument("study", help="study YAML, or the name of a study in the local store")
@@ -148,12 +161,64 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.mlflow_tracker import study_status
     from orchestrator.study import tracking_uri
 
-    study = _resolve(args.study)
+    if args.study is None and args.address is None:
+        raise StudyError("study", "name a study, or give --address to list submitted studies")
+    name = None
+    if args.address is not None:
+        from orchestrator.jobs import study_jobs
+
+        name = _study_name(args.study) if args.study else None
+        jobs = study_jobs(args.address, name)
+        print(f"jobs on {args.address}:" if jobs else f"no isoflop jobs on {args.address}")
+        for job in jobs:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time)) if job.start_time else "-"
+            print(f"  {job.submission_id}  {job.status:9}  started {started}  {job.message[:100]}")
+    if args.study is None:
+        return EXIT_OK
+    try:
+        study = _resolve(args.study)
+    except LookupError:
+        if args.address is not None:
+            return EXIT_OK  # its store is on the cluster's tracking server, not here
+        raise
     st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(st.counts.items())) or "no runs yet"
     print(f"study {st.name!r} (parent run {st.parent_run_id}): {counts}; {st.flops_done:.3g} FLOPs done")
     for law, params in st.fits.items():
         print(f"  {law}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    return EXIT_OK
+
+
+def _study_name(arg: str) -> str:
+    if Path(arg).is_file() or arg.endswith((".yaml", ".yml")):
+        return _resolve(arg).name
+    return arg
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrator.grid import expand
+    from orchestrator.jobs import submit_study
+
+    study = _resolve(args.study, args.overrides)
+    runs = expand(study)  # rejected here, before anything reaches the cluster
+    if study.tracking.uri is None or study.tracking.uri.startswith("sqlite:"):
+        print(
+            "isoflop: warning: tracking.uri is a local sqlite store: on the cluster it lives in the "
+            "job's working directory on the head node; point it at an MLflow server to keep it",
+            file=sys.stderr,
+        )
+    sid = submit_study(study, args.study, args.overrides, address=args.address, working_dir=Path(args.working_dir))
+    print(f"isoflop: submitted study {study.name!r} ({len(runs)} runs) as job {sid}")
+    print(f"isoflop: follow it with: isoflop status {study.name} --address {args.address}")
+    return EXIT_OK
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.jobs import cancel_study
+
+    name = _study_name(args.study)
+    stopped = cancel_study(args.address, name)
+    print(f"isoflop: stopped {len(stopped)} job(s) of study {name!r}" + (f": {', '.join(stopped)}" if stopped else ""))
     return EXIT_OK
 
 

@@ -23,7 +23,10 @@ def connect(config: ClusterConfig) -> Any:
     if ray.is_initialized():
         return ray
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if config.address is None:
+    if config.address is None and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # a submitted study: the job supervisor points RAY_ADDRESS at the cluster running it
+        kwargs["address"] = os.environ.get("RAY_ADDRESS") or "auto"
+    elif config.address is None:
         kwargs.update(address="local", include_dashboard=False)
         if config.num_cpus is not None:
             kwargs["num_cpus"] = config.num_cpus

@@ -1,0 +1,111 @@
+"""Studies as Ray jobs: ``isoflop submit`` sends a study to a cluster's Jobs API, ``isoflop
+status --address`` and ``isoflop cancel`` find it again by its study name.
+
+The job ships the working directory (the project and its studies) as its runtime environment
+and runs ``python -m orchestrator.cli run STUDY`` on the head node, where the driver attaches to
+the cluster it runs in. Ray jobs run once; a job that died is continued with ``isoflop submit``
+again (or ``isoflop resume``): finished runs are never redone.
+
+Token authentication (on by default in Ray 2.60): the Jobs client sends the cluster's token when
+``RAY_AUTH_MODE=token`` is set, which is done here when a token file (``~/.ray/auth_token``, or
+``RAY_AUTH_TOKEN_PATH``) exists. Tokens are never written into params, tags or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import StudyConfig
+from orchestrator.errors import StudyError
+
+STUDY_META = "isoflop.study"
+#: never shipped to the cluster: environments, local stores, caches, build output
+EXCLUDES = [".venv/", ".isoflop/", ".git/", "**/__pycache__/", "*.egg-info/", "benchmarks/out/", ".pytest_cache/", ".ruff_cache/"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyJob:
+    """A submitted study."""
+
+    submission_id: str
+    study: str
+    status: str
+    message: str
+    start_time: float | None
+
+
+def _client(address: str) -> Any:
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and token.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise StudyError("--address", f"cannot reach the Ray Jobs API at {address!r}: {exc}") from None
+
+
+def submission_id(study: str, now: float | None = None) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", study)
+    return f"isoflop-{safe}-{int(now if now is not None else time.time())}"
+
+
+def submit_study(
+    study: StudyConfig, study_path: str, overrides: Sequence[str], *, address: str, working_dir: Path
+) -> str:
+    """Submit ``study`` (already validated) as a Ray job; returns the submission id."""
+    path = Path(study_path).resolve()
+    try:
+        relative = path.relative_to(working_dir.resolve())
+    except ValueError:
+        raise StudyError(
+            "study", f"{study_path} is outside the working directory {working_dir} that is shipped to the cluster"
+        ) from None
+    client = _client(address)
+    entrypoint = " ".join(
+        shlex.quote(a) for a in ["python", "-m", "orchestrator.cli", "run", str(relative), *overrides]
+    )
+    return client.submit_job(
+        entrypoint=entrypoint,
+        submission_id=submission_id(study.name),
+        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
+        metadata={STUDY_META: study.name},
+    )
+
+
+def study_jobs(address: str, study: str | None = None) -> list[StudyJob]:
+    """Submitted studies (all, or one study's jobs), oldest first."""
+    client = _client(address)
+    out = []
+    for job in client.list_jobs():
+        name = (job.metadata or {}).get(STUDY_META)
+        if name is None or (study is not None and name != study):
+            continue
+        out.append(
+            StudyJob(
+                submission_id=job.submission_id or "",
+                study=name,
+                status=str(job.status.value if hasattr(job.status, "value") else job.status),
+                message=job.message or "",
+                start_time=(job.start_time / 1000.0) if job.start_time else None,
+            )
+        )
+    return sorted(out, key=lambda j: j.start_time or 0.0)
+
+
+def cancel_study(address: str, study: str) -> list[str]:
+    """Stop every pending or running job of ``study``; returns the submission ids stopped."""
+    client = _client(address)
+    stopped = []
+    for job in study_jobs(address, study):
+        if job.status in ("PENDING", "RUNNING") and client.stop_job(job.submission_id):
+            stopped.append(job.submission_id)
+    return stopped

@@ -1,0 +1,116 @@
+"""``isoflop submit``/``status``/``cancel`` against a real Ray head with its Jobs API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.jobs import study_jobs
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with its dashboard on 127.0.0.1, stopped with its own processes only."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    port, dash = _free_port(), _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    proc = subprocess.Popen(
+        [
+            f"{bin_dir}/ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+            f"--temp-dir={temp}", "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            study_jobs(address)
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("the Ray head did not come up")
+            time.sleep(1)
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait(address: str, study: str, states: set[str], timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = study_jobs(address, study)
+        if jobs and jobs[-1].status in states:
+            return jobs[-1].status
+        time.sleep(1)
+    pytest.fail(f"job of {study} did not reach {states}: {study_jobs(address, study)}")
+
+
+def test_submit_runs_the_study_on_the_cluster(ray_head: str, tmp_path: Path, capsys) -> None:
+    store = tmp_path / "store" / "mlflow.db"
+    study = tmp_path / "sub.yaml"
+    study.write_text(
+        f"name: submitted\ntracking: {{uri: 'sqlite:///{store}'}}\ntrainer: {{kind: simulated}}\n"
+        "grid: {N: [1e6, 1e7, 1e8], D: [1e8, 1e9]}\n"
+    )
+    assert main(["submit", str(study), "--address", ray_head, "--working-dir", str(tmp_path)]) == 0
+    assert "submitted study 'submitted'" in capsys.readouterr().out
+    assert _wait(ray_head, "submitted", {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"
+    assert main(["status", str(study), "--address", ray_head]) == 0
+    out = capsys.readouterr().out
+    assert "SUCCEEDED" in out and "finished 6" in out
+
+
+def test_cancel_stops_a_running_study(ray_head: str, tmp_path: Path, capsys) -> None:
+    study = tmp_path / "long.yaml"
+    store = tmp_path / "mlflow.db"
+    # real (tiny) trainings: long enough to be running when cancelled
+    study.write_text(
+        f"name: long\ntracking: {{uri: 'sqlite:///{store}'}}\n"
+        "trainer: {seq_len: 32, batch_size: 4, data: {eval_tokens: 1024}}\n"
+        "grid: {N: [3e4], D: [2e6, 3e6, 4e6]}\n"
+    )
+    assert main(["submit", str(study), "--address", ray_head, "--working-dir", str(tmp_path)]) == 0
+    _wait(ray_head, "long", {"RUNNING"})
+    assert main(["cancel", "long", "--address", ray_head]) == 0
+    assert "stopped 1 job" in capsys.readouterr().out
+    assert _wait(ray_head, "long", {"STOPPED", "FAILED", "SUCCEEDED"}) == "STOPPED"
+
+
+def test_submit_rejects_a_bad_study_before_contacting_the_cluster(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\ngrid: {N: [1e6], D: [0]}\n")
+    assert main(["submit", str(bad), "--address", "http://127.0.0.1:1"]) == 2
+    assert "grid.D[0]" in capsys.readouterr().err
+
+
+def test_submit_to_an_unreachable_cluster_exits_2(tmp_path: Path, capsys) -> None:
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("name: ok\ntrainer: {kind: simulated}\ngrid: {N: [1e6], D: [1e8]}\n")
+    assert main(["submit", str(ok), "--address", "http://127.0.0.1:1", "--working-dir", str(tmp_path)]) == 2
+    assert "--address" in capsys.readouterr().err
