@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.tracking import SinkFactory
+from orchestrator.tracking import MetricRow, SinkFactory
 from trainers import RunResult, RunSpec, get_trainer
 
 
@@ -29,22 +29,30 @@ class RunTask:
 
 @dataclass(frozen=True, kw_only=True)
 class Completion:
-    """A finished attempt: a result, or the reason it failed."""
+    """A finished attempt: a result, or the reason it failed. ``leftover``: metric rows
+    ``(key, value, timestamp_ms, step)`` the worker buffered but left to the driver to log."""
 
     task: RunTask
     result: RunResult | None = None
     error: str | None = None
+    leftover: tuple[MetricRow, ...] = ()
 
 
-def execute(spec: RunSpec, sink_factory: SinkFactory) -> RunResult:
-    """Train one run (this is the body of every worker task)."""
+def execute(spec: RunSpec, sink_factory: SinkFactory) -> tuple[RunResult, tuple[MetricRow, ...]]:
+    """Train one run (the body of every worker task); returns the result and the metric rows
+    still buffered in the sink, which the driver logs with the final metrics in one write (a
+    short run then costs the worker no tracking-store round trip at all). A failed run flushes
+    its partial curve from the worker, for the post-mortem."""
     sink = sink_factory()
     try:
-        return get_trainer(spec.trainer).train(spec, sink)
-    finally:
+        result = get_trainer(spec.trainer).train(spec, sink)
+    except BaseException:
         flush = getattr(sink, "flush", None)
         if flush is not None:
             flush()
+        raise
+    drain = getattr(sink, "drain", None)
+    return result, tuple(drain()) if drain is not None else ()
 
 
 class Executor(ABC):
@@ -84,7 +92,8 @@ class InlineExecutor(Executor):
             return []
         task = self._queue.popleft()
         try:
-            return [Completion(task=task, result=execute(task.spec, task.sink_factory))]
+            result, leftover = execute(task.spec, task.sink_factory)
+            return [Completion(task=task, result=result, leftover=leftover)]
         except Exception as exc:  # the reason is recorded on the run; the study goes on
             return [Completion(task=task, error=_describe(exc))]
 
@@ -124,7 +133,8 @@ class RayExecutor(Executor):
         for ref in ready:
             task = self._pending.pop(ref)
             try:
-                completions.append(Completion(task=task, result=self._ray.get(ref)))
+                result, leftover = self._ray.get(ref)
+                completions.append(Completion(task=task, result=result, leftover=leftover))
             except Exception as exc:
                 cause = getattr(exc, "cause", None)
                 completions.append(Completion(task=task, error=_describe(cause or exc)))

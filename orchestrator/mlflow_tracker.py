@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import FinishedRun, SinkFactory, StudyStatus, Tracker, law_inputs
+from orchestrator.tracking import (
+    FinishedRun,
+    MetricRow,
+    SinkFactory,
+    StudyStatus,
+    Tracker,
+    law_inputs,
+)
 from trainers import RunResult
 from trainers.base import RunPlan, RunSpec
 
@@ -41,10 +48,16 @@ def _artifact_root(uri: str) -> str | None:
 
 
 class MlflowSink:
-    """Streams a worker's metrics into its child run, buffered into few ``log_batch`` calls."""
+    """Streams a worker's metrics into its child run, buffered into few ``log_batch`` calls.
+
+    Nothing is written until ``flush_every_s`` has passed (then everything buffered goes in one
+    call), so a short run never opens the store from the worker: what is still buffered at the
+    end is handed to the driver (:meth:`drain`) and logged with the final metrics.
+    """
 
     def __init__(self, uri: str, run_id: str, flush_every_s: float = 5.0) -> None:
-        self._client = MlflowClient(tracking_uri=uri)
+        self._uri = uri
+        self._client: MlflowClient | None = None
         self._run_id = run_id
         self._flush_every_s = flush_every_s
         self._buffer: list[Metric] = []
@@ -57,10 +70,19 @@ class MlflowSink:
             self.flush()
 
     def flush(self) -> None:
+        if self._buffer and self._client is None:
+            self._client = MlflowClient(tracking_uri=self._uri)
         while self._buffer:
             chunk, self._buffer = self._buffer[:_MAX_BATCH], self._buffer[_MAX_BATCH:]
+            assert self._client is not None
             self._client.log_batch(self._run_id, metrics=chunk)
         self._last_flush = time.monotonic()
+
+    def drain(self) -> list[MetricRow]:
+        """The rows not written yet, as plain tuples; the buffer is emptied."""
+        rows = [(m.key, m.value, m.timestamp, m.step) for m in self._buffer]
+        self._buffer = []
+        return rows
 
 
 class MlflowSinkFactory:
@@ -173,7 +195,7 @@ class MlflowTracker(Tracker):
     def sink_factory(self, run_id: str) -> SinkFactory:
         return MlflowSinkFactory(self.uri, run_id)
 
-    def finish_run(self, run_id: str, result: RunResult) -> FinishedRun:
+    def finish_run(self, run_id: str, result: RunResult, leftover: Sequence[MetricRow] = ()) -> FinishedRun:
         now = int(time.time() * 1000)
         final = {
             "final_loss": result.final_loss,
@@ -182,8 +204,10 @@ class MlflowTracker(Tracker):
             "wall_time_s": result.wall_time_s,
         }
         final.update({f"eval_loss/{d}": v for d, v in result.eval_losses.items()})
-        metrics = [Metric(k, float(v), now, 0) for k, v in final.items()]
-        self.client.log_batch(run_id, metrics=metrics)
+        metrics = [Metric(k, float(v), ts, step) for k, v, ts, step in leftover]
+        metrics += [Metric(k, float(v), now, 0) for k, v in final.items()]
+        for i in range(0, len(metrics), _MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _MAX_BATCH])
         self.client.set_terminated(run_id, status="FINISHED")
         return FinishedRun(
             run_key=result.run_key,

@@ -11,6 +11,7 @@ runs as the step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class OnlineRefitter:
         jitter_starts: int = 8,
         seed: int = 0,
         background: bool = True,
+        min_interval_s: float = 0.5,
         on_fit: Callable[[RefitState], None] | None = None,
     ) -> None:
         self.laws = {name: laws.get_law(name) for name in law_names}
@@ -73,6 +75,10 @@ class OnlineRefitter:
         self._full: dict[str, np.ndarray] = {}  # law -> latest full multi-start optimum
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit") if background else None
         self._job: Future[dict[str, RefitState]] | None = None
+        # background refits start at most this often, so the refit thread cannot starve the
+        # driver of the GIL when results arrive quickly
+        self.min_interval_s = min_interval_s if background else 0.0
+        self._started_at = -float("inf")
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -95,7 +101,10 @@ class OnlineRefitter:
 
     def poll(self) -> dict[str, RefitState]:
         """Collect a finished refit (logging it); returns the laws it updated (may be empty)."""
-        if self._job is None or not self._job.done():
+        if self._job is None:
+            self._start()
+            return {}
+        if not self._job.done():
             return {}
         new = self._job.result()
         self._job = None
@@ -111,9 +120,11 @@ class OnlineRefitter:
 
     def drain(self) -> dict[str, RefitState]:
         """Wait until the fits reflect every submitted run."""
+        self._start(force=True)
         while self._job is not None:
             self._job.result()
             self.poll()
+            self._start(force=True)
         return dict(self.states)
 
     def close(self) -> None:
@@ -121,9 +132,12 @@ class OnlineRefitter:
             self._pool.shutdown(wait=True)
 
     # -- internals ------------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, force: bool = False) -> None:
         if self._job is not None or not self._dirty:
             return
+        if not force and time.monotonic() - self._started_at < self.min_interval_s:
+            return
+        self._started_at = time.monotonic()
         self._dirty = False
         runs = sorted(self._runs.values(), key=lambda r: r.run_key)
         full = self.updates % self.full_every == 0

@@ -183,7 +183,7 @@ class Scheduler:
         run = self._running.pop(key)
         attempt = self._attempts[key]
         if completion.result is not None:
-            finished = self.tracker.finish_run(completion.task.run_id, completion.result)
+            finished = self.tracker.finish_run(completion.task.run_id, completion.result, completion.leftover)
             self.finished[key] = finished
             self.stats.finished += 1
             self.stats.flops_done += completion.result.plan.flops

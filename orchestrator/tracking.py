@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,8 @@ from trainers import MetricSink, RunResult
 from trainers.base import RunPlan, RunSpec
 
 SinkFactory = Callable[[], MetricSink]
+#: one logged metric value: (key, value, timestamp in ms, step)
+MetricRow = tuple[str, float, int, int]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +85,8 @@ class Tracker(ABC):
         """A picklable factory of the metric sink a worker writes the run's curve into."""
 
     @abstractmethod
-    def finish_run(self, run_id: str, result: RunResult) -> FinishedRun:
-        """Record a successful attempt."""
+    def finish_run(self, run_id: str, result: RunResult, leftover: Sequence[MetricRow] = ()) -> FinishedRun:
+        """Record a successful attempt, with the metric rows its worker left to log."""
 
     @abstractmethod
     def fail_run(self, run_id: str, reason: str) -> None:
@@ -160,8 +162,12 @@ class MemoryTracker(Tracker):
         assert isinstance(rows, list)
         return lambda: _ListSink(rows)
 
-    def finish_run(self, run_id: str, result: RunResult) -> FinishedRun:
+    def finish_run(self, run_id: str, result: RunResult, leftover: Sequence[MetricRow] = ()) -> FinishedRun:
         run = self.runs[run_id]
+        rows = run["metrics"]
+        assert isinstance(rows, list)
+        for key, value, _, step in leftover:
+            rows.append((step, {key: value}))
         spec = run["spec"]
         assert isinstance(spec, RunSpec)
         finished = FinishedRun(

@@ -96,7 +96,7 @@ def test_runs_left_running_by_a_dead_driver_are_redone() -> None:
 def test_study_fits_chinchilla_on_simulated_runs() -> None:
     study = _study(trainer={"kind": "simulated", "simulated": {"noise": 0.0}})
     tracker = MemoryTracker()
-    outcome = run_study(study, tracker=tracker, executor=InlineExecutor())
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
     fit = outcome.laws[0].fit
     assert fit is not None
     # refit online as runs finished (steps = finished runs, never decreasing), then the final fit
