@@ -1,1 +1,4 @@
-"""Cluster definitions (local, ray up, KubeRay, SLURM) live beside this file."""
+"""Cluster definitions: local, `ray up` on AWS and GCP, KubeRay, SLURM (see clusters/README.md).
+
+``python -m clusters.validate [PATH ...]`` checks them, and edited copies, offline.
+"""
