@@ -29,6 +29,9 @@ class RunPoint:
     mixture: tuple[float, ...] = ()  # domain weights h in domain order; () = uniform
     sparsity: float = 0.0  # MoE sparsity S = (E - K) / E; 0 = dense
     teacher: str | None = None  # run key of the teacher run (distillation)
+    # run key of the run whose final weights this run starts from (finetuning: its mixture
+    # then holds the target domain and, as injection, a share p of the pretraining domains)
+    init_from: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +43,20 @@ class RunSpec:
     seed: int
     point: RunPoint
     trainer: TrainerConfig
+    # Directory of this run's checkpoints ("" = none). When it holds a checkpoint of the same
+    # run, training resumes from it and ends exactly as an uninterrupted run would; the final
+    # checkpoint stays there as the run's model (see trainers.checkpoint). Give every run its own
+    # directory. Not part of the run's identity: checkpointing never changes a result.
+    checkpoint_dir: str = ""
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = at every log point
+    # Distillation (kind ``distill``): the checkpoint of the finished teacher run named by
+    # ``point.teacher`` (its checkpoint_dir, or the file in it). The scheduler trains the teacher
+    # first, with a checkpoint_dir workers can read, and fills this in before the student starts.
+    teacher_checkpoint: str = ""
+    # Finetuning: the checkpoint of the finished run named by ``point.init_from``; the model
+    # starts from its weights (same shape), with a fresh optimiser and schedule. Filled in by
+    # the scheduler like teacher_checkpoint.
+    init_checkpoint: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +69,8 @@ class ModelShape:
     d_ff: int
     vocab_size: int
     seq_len: int
+    n_experts: int = 0  # routed experts per layer (E); 0 = dense MLPs
+    top_k: int = 0  # experts each token is routed to (K); 0 = dense MLPs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +109,9 @@ class RunResult:
     curve: tuple[CurvePoint, ...] = ()
     wall_time_s: float = 0.0
     tokens_per_s: float = 0.0
+    # Further end-of-run metrics of some trainer kinds, also sent to the metric sink; e.g.
+    # distillation's teacher loss L_T ("teacher_eval_loss", and "teacher_eval_loss/<domain>").
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 class MetricSink(Protocol):

@@ -24,9 +24,17 @@ REPLICATION_CHINCHILLA: dict[str, float] = {
 
 @dataclass(frozen=True, kw_only=True)
 class DomainConfig:
-    """One text domain a model trains and is evaluated on."""
+    """One text domain a model trains and is evaluated on (sources: ``trainers.sources``)."""
 
-    source: str = "stdlib"  # stdlib (Python standard library code) | pydoc (pydoc_data prose)
+    # stdlib (Python standard library code) | pydoc (pydoc_data prose) | mlflow_docs (the
+    # Markdown documentation shipped inside the mlflow package) | markov (synthetic, known entropy)
+    source: str = "stdlib"
+    symbols: int = 32  # markov only: alphabet size of the chain (bytes 1 .. symbols), at most 255
+    concentration: float = (
+        0.1  # markov only: Dirichlet concentration of transition rows (lower = less entropy)
+    )
+    markov_seed: int = 0  # markov only: seed of the transition matrix and of the generated text
+    synthetic_bytes: int = 1 << 20  # markov only: bytes generated (documents of 4096 bytes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +77,31 @@ class OptimConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MoEConfig:
+    """Mixture-of-experts MLPs (trainer kind ``moe``).
+
+    Each token uses K = (1 - S) * E experts, with S the run's sparsity (``RunPoint.sparsity``),
+    which must make K a whole number.
+    """
+
+    experts: int = 8  # E routed experts per layer, each an MLP of width mlp_ratio * d_model
+    hold: Literal["total", "active"] = "total"  # which parameter count the target N fixes
+    aux_loss_coef: float = 0.01  # weight of the load-balancing loss (Fedus et al. 2022: 0.01)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Knowledge distillation from a teacher run (trainer kind ``distill``).
+
+    Defaults are the distillation-scaling-law paper's (Busbridge et al. 2025): pure distillation
+    (weight 1) at temperature 1.
+    """
+
+    temperature: float = 1.0  # tau: teacher and student logits are divided by it
+    weight: float = 1.0  # lambda: loss = (1 - lambda) * cross-entropy + lambda * distillation
+
+
+@dataclass(frozen=True, kw_only=True)
 class SimulatedConfig:
     """The simulated trainer: a ground-truth law plus noise, with a cost model."""
 
@@ -84,14 +117,19 @@ class SimulatedConfig:
 class TrainerConfig:
     """Everything a trainer needs besides the run's grid point and seed."""
 
-    kind: str = "dense"  # dense | simulated (see trainers.TRAINER_KINDS)
+    kind: str = "dense"  # dense | distill | moe | simulated (see trainers.TRAINER_KINDS)
     seq_len: int = 128  # tokens per training sequence
     batch_size: int = 16  # sequences per optimiser step
     flop_convention: Literal["6N", "6N+attn"] = "6N+attn"  # see trainers.flops
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     threads: int = 1  # torch CPU threads per run (match the run's CPU request)
     log_every: int = 10  # optimiser steps between logged training-loss points
+    # optimiser steps between held-out evaluations of every domain, logged as eval_loss/<domain>
+    # (plus one before the first step); 0 = only at the end of the run
+    eval_every: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     simulated: SimulatedConfig = field(default_factory=SimulatedConfig)

@@ -1,72 +1,34 @@
-"""Offline text domains as byte-level tokens, a seeded mixture batch sampler, held-out windows.
+"""Text domains as byte-level tokens, a seeded mixture batch sampler, held-out windows.
 
-Sources (text every Python installation has, so runs never download anything):
-
-``stdlib``
-    The ``.py`` files of the Python standard library (``sysconfig.get_paths()["stdlib"]``),
-    walked in sorted order, skipping ``site-packages``/``dist-packages`` (installed packages
-    vary between machines), test directories and ``pydoc_data`` (prose, the other domain).
-``pydoc``
-    The English help topics in ``pydoc_data.topics.topics``, one document per topic.
-
-A domain's documents are read up to ``MAX_DOMAIN_BYTES``: they are ordered by a stable hash of
-their name and taken whole until the cap, so the selection is a deterministic sample of the whole
-source rather than its alphabetical head. Each document then goes to the held-out split when a
-second, independent stable hash of its name falls below ``heldout_fraction`` (document-level, so
-no text is shared between the splits); at least one document is held out and one kept for
-training. Documents are joined with a 0 byte as an end-of-document marker. Tokens are raw bytes
-(vocabulary 256). Loaded domains are cached per process.
+Documents come from the sources of ``trainers.sources`` (real offline text and synthetic text of
+known entropy). A domain's documents are read up to ``MAX_DOMAIN_BYTES``: they are ordered by a
+stable hash of their name and taken whole until the cap, so the selection is a deterministic
+sample of the whole source rather than its alphabetical head. Each document then goes to the
+held-out split when a second, independent stable hash of its name falls below
+``heldout_fraction`` (document-level, so no text is shared between the splits); at least one
+document is held out and one kept for training. Documents are joined with a 0 byte as an
+end-of-document marker. Tokens are raw bytes (vocabulary 256). Loaded domains are cached per
+process.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import sysconfig
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from trainers.config import DataConfig, DomainConfig
+from trainers.sources import SOURCES, entropy_rate
 
 #: At most this many bytes of each source are read (about 0.1 s per domain).
 MAX_DOMAIN_BYTES = 4 * 1024 * 1024
 
-#: Directory names never read from the standard library.
-_EXCLUDED_DIRS = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data", "__pycache__"}
-)
-
 _END_OF_DOCUMENT = b"\x00"
-
-
-def _stdlib_documents() -> list[tuple[str, bytes | Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    docs: list[tuple[str, bytes | Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _EXCLUDED_DIRS)
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = Path(dirpath, name)
-                # Paths, read lazily: only the capped selection is ever opened.
-                docs.append((path.relative_to(root).as_posix(), path))
-    return docs
-
-
-def _pydoc_documents() -> list[tuple[str, bytes | Path]]:
-    from pydoc_data.topics import topics
-
-    return [(name, text.encode("utf-8")) for name, text in sorted(topics.items())]
-
-
-#: source name -> function listing (document name, bytes or Path) in a stable order.
-SOURCES: dict[str, Callable[[], list[tuple[str, bytes | Path]]]] = {
-    "stdlib": _stdlib_documents,
-    "pydoc": _pydoc_documents,
-}
 
 DEFAULT_DOMAINS: dict[str, DomainConfig] = {
     "code": DomainConfig(source="stdlib"),
@@ -89,6 +51,7 @@ class DomainText:
     heldout: torch.Tensor
     train_docs: tuple[str, ...]
     heldout_docs: tuple[str, ...]
+    entropy_rate: float | None = None  # nats/byte of the source when known (synthetic sources)
 
 
 def domains_of(config: DataConfig) -> dict[str, DomainConfig]:
@@ -97,15 +60,21 @@ def domains_of(config: DataConfig) -> dict[str, DomainConfig]:
 
 
 @functools.lru_cache(maxsize=16)
-def load_domain(source: str, heldout_fraction: float) -> DomainText:
-    """Read (once per process) and split one source; unknown sources raise ``ValueError``."""
+def load_domain(domain: DomainConfig | str, heldout_fraction: float) -> DomainText:
+    """Read (once per process) and split one domain, given as a config or a source name.
+
+    Unknown sources raise ``ValueError`` listing the valid ones.
+    """
+    if isinstance(domain, str):
+        domain = DomainConfig(source=domain)
+    source = domain.source
     if source not in SOURCES:
         raise ValueError(
             f"data.domains.*.source: unknown source {source!r}; valid sources: {', '.join(SOURCES)}"
         )
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"data.heldout_fraction: must be in (0, 1), got {heldout_fraction}")
-    listed = SOURCES[source]()
+    listed = SOURCES[source](domain)
     selected: list[tuple[str, bytes]] = []
     budget = MAX_DOMAIN_BYTES
     for name, content in sorted(listed, key=lambda doc: _unit_hash("select", doc[0])):
@@ -129,6 +98,7 @@ def load_domain(source: str, heldout_fraction: float) -> DomainText:
         heldout=_tokens(held),
         train_docs=tuple(name for name, _ in train),
         heldout_docs=tuple(name for name, _ in held),
+        entropy_rate=entropy_rate(domain),
     )
 
 
@@ -140,7 +110,7 @@ def _tokens(docs: Sequence[tuple[str, bytes]]) -> torch.Tensor:
 def load_domains(config: DataConfig) -> dict[str, DomainText]:
     """Every configured domain, by name, in domain order."""
     return {
-        name: load_domain(domain.source, config.heldout_fraction)
+        name: load_domain(domain, config.heldout_fraction)
         for name, domain in domains_of(config).items()
     }
 
@@ -159,16 +129,53 @@ def mixture_weights(mixture: Sequence[float], n_domains: int) -> tuple[float, ..
     return tuple(float(w) / total for w in mixture)
 
 
-class MixtureSampler:
-    """Random training windows of ``seq_len + 1`` bytes, domains mixed by weight.
+def simplex_grid(n_domains: int, step: float, min_weight: float = 0.0) -> list[tuple[float, ...]]:
+    """Every mixture on the simplex grid of spacing ``step`` with each weight >= ``min_weight``.
 
-    How many of a batch's ``batch_size`` sequences each domain gets is decided by systematic
-    sampling: with cumulative targets ``c_i = batch_size * (w_1 + ... + w_i)`` and one uniform
-    ``u`` per batch, domain i gets ``floor(c_i + u) - floor(c_{i-1} + u)`` sequences. That count
-    is ``floor(w_i * B)`` or one more, with probability equal to the fractional part, so the
-    expected share of every domain is exactly ``w_i`` and no batch deviates by more than one
-    sequence. Window starts are uniform over each domain's training stream. All randomness comes
-    from the given ``torch.Generator``.
+    Weights are ``min_weight + j * step`` with whole ``j >= 0``, summing to 1, listed in
+    lexicographic order (Shukor et al. 2025 train on such a grid with every h_i >= 0.1). The
+    free mass ``1 - n_domains * min_weight`` must be a whole number of steps.
+    """
+    if n_domains < 1:
+        raise ValueError(f"mixture: need at least one domain, got {n_domains}")
+    if not step > 0 or min_weight < 0:
+        raise ValueError(f"mixture: step must be > 0 and min_weight >= 0, got {step}, {min_weight}")
+    free = 1.0 - n_domains * min_weight
+    units = round(free / step)
+    if free < -1e-9 or abs(units * step - free) > 1e-9:
+        raise ValueError(
+            f"mixture: 1 - {n_domains} * min_weight = {free:g} is not a whole number of steps "
+            f"of {step:g}"
+        )
+
+    def splits(parts: int, total: int) -> Iterator[tuple[int, ...]]:
+        if parts == 1:
+            yield (total,)
+            return
+        for first in range(total, -1, -1):
+            for rest in splits(parts - 1, total - first):
+                yield (first, *rest)
+
+    return [
+        tuple(round(min_weight + j * step, 12) for j in split) for split in splits(n_domains, units)
+    ]
+
+
+class MixtureSampler:
+    """Random training windows of ``seq_len + 1`` bytes, domains mixed in exact proportions.
+
+    Which domain each sequence comes from is fixed by systematic sampling over the whole run
+    (Madow 1949; the same rule as systematic resampling in particle filters): with one uniform
+    ``u`` drawn when the sampler is built and cumulative targets ``T_i(s) = s * B * (w_1 + ... +
+    w_i)`` after ``s`` batches of ``B`` sequences, the first ``s`` batches hold
+    ``floor(T_i(s) + u)`` sequences of domains ``1 .. i``. Hence after every batch each domain's
+    total differs from ``w_i * B * s`` by less than one sequence (it is a difference of two such
+    floors, each off its target by an amount in ``(u - 1, u]``), so the proportions of the run's tokens are the requested weights
+    up to one sequence per domain, whatever the run's length; every batch has exactly ``B``
+    sequences and a domain's share of one batch is within two sequences of ``w_i * B``. Window
+    starts are uniform over each domain's training stream. All randomness comes from the given
+    ``torch.Generator``; ``state_dict``/``load_state_dict`` save and restore the position in the
+    stream, so a resumed run draws the same batches as an uninterrupted one.
     """
 
     def __init__(
@@ -189,24 +196,29 @@ class MixtureSampler:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.generator = generator
+        total = float(sum(weights))
         cumulative, acc = [], 0.0
         for w in weights:
-            acc += w * batch_size
+            acc += w / total
             cumulative.append(acc)
+        cumulative[-1] = 1.0  # the last edge is exact, so every batch has batch_size sequences
         self._cumulative = cumulative
+        self._u = float(torch.rand((), generator=generator))
+        self.batches = 0  # batches drawn so far
         self._offsets_t = torch.arange(seq_len + 1)
 
+    def _edges(self, batches: int) -> list[int]:
+        """Sequences of domains 1 .. i among the first ``batches`` batches, for every i."""
+        n = batches * self.batch_size
+        return [min(int(c * n + self._u), n) for c in self._cumulative]
+
     def counts(self) -> list[int]:
-        """Sequences per domain for the next batch (systematic sampling, see the class doc)."""
-        u = float(torch.rand((), generator=self.generator))
-        counts, previous = [], 0
-        for c in self._cumulative:
-            # min(): float rounding in the cumulative sum must never exceed the batch.
-            edge = min(int(c + u), self.batch_size)
-            counts.append(edge - previous)
-            previous = edge
-        counts[-1] += self.batch_size - previous
-        return counts
+        """Sequences per domain in the next batch (advances the sampler by one batch)."""
+        before, after = self._edges(self.batches), self._edges(self.batches + 1)
+        self.batches += 1
+        # Sequences of domains 1 .. i in this batch, then differences between neighbours.
+        upto = [a - b for a, b in zip(after, before, strict=True)]
+        return [n - m for n, m in zip(upto, [0, *upto[:-1]], strict=True)]
 
     def sample(self) -> tuple[torch.Tensor, list[int]]:
         """One batch of windows (b, t + 1) as int64, and the per-domain counts in batch order."""
@@ -224,6 +236,16 @@ class MixtureSampler:
         while True:
             window_bt, _ = self.sample()
             yield window_bt[:, :-1], window_bt[:, 1:]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's position: batches drawn, the systematic offset and the generator state."""
+        return {"batches": self.batches, "u": self._u, "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict`` taken from a sampler with the same domains and weights."""
+        self.batches = int(state["batches"])
+        self._u = float(state["u"])
+        self.generator.set_state(state["rng"])
 
 
 def eval_windows(domain: DomainText, *, eval_tokens: int, seq_len: int) -> torch.Tensor:

@@ -3,15 +3,25 @@
 Each ``train`` call builds the model its target N resolves to (``trainers.shapes``), trains it
 with AdamW on the run's domain mixture (``trainers.data``) under the configured schedule
 (``trainers.schedule``), then scores held-out windows of every domain. The loop does no host
-synchronisation between log points, so it runs as fast as a bare PyTorch loop.
+synchronisation between log points, so it runs as fast as a bare PyTorch loop
+(``benchmarks/trainer_throughput.py``).
+
+Options of every run: checkpoints and exact resume (``RunSpec.checkpoint_dir``,
+``trainers.checkpoint``); held-out evaluation of every domain along the way
+(``TrainerConfig.eval_every``); and finetuning, starting from the weights of a finished run
+(``RunSpec.init_checkpoint``) with a mixture that holds the target domain and, as injection, a
+share p of the pretraining domains, so the forgetting law (Béthune et al. 2025) can be fitted
+on the logged per-domain losses.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,8 +35,17 @@ from trainers.base import (
     Trainer,
     TrainingDiverged,
 )
+from trainers.checkpoint import (
+    TrainState,
+    checkpoint_path,
+    load_checkpoint,
+    load_checkpoint_shape,
+    load_model_state,
+    save_checkpoint,
+)
 from trainers.config import TrainerConfig
 from trainers.data import (
+    DomainText,
     MixtureSampler,
     domains_of,
     eval_windows,
@@ -117,17 +136,93 @@ def evaluate(model: GPT, windows_nt: torch.Tensor, device: torch.device) -> floa
     return float(total) / count
 
 
+#: A training objective: (model, inputs_bt, targets_bt) -> scalar loss to minimise.
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What the optimisation loop works on."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: MixtureSampler
+    loss_fn: LossFn
+    plan: RunPlan
+    config: TrainerConfig
+    device: torch.device
+    sink: MetricSink
+    log_eval: Callable[[int], None]  # scores every domain's held-out split and logs it
+
+
+def init_weights(model: GPT, checkpoint: str, plan: RunPlan) -> None:
+    """Start ``model`` from the weights of a finished run (finetuning); shapes must match."""
+    saved = load_checkpoint_shape(checkpoint)
+    if saved != plan.shape:
+        raise ValueError(
+            f"init_checkpoint: {checkpoint} holds a model of shape {saved}, but this run trains "
+            f"{plan.shape}; give the finetuning run the pretrained run's size"
+        )
+    model.load_state_dict(load_model_state(checkpoint)[0])
+
+
+def evaluate_domains(
+    model: GPT, domains: Mapping[str, DomainText], config: TrainerConfig, device: torch.device
+) -> dict[str, float]:
+    """Held-out loss (nats/token) of ``model`` on every domain, by name."""
+    return {
+        name: evaluate(
+            model,
+            eval_windows(domain, eval_tokens=config.data.eval_tokens, seq_len=config.seq_len),
+            device,
+        )
+        for name, domain in domains.items()
+    }
+
+
 class DenseTrainer(Trainer):
-    """Trains the dense GPT of ``trainers.model`` (kind ``dense``)."""
+    """Trains the dense GPT of ``trainers.model`` (kind ``dense``).
+
+    Subclasses change what is trained through three hooks: ``plan_run`` (size and cost of a
+    point under a configuration), ``build_model`` (the network) and ``make_loss`` (the training
+    objective, a function of the model and one batch).
+    """
 
     kind = "dense"
 
     def plan(self, point: RunPoint) -> RunPlan:
-        """Exact size and cost; see ``plan_dense``."""
-        return plan_dense(point, self.config)
+        """Exact size and cost under this trainer's configuration."""
+        return self.plan_run(point, self.config)
+
+    def plan_run(self, point: RunPoint, config: TrainerConfig) -> RunPlan:
+        """Exact size and cost of ``point`` under ``config``; see ``plan_dense``."""
+        return plan_dense(point, config)
+
+    def build_model(self, spec: RunSpec, plan: RunPlan) -> GPT:
+        """The network to train, initialised from the global torch seed (set by ``train``)."""
+        assert plan.shape is not None
+        return GPT(plan.shape, spec.trainer.model)
+
+    def make_loss(self, spec: RunSpec, device: torch.device) -> LossFn:
+        """The training objective: next-token cross-entropy."""
+        return lambda model, inputs_bt, targets_bt: lm_loss(model(inputs_bt), targets_bt)
+
+    def extra_metrics(
+        self,
+        spec: RunSpec,
+        domains: Mapping[str, DomainText],
+        weights: Sequence[float],
+        device: torch.device,
+    ) -> dict[str, float]:
+        """Further end-of-run metrics of a trainer kind (``RunResult.metrics``); none here."""
+        return {}
 
     def train(self, spec: RunSpec, sink: MetricSink) -> RunResult:
-        """Train ``spec`` to completion; deterministic on CPU for a given spec and thread count."""
+        """Train ``spec`` to completion; deterministic on CPU for a given spec and thread count.
+
+        With ``spec.checkpoint_dir`` set, checkpoints are written along the way and a checkpoint
+        of the same run found there is resumed from (``trainers.checkpoint``).
+        """
         config = spec.trainer
         device = resolve_device(config.device)
         previous_threads = torch.get_num_threads()
@@ -142,13 +237,12 @@ class DenseTrainer(Trainer):
         self, spec: RunSpec, sink: MetricSink, config: TrainerConfig, device: torch.device
     ) -> RunResult:
         started = time.perf_counter()
-        plan = plan_dense(spec.point, config)
-        assert plan.shape is not None
+        plan = self.plan_run(spec.point, config)
         domains = load_domains(config.data)
         weights = mixture_weights(spec.point.mixture, len(domains))
 
         torch.manual_seed(spec.seed)
-        model = GPT(plan.shape, config.model).to(device)
+        model = self.build_model(spec, plan).to(device)
         optimizer = build_optimizer(model, config)
         sampler = MixtureSampler(
             list(domains.values()),
@@ -157,23 +251,42 @@ class DenseTrainer(Trainer):
             seq_len=config.seq_len,
             generator=torch.Generator().manual_seed(spec.seed),
         )
+        loss_fn = self.make_loss(spec, device)
+        state = None
+        ckpt = checkpoint_path(spec.checkpoint_dir) if spec.checkpoint_dir else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, spec.run_key)
+        if state is not None:
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+            sampler.load_state_dict(state.sampler)
+        elif spec.init_checkpoint:
+            init_weights(model, spec.init_checkpoint, plan)
+
+        def log_eval(step: int) -> None:
+            losses = evaluate_domains(model, domains, config, device)
+            sink.log_metrics({f"eval_loss/{k}": v for k, v in losses.items()}, step=step)
+
+        if state is None and config.eval_every > 0:
+            log_eval(0)  # where the run starts from (the pretrained model when finetuning)
         curve, train_seconds = self._loop(
-            model, optimizer, iter(sampler), plan, config, device, sink
+            _Loop(model, optimizer, sampler, loss_fn, plan, config, device, sink, log_eval),
+            state,
+            spec,
+            ckpt,
         )
 
-        eval_losses = {
-            name: evaluate(
-                model,
-                eval_windows(domain, eval_tokens=config.data.eval_tokens, seq_len=config.seq_len),
-                device,
-            )
-            for name, domain in domains.items()
-        }
+        eval_losses = evaluate_domains(model, domains, config, device)
         if not all(math.isfinite(v) for v in eval_losses.values()):
             raise TrainingDiverged(f"run {spec.run_key}: non-finite held-out loss {eval_losses}")
         final_loss = sum(w * eval_losses[name] for w, name in zip(weights, domains, strict=True))
+        extra = self.extra_metrics(spec, domains, weights, device)
         sink.log_metrics(
-            {"eval_loss": final_loss, **{f"eval_loss/{k}": v for k, v in eval_losses.items()}},
+            {
+                "eval_loss": final_loss,
+                **{f"eval_loss/{k}": v for k, v in eval_losses.items()},
+                **extra,
+            },
             step=plan.steps,
         )
         return RunResult(
@@ -184,50 +297,81 @@ class DenseTrainer(Trainer):
             curve=tuple(curve),
             wall_time_s=time.perf_counter() - started,
             tokens_per_s=plan.tokens / train_seconds if train_seconds > 0 else 0.0,
+            metrics=extra,
         )
 
     @staticmethod
     def _loop(
-        model: GPT,
-        optimizer: torch.optim.Optimizer,
-        batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-        plan: RunPlan,
-        config: TrainerConfig,
-        device: torch.device,
-        sink: MetricSink,
+        run: _Loop, state: TrainState | None, spec: RunSpec, ckpt: Path | None
     ) -> tuple[list[CurvePoint], float]:
-        """The optimisation loop; returns the logged curve and its wall time in seconds."""
+        """The optimisation loop from ``state`` (or step 0) to the plan's last step.
+
+        Returns the whole logged curve and the training seconds of every attempt together.
+        """
+        model, optimizer, config, plan = run.model, run.optimizer, run.config, run.plan
+        assert plan.shape is not None  # real models only
         params = [p for p in model.parameters() if p.requires_grad]
+        batches = iter(run.sampler)
         tokens_per_step = config.batch_size * config.seq_len
         log_every = max(1, config.log_every)
+        save_every = spec.checkpoint_every if spec.checkpoint_every > 0 else log_every
         clip = config.optim.grad_clip
-        curve: list[CurvePoint] = []
+        eval_every = config.eval_every
+        first = state.step if state is not None else 0
+        curve = list(state.curve) if state is not None else []
+        earlier_seconds = state.train_seconds if state is not None else 0.0
         model.train()
         started = time.perf_counter()
-        for step in range(plan.steps):
+        for step in range(first, plan.steps):
             lr = lr_at(step, plan.steps, config.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs_bt, targets_bt = next(batches)
-            inputs_bt = inputs_bt.to(device, non_blocking=True)
-            targets_bt = targets_bt.to(device, non_blocking=True)
-            with _autocast(device):
-                loss = lm_loss(model(inputs_bt), targets_bt)
+            inputs_bt = inputs_bt.to(run.device, non_blocking=True)
+            targets_bt = targets_bt.to(run.device, non_blocking=True)
+            with _autocast(run.device):
+                loss = run.loss_fn(model, inputs_bt, targets_bt)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
             done = step + 1
-            # Only log points synchronise with the device; NaN weights stay NaN, so a divergence
-            # between log points is still caught at the next one.
-            if done % log_every == 0 or done == plan.steps:
+            # Only log points and checkpoints synchronise with the device; NaN weights stay NaN,
+            # so a divergence between log points is still caught at the next one.
+            log_now = done % log_every == 0 or done == plan.steps
+            save_now = ckpt is not None and (done % save_every == 0 or done == plan.steps)
+            if log_now or save_now:
                 value = loss.item()
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"training loss {value} at step {done}")
-                tokens = done * tokens_per_step
-                curve.append(CurvePoint(step=done, tokens=tokens, train_loss=value, lr=lr))
-                sink.log_metrics({"train_loss": value, "lr": lr, "tokens": tokens}, step=done)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return curve, time.perf_counter() - started
+                if log_now:
+                    tokens = done * tokens_per_step
+                    curve.append(CurvePoint(step=done, tokens=tokens, train_loss=value, lr=lr))
+                    run.sink.log_metrics(
+                        {"train_loss": value, "lr": lr, "tokens": tokens}, step=done
+                    )
+                if save_now:
+                    assert ckpt is not None
+                    seconds = earlier_seconds + time.perf_counter() - started
+                    save_checkpoint(
+                        ckpt,
+                        spec.run_key,
+                        TrainState(
+                            step=done,
+                            shape=plan.shape,
+                            model_config=config.model,
+                            model=model.state_dict(),
+                            optimizer=optimizer.state_dict(),
+                            sampler=run.sampler.state_dict(),
+                            curve=tuple(curve),
+                            train_seconds=seconds,
+                        ),
+                    )
+            if eval_every > 0 and done % eval_every == 0 and done < plan.steps:
+                eval_started = time.perf_counter()
+                run.log_eval(done)
+                started += time.perf_counter() - eval_started  # evaluation is not training time
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        return curve, earlier_seconds + time.perf_counter() - started

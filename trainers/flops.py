@@ -6,7 +6,7 @@ both activations and weights: two matmuls per forward matmul), and a forward mat
 token (Kaplan et al. 2020, section 2.1).
 
 ``"6N"``
-    ``6 * N_total``: the C = 6·N·D convention of Kaplan et al. (2020) and Hoffmann et al. (2022)
+    ``6 * N`` (N the total count, or the active count for mixtures of experts): the C = 6·N·D convention of Kaplan et al. (2020) and Hoffmann et al. (2022)
     with N the total parameter count. It ignores attention's sequence-length term and counts
     embedding lookups as if they were matmuls.
 
@@ -35,14 +35,22 @@ from __future__ import annotations
 
 from trainers.base import ModelShape
 from trainers.config import TrainerConfig
-from trainers.shapes import count_params
+from trainers.shapes import count_active_params, count_params
 
 FLOP_CONVENTIONS: tuple[str, ...] = ("6N", "6N+attn")
 
 
 def flops_per_token(shape: ModelShape, config: TrainerConfig) -> float:
-    """Training FLOPs per token of the GPT ``shape`` under ``config.flop_convention``."""
+    """Training FLOPs per token of the GPT ``shape`` under ``config.flop_convention``.
+
+    Parameter counts are the active ones (``trainers.shapes.count_active_params``): a
+    mixture-of-experts token passes through K of its E experts, so only those K cost FLOPs
+    (torchtitan's convention of weighting routed experts by top_k / E; Abnar et al. 2025's
+    C = 6 * N_active * D). For dense shapes active and total counts are equal.
+    """
     total, non_embedding = count_params(shape, config)
+    skipped = total - count_active_params(shape, config)
+    total, non_embedding = total - skipped, non_embedding - skipped
     if config.flop_convention == "6N":
         return 6.0 * total
     if config.flop_convention == "6N+attn":

@@ -13,6 +13,7 @@ Choices, each fixed so that ``trainers.shapes.count_params`` can count parameter
   "Theory, analysis, and best practices for sigmoid self-attention"). The paper's further
   stabiliser for large models (a norm on the attention output, or LayerScale) is left out.
 - Output head tied to the token embedding or separate, per ``ModelConfig.tie_embeddings``.
+- MLPs dense, or top-k routed experts (``trainers.moe``) when the shape has ``n_experts``.
 - GPT-2 initialisation as in nanoGPT: weights N(0, 0.02), the two residual output projections of
   every block N(0, 0.02 / sqrt(2 * n_layer)) so the residual stream's variance does not grow with
   depth (Radford et al. 2019, section 2.3), norm weights 1.
@@ -28,6 +29,7 @@ from torch import nn
 
 from trainers.base import ModelShape
 from trainers.config import ModelConfig
+from trainers.moe import MoE
 
 INIT_STD = 0.02  # GPT-2
 
@@ -102,14 +104,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+    The MLP is a routed mixture of experts (``trainers.moe.MoE``) when the shape has experts.
+    """
 
     def __init__(self, shape: ModelShape, config: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(shape.d_model, bias=False)
         self.attn = CausalSelfAttention(shape, config)
         self.ln_2 = nn.LayerNorm(shape.d_model, bias=False)
-        self.mlp = MLP(shape)
+        self.mlp: nn.Module = MLP(shape)
+        if shape.n_experts:
+            self.mlp = MoE(
+                shape.d_model,
+                shape.d_ff,
+                shape.n_experts,
+                shape.top_k,
+                std=INIT_STD,
+                out_std=INIT_STD / math.sqrt(2 * shape.n_layer),
+            )
 
     def forward(
         self, x_btd: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
@@ -166,6 +180,13 @@ class GPT(nn.Module):
         for block in self.blocks:
             x_btd = block(x_btd, rope)
         return self.head(self.ln_f(x_btd))
+
+    def aux_loss(self) -> torch.Tensor:
+        """Mean MoE load-balancing loss over layers of the latest forward pass (0 when dense)."""
+        losses = [block.mlp.aux_loss for block in self.blocks if isinstance(block.mlp, MoE)]
+        if not losses:
+            return torch.zeros((), device=self.wte.weight.device)
+        return torch.stack(losses).mean()
 
 
 def lm_loss(logits_btv: torch.Tensor, targets_bt: torch.Tensor) -> torch.Tensor:

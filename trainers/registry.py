@@ -11,6 +11,8 @@ from trainers.config import TrainerConfig
 # does not need.
 _TRAINERS: dict[str, str] = {
     "dense": "trainers.dense:DenseTrainer",
+    "distill": "trainers.distill:DistillTrainer",
+    "moe": "trainers.sparse:MoETrainer",
     "simulated": "trainers.simulated:SimulatedTrainer",
 }
 

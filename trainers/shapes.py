@@ -18,6 +18,10 @@ The rule (``derive_shape``), pure integer arithmetic, O(number of widths):
 3. When no candidate is that close (small models, where one more layer or head is a big step), the
    candidate with the closest count in log space wins.
 
+Mixture-of-experts shapes (``n_experts`` E, ``top_k`` K) follow the same rule with every MLP
+replaced by E expert MLPs and a router; the count matched to the target is the total, or the
+active count (K experts) when ``MoEConfig.hold`` is ``"active"``.
+
 A target more than the tolerance below the smallest model (one head, one layer) raises
 ``ValueError``. The realised counts are exact and recorded in the run's plan, so the small
 mismatch to the target never reaches a fitted law.
@@ -37,17 +41,20 @@ VOCAB_SIZE = 256
 N_TOLERANCE = 0.05
 
 
-def _counts(d: int, config: TrainerConfig) -> tuple[int, int, int]:
+def _counts(d: int, config: TrainerConfig, mlps: int = 1, router: int = 0) -> tuple[int, int, int]:
     """(fixed, per_layer, embedding) parameter counts; total = fixed + n_layer * per_layer.
 
     The layout mirrors ``trainers.model.GPT``: bias-free linear layers and bias-free LayerNorms
-    (one weight vector of width d each), two norms per block plus a final norm.
+    (one weight vector of width d each), two norms per block plus a final norm. ``mlps`` MLPs of
+    width ``mlp_ratio * d`` are counted per layer (1 for a dense block; E for an MoE block's total,
+    K for its active count) plus a ``d x router`` router (E for MoE, 0 for dense).
     """
     model = config.model
     f = model.mlp_ratio * d
     per_layer = 2 * d  # ln_1, ln_2 weights
     per_layer += 3 * d * d + d * d  # qkv and output projection
-    per_layer += 2 * d * f  # MLP up and down projections
+    per_layer += mlps * 2 * d * f  # MLP up and down projections, per expert
+    per_layer += router * d  # MoE router
     if model.attention == "sigmoid":
         per_layer += 2 * model.head_dim  # QK-norm weights (one per q and k, shared by heads)
     embedding = VOCAB_SIZE * d  # token embedding
@@ -75,9 +82,33 @@ def count_params(shape: ModelShape, config: TrainerConfig) -> tuple[int, int]:
             f"shape: d_model={shape.d_model} != n_head * head_dim = "
             f"{shape.n_head} * {config.model.head_dim}"
         )
-    fixed, per_layer, embedding = _counts(shape.d_model, config)
+    fixed, per_layer, embedding = _counts(shape.d_model, config, *_moe_counts(shape)[0])
     total = fixed + shape.n_layer * per_layer
     return total, total - embedding
+
+
+def _moe_counts(shape: ModelShape) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((mlps, router) for the total count, (mlps, router) for the active count) of a shape."""
+    if shape.n_experts == 0 and shape.top_k == 0:
+        return (1, 0), (1, 0)
+    if not 1 <= shape.top_k <= shape.n_experts:
+        raise ValueError(
+            f"shape: top_k={shape.top_k} must be between 1 and n_experts={shape.n_experts}"
+        )
+    return (shape.n_experts, shape.n_experts), (shape.top_k, shape.n_experts)
+
+
+def count_active_params(shape: ModelShape, config: TrainerConfig) -> int:
+    """Exact parameters touched per token: the total minus the (E - K) experts a token skips.
+
+    Embeddings, attention, norms and the router count in full (the router scores every expert
+    for every token), as in torchtitan's and Abnar et al.'s (2025) active counts. Equal to the
+    total for dense shapes.
+    """
+    total, _ = count_params(shape, config)
+    (mlps, _), (active, _) = _moe_counts(shape)
+    f = config.model.mlp_ratio * shape.d_model
+    return total - shape.n_layer * (mlps - active) * 2 * shape.d_model * f
 
 
 def _layer_band(d: int, aspect: float) -> tuple[int, int]:
@@ -99,15 +130,34 @@ def _validate(n_target: int, config: TrainerConfig) -> None:
         raise ValueError(f"n_params: must be a positive integer, got {n_target}")
 
 
-def derive_shape(n_target: int, config: TrainerConfig) -> ModelShape:
-    """The model shape the rule in this module's docstring assigns to ``n_target`` total params."""
+def derive_shape(
+    n_target: int, config: TrainerConfig, *, n_experts: int = 0, top_k: int = 0
+) -> ModelShape:
+    """The model shape the rule in this module's docstring assigns to ``n_target`` params.
+
+    Dense by default. With ``n_experts`` E and ``top_k`` K every block's MLP is E routed experts
+    (``trainers.moe``), and the target is the total count, or the active count when
+    ``config.moe.hold`` is ``"active"``.
+    """
     _validate(n_target, config)
+    moe_shape = ModelShape(
+        n_layer=1,
+        d_model=1,
+        n_head=1,
+        d_ff=1,
+        vocab_size=1,
+        seq_len=1,
+        n_experts=n_experts,
+        top_k=top_k,
+    )
+    total_counts, active_counts = _moe_counts(moe_shape)
+    mlps_router = active_counts if n_experts and config.moe.hold == "active" else total_counts
     head_dim = config.model.head_dim
     aspect = config.model.aspect_ratio
     log_target = math.log(n_target)
     log_aspect = math.log(aspect)
 
-    smallest = sum(_counts(head_dim, config)[:2])
+    smallest = sum(_counts(head_dim, config, *mlps_router)[:2])
     if math.log(smallest) - log_target > N_TOLERANCE:
         raise ValueError(
             f"n_params: target {n_target} is below the smallest model ({smallest} parameters at "
@@ -120,7 +170,7 @@ def derive_shape(n_target: int, config: TrainerConfig) -> ModelShape:
     best_any: tuple[float, int, int] | None = None
     d = head_dim
     while True:
-        fixed, per_layer, _ = _counts(d, config)
+        fixed, per_layer, _ = _counts(d, config, *mlps_router)
         lo, hi = _layer_band(d, aspect)
         min_count = fixed + lo * per_layer
         # Counts grow with d at the band's lower edge, so once the smallest model at this width
@@ -167,4 +217,6 @@ def derive_shape(n_target: int, config: TrainerConfig) -> ModelShape:
         d_ff=config.model.mlp_ratio * d,
         vocab_size=VOCAB_SIZE,
         seq_len=config.seq_len,
+        n_experts=n_experts,
+        top_k=top_k,
     )

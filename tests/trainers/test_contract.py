@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import pickle
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from trainers import TRAINER_KINDS, RunPoint, RunSpec, get_trainer
-from trainers.config import ModelConfig, TrainerConfig
+from trainers import TRAINER_KINDS, NullSink, RunPoint, RunSpec, get_trainer
+from trainers.config import ModelConfig, MoEConfig, TrainerConfig
 
 
 def _config(kind: str) -> TrainerConfig:
@@ -20,11 +21,28 @@ def _config(kind: str) -> TrainerConfig:
         log_every=2,
         device="cpu",
         model=ModelConfig(head_dim=16, aspect_ratio=16.0),
+        moe=MoEConfig(experts=4),
     )
 
 
+def _teacher_checkpoint(directory: Path) -> str:
+    """A finished dense run's checkpoint, the teacher of distill runs."""
+    config = _config("dense")
+    point = RunPoint(n_params=15_000, tokens=4 * 32 * 2)
+    spec = RunSpec(
+        run_key="teacher",
+        study="contract",
+        seed=0,
+        point=point,
+        trainer=config,
+        checkpoint_dir=str(directory),
+    )
+    get_trainer(config).train(spec, NullSink())
+    return str(directory)
+
+
 @pytest.mark.parametrize("kind", TRAINER_KINDS)
-def test_trainer_contract(kind: str, chinchilla_law: object, sink) -> None:
+def test_trainer_contract(kind: str, chinchilla_law: object, sink, tmp_path: Path) -> None:
     config = _config(kind)
     trainer = get_trainer(config)
     assert trainer.kind == kind
@@ -36,6 +54,8 @@ def test_trainer_contract(kind: str, chinchilla_law: object, sink) -> None:
     spec = RunSpec(
         run_key=f"contract-{kind}", study="contract", seed=1, point=point, trainer=config
     )
+    if kind == "distill":
+        spec = replace(spec, teacher_checkpoint=_teacher_checkpoint(tmp_path / "teacher"))
     spec = pickle.loads(pickle.dumps(spec))  # specs travel to workers pickled
     result = trainer.train(spec, sink)
     assert result.plan == plan
@@ -58,5 +78,5 @@ def test_impossible_points_raise_value_error(kind: str) -> None:
 
 
 def test_unknown_kind_lists_valid_kinds() -> None:
-    with pytest.raises(ValueError, match="dense, simulated"):
-        get_trainer(replace(_config("dense"), kind="moe"))
+    with pytest.raises(ValueError, match="dense, distill, moe, simulated"):
+        get_trainer(replace(_config("dense"), kind="sparse"))

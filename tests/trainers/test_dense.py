@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from trainers.base import RunPoint, RunSpec, TrainingDiverged
-from trainers.config import ModelConfig, OptimConfig, TrainerConfig
+from trainers.config import DataConfig, DomainConfig, ModelConfig, OptimConfig, TrainerConfig
+from trainers.data import load_domain
 from trainers.dense import DenseTrainer
 
 ConfigFactory = Callable[..., TrainerConfig]
@@ -108,3 +109,27 @@ def test_thread_count_is_restored(tiny_config: ConfigFactory, sink) -> None:
     config = tiny_config(threads=1)
     DenseTrainer(config).train(_spec(config, steps=1), sink)
     assert torch.get_num_threads() == before
+
+
+def test_every_domain_is_scored_and_the_markov_floor_holds(
+    tiny_config: ConfigFactory, sink
+) -> None:
+    domains = {
+        "code": DomainConfig(source="stdlib"),
+        "prose": DomainConfig(source="pydoc"),
+        "docs": DomainConfig(source="mlflow_docs"),
+        "markov": DomainConfig(source="markov", symbols=16, concentration=0.1),
+    }
+    config = tiny_config(data=DataConfig(domains=domains, eval_tokens=4096))
+    result = DenseTrainer(config).train(_spec(config, steps=60, mixture=(0.2, 0.2, 0.1, 0.5)), sink)
+    assert list(result.eval_losses) == list(domains)
+    expected = [0.2, 0.2, 0.1, 0.5]
+    assert result.final_loss == pytest.approx(
+        sum(w * result.eval_losses[d] for w, d in zip(expected, domains, strict=True))
+    )
+    assert {f"eval_loss/{d}" for d in domains} <= sink.keys()
+    # No predictor beats the chain's entropy rate (up to the eval sample's noise); 60 tiny steps
+    # already move well away from a uniform guess over bytes.
+    floor = load_domain(domains["markov"], config.data.heldout_fraction).entropy_rate
+    assert floor is not None
+    assert floor - 0.05 < result.eval_losses["markov"] < math.log(256) - 1.0

@@ -1,0 +1,91 @@
+"""The malformed-study corpus through the command line: exit code 2, one message naming the key,
+and nothing written (no tracking store, no selection journal)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from tests.orchestrator.test_loading import BAD_STUDIES
+
+_SIM = {"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6, 1e7], "D": [1e8]}}
+
+
+def _sel(**selection) -> dict:
+    return {**_SIM, "selection": selection}
+
+
+DENSE_TINY = {"name": "s", "trainer": {"seq_len": 64, "batch_size": 16}, "grid": {"isoflop": {"budgets": [1e5]}}}
+
+MORE = [
+    ("isoflop and N together", {**_SIM, "grid": {"N": [1e6], "D": [1e8], "isoflop": {"budgets": [1e18]}}}, "grid.isoflop"),
+    ("points per budget zero", {**_SIM, "grid": {"isoflop": {"budgets": [1e18], "points_per_budget": 0}}},
+     "grid.isoflop.points_per_budget"),
+    ("span below one", {**_SIM, "grid": {"isoflop": {"budgets": [1e18], "span": 0.5}}}, "grid.isoflop.span"),
+    ("zero replicates", {**_SIM, "grid": {"N": [1e6], "D": [1e8], "replicates": 0}}, "grid.replicates"),
+    ("zero cpus per run", {**_SIM, "resources": {"cpus_per_run": 0}}, "resources.cpus_per_run"),
+    ("negative concurrency", {**_SIM, "resources": {"max_concurrent": -2}}, "resources.max_concurrent"),
+    ("slash in name", {**_SIM, "name": "a/b"}, "name"),
+    ("budget too small for one step", DENSE_TINY, "grid.isoflop.budgets[0]"),
+    ("unknown selection key", _sel(mode="active", budget_fraction=0.5, targett={}), "selection.targett"),
+    ("selection without budget", _sel(mode="random"), "selection.budget_flops"),
+    ("selection budget fraction zero", _sel(mode="random", budget_fraction=0.0), "selection.budget_fraction"),
+    ("selection two budgets", _sel(mode="random", budget_flops=1e18, budget_fraction=0.5), "selection.budget_fraction"),
+    ("active without target", _sel(mode="active", budget_fraction=0.5), "selection.target"),
+    ("target quantity unknown", _sel(mode="active", budget_fraction=0.5, target={"budget": 1e21, "quantities": ["ppl"]}),
+     "selection.target.quantities[0]"),
+    ("target point wrong inputs", _sel(mode="active", budget_fraction=0.5, target={"points": [{"N": 1e9, "X": 1}]}),
+     "selection.target.points[0]"),
+    ("target point negative", _sel(mode="active", budget_fraction=0.5, target={"points": [{"N": 1e9, "D": -1}]}),
+     "selection.target.points[0].D"),
+    ("selection law not fitted", _sel(mode="active", budget_fraction=0.5, law="chinchilla_gamma", target={"budget": 1e21}),
+     "selection.law"),
+    ("refit every zero", _sel(refit_every=0), "selection.refit_every"),
+    ("bad selection mode", _sel(mode="bayes"), "selection.mode"),
+]
+
+CORPUS = [(label, raw, key) for label, raw, key in BAD_STUDIES] + MORE
+
+
+def test_corpus_is_large() -> None:
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize(("label", "raw", "key"), CORPUS, ids=[c[0] for c in CORPUS])
+def test_bad_study_exits_2_names_the_key_and_writes_nothing(
+    label: str, raw: dict, key: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"isoflop: error: {key}:"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"], "nothing may be written"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("name: [unclosed\n", "study.yaml"), ("- a\n- b\n", "mapping"), ("", "name")],
+)
+def test_unreadable_files_exit_2(text: str, needle: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    assert main(["run", str(path)]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / ".isoflop").exists()
+
+
+def test_bad_override_and_missing_file_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_SIM))
+    assert main(["run", str(path), "trainer.seq_len=-4"]) == 2
+    assert "trainer.seq_len" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert not (tmp_path / ".isoflop").exists()
