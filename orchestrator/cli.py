@@ -97,13 +97,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     runs = expand(study)
     total = sum(r.plan.flops for r in runs)
     print(f"study {study.name!r}: {len(runs)} runs, {total:.3g} training FLOPs in all")
-    print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  mixture")
+    print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  mixture")
     for r in runs:
         shape = r.plan.shape
         shape_s = f"{shape.n_layer} x {shape.d_model}, {shape.n_head}" if shape else "-"
         mix = ",".join(f"{w:g}" for w in r.spec.point.mixture) or "-"
         print(
-            f"{r.spec.run_key:16}  {r.plan.n_params:9.3g}  {r.plan.tokens:9.3g}  {r.plan.flops:9.3g}  {shape_s:>20}  {mix}"
+            f"{r.spec.run_key:16}  {r.plan.n_params:9.3g}  {r.plan.tokens:9.3g}  {r.plan.flops:9.3g}  {shape_s:>20}  "
+            f"{r.spec.point.sparsity:5.3g}  {mix}"
         )
     return EXIT_OK
 

@@ -51,6 +51,9 @@ class GridConfig:
     tokens_per_param: list[float] = field(default_factory=list)  # D = ratio * N (crossed with N)
     isoflop: IsoflopConfig | None = None  # compute budgets x sizes per budget
     mixture: list[list[float]] = field(default_factory=list)  # domain weight vectors (crossed)
+    # MoE sparsities S = (E - K) / E (crossed; trainer kind moe). With isoflop budgets, each
+    # point's D comes from its own FLOPs per token, which depend on S through the active parameters
+    sparsity: list[float] = field(default_factory=list)
     replicates: int = 1  # seeds per grid point: seed, seed + 1, ...
 
 

@@ -64,7 +64,7 @@ def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRu
     for (point, budget), mixture, rep in itertools.product(
         base_points, mixtures, range(study.grid.replicates)
     ):
-        point = replace(point, mixture=mixture)
+        point = replace(point, mixture=mixture)  # sparsity is crossed in _base_points (it sets D)
         seed = study.seed + rep
         plan = _plan(trainer, point, "grid")
         key = run_key(point, study.trainer, seed, plan)
@@ -91,7 +91,8 @@ def _base_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint, f
     for n in g.N:
         tokens = list(g.D) if g.D else [r * n for r in g.tokens_per_param]
         for d in tokens:
-            points.append((RunPoint(n_params=int(round(n)), tokens=int(round(d))), None))
+            for sp in g.sparsity or [0.0]:
+                points.append((RunPoint(n_params=int(round(n)), tokens=int(round(d)), sparsity=sp), None))
     return points
 
 
@@ -110,11 +111,11 @@ def _isoflop_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint
     points: list[tuple[RunPoint, float | None]] = []
     for i, budget in enumerate(iso.budgets):
         key = f"grid.isoflop.budgets[{i}]"
-        for n in isoflop_sizes(budget, iso.points_per_budget, iso.span):
+        for n, sp in itertools.product(isoflop_sizes(budget, iso.points_per_budget, iso.span), study.grid.sparsity or [0.0]):
             try:
-                per_token = trainer.plan(RunPoint(n_params=int(round(n)), tokens=1)).flops_per_token
+                per_token = trainer.plan(RunPoint(n_params=int(round(n)), tokens=1, sparsity=sp)).flops_per_token
             except ValueError as exc:
-                raise StudyError(key, f"budget {budget:.3g} FLOPs asks for a model of N={n:.3g}: {exc}") from None
+                raise StudyError(key, f"budget {budget:.3g} FLOPs asks for a model of N={n:.3g}, S={sp:g}: {exc}") from None
             tokens = budget / per_token
             # A run shorter than one optimiser step cannot be trained at all.
             min_tokens = study.trainer.batch_size * study.trainer.seq_len
@@ -124,6 +125,6 @@ def _isoflop_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint
                     f"budget {budget:.3g} FLOPs is too small: a model of N={n:.3g} would train on "
                     f"{tokens:.3g} tokens, less than one step ({min_tokens} tokens)",
                 )
-            point = RunPoint(n_params=int(round(n)), tokens=int(round(tokens)))
+            point = RunPoint(n_params=int(round(n)), tokens=int(round(tokens)), sparsity=sp)
             points.append((point, budget))
     return points

@@ -162,6 +162,11 @@ def _validate_grid(study: StudyConfig) -> None:
             raise StudyError("grid", "empty grid: give grid.N with grid.D or grid.tokens_per_param, or grid.isoflop")
         if bool(g.D) == bool(g.tokens_per_param):
             raise StudyError("grid.D", "give exactly one of grid.D and grid.tokens_per_param with grid.N")
+    for i, sp in enumerate(g.sparsity):
+        if not 0.0 <= sp < 1.0:
+            raise StudyError(f"grid.sparsity[{i}]", f"must be in [0, 1), got {sp}")
+    if any(sp > 0 for sp in g.sparsity) and study.trainer.kind not in ("moe", "simulated"):
+        raise StudyError("grid.sparsity", f"sparsity above 0 needs trainer.kind moe, not {study.trainer.kind!r}")
     domains = study.trainer.data.domains or {"code": None, "prose": None}
     for i, weights in enumerate(g.mixture):
         key = f"grid.mixture[{i}]"

@@ -106,3 +106,28 @@ def test_sizes_that_resolve_to_the_same_model_are_one_run() -> None:
         }
     )
     assert len({r.spec.run_key for r in expand(bigger)}) == 2
+
+
+def test_sparsity_axis_is_crossed_and_sets_d_per_point_in_isoflop_grids() -> None:
+    base = {
+        "name": "moe",
+        "trainer": {"kind": "moe", "seq_len": 64, "model": {"head_dim": 16, "aspect_ratio": 16}, "moe": {"experts": 4}},
+    }
+    runs = expand(study_from_dict({**base, "grid": {"N": [3e4], "D": [1e6], "sparsity": [0.0, 0.5, 0.75]}}))
+    assert sorted(r.spec.point.sparsity for r in runs) == [0.0, 0.5, 0.75]
+    assert len({r.spec.run_key for r in runs}) == 3
+    # same total N, fewer active parameters: fewer FLOPs per token
+    flops = {r.spec.point.sparsity: r.plan.flops_per_token for r in runs}
+    assert flops[0.0] > flops[0.5] > flops[0.75]
+    iso = expand(study_from_dict({**base, "grid": {"isoflop": {"budgets": [1e11], "points_per_budget": 1}, "sparsity": [0.0, 0.75]}}))
+    by_s = {r.spec.point.sparsity: r for r in iso}
+    # at one budget the sparser model trains on more tokens, and both spend the budget
+    assert by_s[0.75].plan.tokens > by_s[0.0].plan.tokens
+    for r in iso:
+        assert r.plan.flops == pytest.approx(1e11, rel=0.01)
+
+
+def test_sparsity_needs_the_moe_trainer() -> None:
+    with pytest.raises(StudyError) as err:
+        study_from_dict({"name": "x", "grid": {"N": [3e4], "D": [1e6], "sparsity": [0.5]}})
+    assert err.value.key == "grid.sparsity"
