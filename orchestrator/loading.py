@@ -104,6 +104,8 @@ def validate(study: StudyConfig) -> None:
     }.items():
         if not 0.0 <= value <= 1.0:
             raise StudyError(key, f"must be between 0 and 1, got {value}")
+    if t.simulated.sleep_s < 0:
+        raise StudyError("trainer.simulated.sleep_s", f"must be 0 or more, got {t.simulated.sleep_s}")
     if t.optim.lr <= 0:
         raise StudyError("trainer.optim.lr", f"must be positive, got {t.optim.lr}")
     if study.resources.max_retries < 0:

@@ -111,6 +111,7 @@ class SimulatedConfig:
     flops_per_second: float = 1e13  # simulated sustained throughput of one worker
     overhead_s: float = 2.0  # simulated fixed cost per run (start-up, evaluation)
     curve_points: int = 10  # points of the simulated loss curve
+    sleep_s: float = 0.0  # wall seconds each run really takes, spread over its curve (pacing for demos and failure drills)
 
 
 @dataclass(frozen=True, kw_only=True)

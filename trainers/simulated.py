@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +119,8 @@ class SimulatedTrainer(Trainer):
             sink.log_metrics(
                 {"train_loss": point.train_loss, "lr": lr, "tokens": point.tokens}, step=step
             )
+            if sim.sleep_s > 0:
+                time.sleep(sim.sleep_s / k)
         sink.log_metrics({"eval_loss": final_loss}, step=k)
 
         wall = sim.overhead_s + plan.flops / sim.flops_per_second

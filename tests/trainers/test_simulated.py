@@ -90,3 +90,12 @@ def test_custom_params_override_the_default(chinchilla_law: object) -> None:
     config = replace(spec.trainer, simulated=SimulatedConfig(noise=0.0, params=params))
     result = SimulatedTrainer(config).train(replace(spec, trainer=config), NullSink())
     assert result.final_loss == pytest.approx(2.0 + 100.0 / 1e8**0.3 + 1000.0 / 2e9**0.4)
+
+
+def test_sleep_paces_a_run_without_changing_its_result(chinchilla_law: object) -> None:
+    fast = _spec(3)
+    slow = replace(fast, trainer=replace(fast.trainer, simulated=replace(fast.trainer.simulated, sleep_s=0.3)))
+    t0 = time.perf_counter()
+    paced = SimulatedTrainer(slow.trainer).train(slow, NullSink())
+    assert time.perf_counter() - t0 >= 0.29
+    assert paced.final_loss == SimulatedTrainer(fast.trainer).train(fast, NullSink()).final_loss
