@@ -1,12 +1,14 @@
 """Batched multi-start fit vs the reference SciPy loop, on the Chinchilla replication data.
 
 Reference: SciPy L-BFGS-B from each start of the 4500-start grid (Hoffmann et al. 2022,
-App. D.2), one start after another, summed Huber (delta 1e-3) on log residuals with its exact
-gradient (NumPy). Timing all 4500 starts that way takes minutes, so by default a seeded random
+App. D.2), one start after another, summed Huber (delta 1e-3) on log residuals, with its exact
+gradient (NumPy) or, with ``--ref-gradient numeric``, SciPy's finite differences. Timing all 4500 starts that way takes minutes, so by default a seeded random
 subset of starts is timed and the time scaled to 4500 (the table says so); ``--ref-starts 4500``
 times them all.
 
-    python benchmarks/fit_speed.py [--data PATH] [--ref-starts 300] [--seed 0] [--repeat 3]
+    python benchmarks/fit_speed.py [--data PATH] [--ref-starts 200] [--ref-gradient exact|numeric]
+                                   [--unscreened] [--seed 0] [--repeat 3]
+    python benchmarks/fit_speed.py --bootstrap [--resamples 1000] [--seed 0]
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from scipy.special import logsumexp
 import laws
 from laws.io import load_table
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "shared" / "data" / "epoch_chinchilla.csv"
-FALLBACK_DATA = Path("/work/shared/data/epoch_chinchilla.csv")
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "epoch_chinchilla.csv"
 
 
 def replication_data(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -55,59 +56,146 @@ def scipy_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log
     return float(value), grad
 
 
-def run_reference(starts: np.ndarray, inputs: dict[str, np.ndarray], loss: np.ndarray) -> tuple[float, np.ndarray, float]:
+def run_reference(starts: np.ndarray, inputs: dict[str, np.ndarray], loss: np.ndarray,
+                  gradient: str = "exact") -> tuple[float, np.ndarray, float]:
+    """SciPy L-BFGS-B from every start in turn; ``gradient="numeric"`` lets SciPy difference the
+    objective (what a plain ``minimize(objective, x0, method="L-BFGS-B")`` does)."""
     log_n, log_d, log_l = np.log(inputs["N"]), np.log(inputs["D"]), np.log(loss)
     best_f, best_x = np.inf, starts[0]
+    exact = gradient == "exact"
+    fun = scipy_objective if exact else (lambda *a: scipy_objective(*a)[0])
     t0 = time.perf_counter()
     for x0 in starts:
-        res = optimize.minimize(scipy_objective, x0, args=(log_n, log_d, log_l, 1e-3), jac=True,
-                                method="L-BFGS-B")
+        res = optimize.minimize(fun, x0, args=(log_n, log_d, log_l, 1e-3), jac=exact, method="L-BFGS-B")
         if res.fun < best_f:
             best_f, best_x = float(res.fun), res.x
     return time.perf_counter() - t0, best_x, best_f
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA if DEFAULT_DATA.exists() else FALLBACK_DATA)
-    ap.add_argument("--ref-starts", type=int, default=300, help="starts timed for the SciPy reference")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="batched fits timed (best and median shown)")
-    args = ap.parse_args()
+def machine() -> str:
+    """CPU model, cores, load and versions: the context every timing needs."""
+    import os
+    import platform
 
-    inputs, loss = replication_data(args.data)
+    import scipy
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, load average {load}; Python {platform.python_version()}, "
+            f"torch {torch.__version__} (threads while fitting: 1), NumPy {np.__version__}, SciPy {scipy.__version__}")
+
+
+CPU_TIMES: list[float] = []
+
+
+def timed(fn, repeat: int) -> tuple[list[float], object]:
+    """Wall-clock times of ``repeat`` calls (the process's CPU times go to ``CPU_TIMES``: on a
+    shared machine they show what the run itself cost)."""
+    times, out = [], None
+    CPU_TIMES.clear()
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        CPU_TIMES.append(time.process_time() - c0)
+    return times, out
+
+
+def bench_fit(args: argparse.Namespace, inputs: dict[str, np.ndarray], loss: np.ndarray) -> None:
     law = laws.get_law("chinchilla")
     grid = law.init_grid().numpy()
+    t0 = time.perf_counter()
+    first = laws.fit(law, inputs, loss)
+    cold = time.perf_counter() - t0
+    times, fit = timed(lambda: laws.fit(law, inputs, loss), args.repeat)
+    cpu = float(np.median(CPU_TIMES))
+    assert isinstance(fit, laws.LawFit)
+    full = None
+    if args.unscreened:
+        from laws.fit import Screen
 
-    times, fit = [], None
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        fit = laws.fit(law, inputs, loss)
-        times.append(time.perf_counter() - t0)
-    assert fit is not None
+        full_times, full = timed(lambda: laws.fit(law, inputs, loss, screen=Screen(keep=0)), 1)
 
     rng = np.random.default_rng(args.seed)
     k = min(args.ref_starts, grid.shape[0])
     subset = grid if k == grid.shape[0] else grid[np.sort(rng.choice(grid.shape[0], k, replace=False))]
-    ref_seconds, ref_x, ref_f = run_reference(subset, inputs, loss)
+    ref_seconds, ref_x, ref_f = run_reference(subset, inputs, loss, args.ref_gradient)
     ref_full = ref_seconds * grid.shape[0] / k
-    ref_params = law.to_natural(ref_x)
-    scaled = "" if k == grid.shape[0] else f" (timed on {k} seeded random starts, seed {args.seed}, scaled x{grid.shape[0] / k:.1f})"
+    scaled = "" if k == grid.shape[0] else (
+        f" (timed on {k} seeded random starts, seed {args.seed}, {ref_seconds:.1f} s, scaled x{grid.shape[0] / k:.1f})")
 
-    print(f"Data: {args.data.name}, {loss.size} points; grid {grid.shape[0]} starts; torch threads {torch.get_num_threads()}\n")
+    print(f"Data: {args.data.name}, {loss.size} points; grid {grid.shape[0]} starts")
+    print(f"Machine: {machine()}\n")
     print("| fitter | seconds for 4500 starts | best objective | E | A | B | alpha | beta |")
     print("|---|---|---|---|---|---|---|---|")
     row = "| {} | {} | {:.11f} | {:.4f} | {:.1f} | {:.0f} | {:.4f} | {:.4f} |"
-    p = ref_params
-    print(row.format(f"SciPy L-BFGS-B, one start at a time{scaled}", f"{ref_full:.1f}", ref_f,
+    p = law.to_natural(ref_x)
+    print(row.format(f"SciPy L-BFGS-B ({args.ref_gradient} gradient), one start at a time{scaled}", f"{ref_full:.1f}", ref_f,
                      p["E"], p["A"], p["B"], p["alpha"], p["beta"]))
-    p = fit.params
     med = float(np.median(times))
-    print(row.format(f"laws.fit batched ({fit.report.method})", f"{med:.2f} (median of {len(times)}; best {min(times):.2f})",
+    p = fit.params
+    print(row.format(f"laws.fit ({fit.report.method})",
+                     f"{med:.2f} (median of {len(times)}, best {min(times):.2f}; CPU {cpu:.2f}; first call in the process {cold:.2f})",
                      fit.objective, p["E"], p["A"], p["B"], p["alpha"], p["beta"]))
+    if full is not None:
+        p = full.params
+        print(row.format(f"laws.fit ({full.report.method})", f"{full_times[0]:.2f}", full.objective,
+                         p["E"], p["A"], p["B"], p["alpha"], p["beta"]))
     print(f"\nSpeed-up (reference / batched median): {ref_full / med:.0f}x")
     print(f"Batched report: {fit.report.n_best} starts within {fit.report.best_tol:g} of the best; "
-          f"gradient max-norm {fit.report.grad_norm:.2e}; converged {fit.report.converged}")
+          f"{fit.report.n_converged} converged; gradient max-norm {fit.report.grad_norm:.2e}; "
+          f"best converged {fit.report.converged}; |objective - batched objective of first call| "
+          f"{abs(first.objective - fit.objective):.1e}")
+
+
+def bench_bootstrap(args: argparse.Namespace, inputs: dict[str, np.ndarray], loss: np.ndarray) -> None:
+    from laws.bootstrap import bootstrap
+
+    fit = laws.fit("chinchilla", inputs, loss)
+    times, boot = timed(lambda: bootstrap(fit, inputs, loss, n_resamples=args.resamples, seed=args.seed),
+                        args.repeat)
+    print(f"Data: {args.data.name}, {loss.size} points; machine: {machine()}\n")
+    med = float(np.median(times))
+    print(f"Bootstrap of the 5-parameter law: {boot.n_resamples} resamples of {boot.n_groups} configurations, "
+          f"seed {args.seed}: {med:.2f} s (median of {len(times)}, best {min(times):.2f}; "
+          f"CPU {float(np.median(CPU_TIMES)):.2f}); "
+          f"{int(boot.converged.sum())} resamples converged")
+    print("\n| quantity | fit | 95 % bootstrap interval | bootstrap SE |")
+    print("|---|---|---|---|")
+    for name in boot.get_law().param_names:
+        lo, hi = boot.interval(name)
+        print(f"| {name} | {fit.params[name]:.4g} | [{lo:.4g}, {hi:.4g}] | {np.std(boot.samples(name), ddof=1):.3g} |")
+    lo, hi = boot.prediction_interval(N=7e10, D=1.4e12)
+    print(f"| loss at N=7e10, D=1.4e12 | {float(fit.predict(N=7e10, D=1.4e12)):.4f} | [{lo[0]:.4f}, {hi[0]:.4f}] | |")
+    (alloc,) = laws.compute_optimal(fit, [5.76e23])
+    opt = boot.optimum_interval(5.76e23)
+    print(f"| N_opt at C=5.76e23 | {alloc.N_opt:.3g} | [{opt['N_opt'][0]:.3g}, {opt['N_opt'][1]:.3g}] | |")
+    print(f"| D_opt at C=5.76e23 | {alloc.D_opt:.3g} | [{opt['D_opt'][0]:.3g}, {opt['D_opt'][1]:.3g}] | |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--ref-starts", type=int, default=200, help="starts timed for the SciPy reference")
+    ap.add_argument("--ref-gradient", choices=["exact", "numeric"], default="exact",
+                    help="SciPy reference with the exact gradient or with SciPy's finite differences")
+    ap.add_argument("--unscreened", action="store_true",
+                    help="also time the batched fit with every start run to convergence (no screening)")
+    ap.add_argument("--bootstrap", action="store_true", help="time the bootstrap instead of the fit")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="timed repetitions (median and best shown)")
+    args = ap.parse_args()
+    inputs, loss = replication_data(args.data)
+    if args.bootstrap:
+        bench_bootstrap(args, inputs, loss)
+    else:
+        bench_fit(args, inputs, loss)
 
 
 if __name__ == "__main__":

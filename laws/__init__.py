@@ -7,11 +7,20 @@ Typical use::
     fit = laws.fit(law, {"N": n, "D": d}, loss)
     fit.params, fit.report, fit.predict(N=7e10, D=1.4e12)
     laws.compute_optimal(fit, [1e21, 1e23])
+
+Families (``LAW_NAMES``): chinchilla, chinchilla_gamma, distillation, sparsity,
+mixture_additive, mixture_joint, forgetting, forgetting_ft, and custom laws from a YAML
+expression (:func:`custom_law`). Uncertainty: :func:`parametric_intervals`,
+:func:`prediction_interval`, :func:`laws.bootstrap.bootstrap`. Recipes beyond compute-optimal
+allocation: :mod:`laws.optimal` (mixture weights, sparsity, pretraining-data injection) and
+:mod:`laws.distill_plan` (distil or train supervised). ``isoflop fit``: :mod:`laws.cli`.
 """
 
 from __future__ import annotations
 
 from laws.base import FitRecipe, LinearLSELaw, Param, ScalingLaw
+from laws.bootstrap import BootstrapResult
+from laws.custom import CustomLaw, CustomLawError, custom_law
 from laws.export import SCHEMA_VERSION, export_document, load_document
 from laws.fit import fit
 from laws.io import load_table
@@ -25,6 +34,9 @@ __all__ = [
     "LAW_NAMES",
     "SCHEMA_VERSION",
     "Allocation",
+    "BootstrapResult",
+    "CustomLaw",
+    "CustomLawError",
     "FitRecipe",
     "FitReport",
     "IsoflopMinimum",
@@ -34,6 +46,7 @@ __all__ = [
     "Param",
     "ScalingLaw",
     "compute_optimal",
+    "custom_law",
     "export_document",
     "fit",
     "get_law",

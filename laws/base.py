@@ -169,6 +169,17 @@ def grid(*axes: list[float] | tuple[float, ...]) -> Tensor:
     return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
 
 
+def subsample(starts: Tensor, max_starts: int | None, seed: int = 0) -> Tensor:
+    """A seeded random subset of ``max_starts`` rows of a start grid (all rows when it is smaller
+    or ``max_starts`` is None), in grid order."""
+    if max_starts is None or starts.shape[0] <= max_starts:
+        return starts
+    if max_starts < 1:
+        raise ValueError(f"max_starts must be >= 1, got {max_starts}")
+    idx = torch.randperm(starts.shape[0], generator=torch.Generator().manual_seed(seed))[:max_starts]
+    return starts[torch.sort(idx).values]
+
+
 class LinearLSELaw(ScalingLaw):
     """A law whose log-loss is a log-sum-exp of terms linear in the fit vector:
 

@@ -10,7 +10,7 @@ starts from the full-data optimum plus a few seeded grid starts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +19,9 @@ from numpy.typing import ArrayLike
 
 from laws.base import DTYPE, ScalingLaw
 from laws.objective import Objective
-from laws.optimizer import NewtonOptions, minimise_batched
+from laws.optimizer import NewtonOptions, minimise_batched, torch_threads
 from laws.recipes import chinchilla_optimum, numeric_optimum
-from laws.result import LawFit
+from laws.result import FitReport, LawFit
 from laws.validate import check_data
 
 
@@ -78,6 +78,22 @@ class BootstrapResult:
         lo, hi = np.nanquantile(s, [(1 - level) / 2, (1 + level) / 2], axis=0)
         return lo, hi
 
+    def fits(self) -> list[LawFit]:
+        """One :class:`LawFit` per resample (its parameters; report fields describe the
+        bootstrap), e.g. to feed any recipe."""
+        law = self.get_law()
+        report = FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True,
+                           method=f"bootstrap resample (seed {self.seed})")
+        return [
+            LawFit(law=law.name, params=law.to_natural(t), objective=float(f), report=report, law_spec=self.law_spec)
+            for t, f in zip(self.theta, self.objective, strict=True)
+        ]
+
+    def derived_interval(self, fn: Callable[[LawFit], float], level: float = 0.95) -> tuple[float, float]:
+        """Percentile interval of any derived quantity ``fn(fit)`` over the resamples, e.g. the
+        optimal sparsity at a budget: ``boot.derived_interval(lambda f: optimal_sparsity(f, C).S)``."""
+        return _percentile(np.array([fn(f) for f in self.fits()], dtype=np.float64), level)
+
     def optimum_samples(self, budget: float) -> tuple[np.ndarray, np.ndarray]:
         """N_opt and D_opt [R] at FLOP budget ``budget`` (C = 6ND) under every resample."""
         law = self.get_law()
@@ -121,6 +137,7 @@ def bootstrap(
     groups: ArrayLike | None = None,
     grid_starts: int = 2,
     options: NewtonOptions | None = None,
+    threads: int | None = 1,
 ) -> BootstrapResult:
     """Bootstrap ``fit_`` (fitted on ``inputs``/``loss``) by resampling configurations.
 
@@ -148,7 +165,8 @@ def bootstrap(
     weights = torch.from_numpy(np.repeat(w, k, axis=0))
     objective = Objective(law, x, torch.from_numpy(y.copy()), weights=weights)
     t0 = time.perf_counter()
-    res = minimise_batched(objective.jet, objective.value, starts, options=options or NewtonOptions(max_iter=100))
+    with torch_threads(threads):
+        res = minimise_batched(objective.jet, objective.value, starts, options=options or NewtonOptions(max_iter=100))
     seconds = time.perf_counter() - t0
     obj = res.objective.view(n_resamples, k)
     best = torch.argmin(obj, dim=1)

@@ -13,7 +13,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from laws.base import FitRecipe, LinearLSELaw, Param, ScalingLaw, grid
+from laws import jet
+from laws.base import FitRecipe, LinearLSELaw, Param, grid
+from laws.jet import FormulaLaw, Value
 
 #: Hoffmann et al. 2022, Eq. 10 (unrounded values from their fit).
 HOFFMANN_PARAMS = {
@@ -69,7 +71,7 @@ class Chinchilla(LinearLSELaw):
         return grid([-1.0, -0.5, 0.0, 0.5, 1.0], ab, ab, exps, exps)
 
 
-class ChinchillaGamma(ScalingLaw):
+class ChinchillaGamma(FormulaLaw):
     """L(N, D) = E + (A/N^alpha + B/D^beta)^gamma (Busbridge et al. 2025, Eq. 1)."""
 
     name = "chinchilla_gamma"
@@ -85,14 +87,10 @@ class ChinchillaGamma(ScalingLaw):
     recipe = FitRecipe(delta=1e-4, residual="log")
     formula = "E + (A / N**alpha + B / D**beta)**gamma"
 
-    def log_predict(self, theta_bp: Tensor, x: Mapping[str, Tensor]) -> Tensor:
-        e, a, b, alpha, beta, gamma = (theta_bp[..., i, None] for i in range(6))
-        log_n, log_d = torch.log(x["N"]), torch.log(x["D"])
-        inner = torch.logsumexp(
-            torch.stack(torch.broadcast_tensors(a - alpha * log_n, b - beta * log_d), dim=-1), dim=-1
-        )
-        terms = torch.stack(torch.broadcast_tensors(gamma * inner, e), dim=-1)
-        return torch.logsumexp(terms, dim=-1)
+    def log_formula(self, p: Mapping[str, Value], x: Mapping[str, Tensor]) -> Value:
+        # log L = LSE(e, gamma * LSE(a - alpha log N, b - beta log D))
+        inner = jet.logsumexp([p["log_A"] - p["alpha"] * torch.log(x["N"]), p["log_B"] - p["beta"] * torch.log(x["D"])])
+        return jet.logsumexp([p["log_E"], p["gamma"] * inner])
 
     def init_grid(self) -> Tensor:
         # Busbridge et al. 2025: log A, log B in {0,5,..,20}; log E in {-1,..,1.5};

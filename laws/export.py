@@ -7,7 +7,11 @@ One JSON/YAML-able dict, versioned by ``schema_version``::
                "intervals": {"E": [lo, hi], ...}, "interval_method": "...", "level": 0.95,
                "objective": ..., "report": {...}, "covariance": [[...]], "law_spec": {...},
                "compute_optimal": [{"C": ..., "N_opt": ..., "D_opt": ...,
-                                    "tokens_per_param": ..., "loss": ...}, ...]}, ...]}
+                                    "tokens_per_param": ..., "loss": ...,
+                                    "N_opt_interval": [lo, hi] or None,
+                                    "D_opt_interval": [lo, hi] or None}, ...],
+               "bootstrap": {...}  # only when bootstrap results are given
+              }, ...]}
 
 :func:`load_document` turns it back into :class:`~laws.result.LawFit` objects.
 """
@@ -17,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from laws.recipes import compute_optimal
+from laws.bootstrap import BootstrapResult
+from laws.recipes import allocation_intervals, compute_optimal
 from laws.result import LawFit
 from laws.uncertainty import parametric_intervals
 
@@ -48,24 +53,61 @@ def law_entry(fit_: LawFit, *, budgets: Sequence[float] = (), level: float = 0.9
             {"C": a.C, "N_opt": a.N_opt, "D_opt": a.D_opt, "tokens_per_param": a.tokens_per_param, "loss": a.loss}
             for a in compute_optimal(fit_, budgets)
         ]
+        # parametric (delta-method) intervals where the law has a closed form and a covariance
+        intervals = allocation_intervals(fit_, budgets, level=level)
+        for item, iv in zip(entry["compute_optimal"], intervals or [None] * len(budgets), strict=True):
+            item["N_opt_interval"] = None if iv is None else list(iv["N_opt"])
+            item["D_opt_interval"] = None if iv is None else list(iv["D_opt"])
     else:
         entry["compute_optimal"] = []
     return entry
 
 
-def export_document(
-    fits: Sequence[LawFit], *, budgets: Sequence[float] = (), level: float = 0.95
+def bootstrap_entry(
+    boot: BootstrapResult, *, law_inputs: Sequence[str], budgets: Sequence[float] = (), level: float = 0.95
 ) -> dict[str, Any]:
-    """The exported document of ``fits`` with compute-optimal recipes at ``budgets`` (FLOPs)."""
+    """Bootstrap percentile intervals of a law: every parameter and, for laws in N and D only,
+    N_opt and D_opt at each budget."""
+    entry: dict[str, Any] = {
+        "n_resamples": boot.n_resamples,
+        "seed": boot.seed,
+        "n_groups": boot.n_groups,
+        "n_converged": int(boot.converged.sum()),
+        "level": level,
+        "method": "percentile bootstrap over configurations",
+        "intervals": {k: list(v) for k, v in boot.intervals(level).items()},
+        "compute_optimal": [],
+    }
+    if budgets and set(law_inputs) == {"N", "D"}:
+        for c in budgets:
+            opt = boot.optimum_interval(c, level)
+            entry["compute_optimal"].append({"C": c, "N_opt": list(opt["N_opt"]), "D_opt": list(opt["D_opt"])})
+    return entry
+
+
+def export_document(
+    fits: Sequence[LawFit],
+    *,
+    budgets: Sequence[float] = (),
+    level: float = 0.95,
+    bootstrap: Sequence[BootstrapResult | None] | None = None,
+) -> dict[str, Any]:
+    """The exported document of ``fits`` with compute-optimal recipes at ``budgets`` (FLOPs).
+
+    ``bootstrap`` (optional, one :class:`~laws.bootstrap.BootstrapResult` or None per fit) adds a
+    ``bootstrap`` key with percentile intervals to the corresponding law entries.
+    """
     budgets = [float(b) for b in budgets]
     bad = [b for b in budgets if not b > 0 or b == float("inf")]
     if bad:
         raise ValueError(f"budgets must be positive and finite, got {bad}")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "budgets": budgets,
-        "laws": [law_entry(f, budgets=budgets, level=level) for f in fits],
-    }
+    if bootstrap is not None and len(bootstrap) != len(fits):
+        raise ValueError(f"bootstrap must give one result (or None) per fit: {len(bootstrap)} for {len(fits)} fits")
+    entries = [law_entry(f, budgets=budgets, level=level) for f in fits]
+    for entry, boot in zip(entries, bootstrap or [None] * len(fits), strict=True):
+        if boot is not None:
+            entry["bootstrap"] = bootstrap_entry(boot, law_inputs=entry["inputs"], budgets=budgets, level=level)
+    return {"schema_version": SCHEMA_VERSION, "budgets": budgets, "laws": entries}
 
 
 def load_document(document: Mapping[str, Any]) -> list[LawFit]:

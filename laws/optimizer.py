@@ -1,18 +1,21 @@
 """Batched damped-Newton minimisation: every start of a multi-start grid in one tensor batch.
 
-Each start b keeps its own iterate, objective, exact gradient and exact Hessian (``torch.func``:
-forward-over-reverse, vmapped over starts; P is small), and its own Levenberg-Marquardt damping.
-A step is the damped "saddle-free" Newton step  -V diag(1/(|w| + lambda)) V^T g  from the
-eigendecomposition H = V diag(w) V^T, which is a descent direction even where H is indefinite
-(far from the optimum, on the flat Huber tails). A step is kept only if it lowers that start's
-objective; otherwise lambda grows and the step is retried from the same eigendecomposition, so a
+Each start b keeps its own iterate, objective, exact gradient and exact Hessian (see
+:mod:`laws.objective`) and its own Levenberg-Marquardt damping lambda. Where H is positive
+definite the step is the damped Newton step -(H + lambda I)^-1 g (a Cholesky solve); elsewhere
+(far from the optimum, on the flat Huber tails) it is the "saddle-free" step
+-V diag(1/(|w| + lambda)) V^T g from the eigendecomposition H = V diag(w) V^T, a descent direction
+even where H is indefinite (Dauphin et al. 2014). Both are the same step where H is positive
+definite; the Cholesky path is only much cheaper. A step is kept only if it lowers that start's
+objective; otherwise lambda grows and the step is retried from the same factorisation, so a
 rejected step costs one objective evaluation. Converged starts leave the batch, so late
 iterations only pay for the stragglers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +42,12 @@ class NewtonOptions:
     gtol: float = 1e-10
     ftol: float = 1e-15
     patience: int = 3
+    #: initial damping, relative to each start's largest Hessian diagonal (Nielsen 1999)
     init_damping: float = 1e-3
+    #: bounds of the damping update: at most this shrink after a good step, this growth after a
+    #: rejected one (Nielsen 1999)
+    shrink: float = 1.0 / 3.0
+    grow: float = 4.0
     max_damping: float = 1e12
     eig_floor: float = 1e-12
 
@@ -65,20 +73,23 @@ def minimise_batched(
 ) -> BatchResult:
     """Minimise from every row of ``theta0`` [S, P] at once; returns per-start results."""
     opts = options
-    derivs = jet
-
     theta = theta0.clone().to(torch.float64)
     s, p = theta.shape
     with torch.no_grad():
-        fval, grad, hess = derivs(theta, torch.arange(s))
-    damping = torch.full((s,), opts.init_damping, dtype=theta.dtype)
+        fval, grad, hess = jet(theta, torch.arange(s))
+    hess = _symmetrise(hess)
+    # initial damping relative to each start's curvature scale (Nielsen 1999: tau * max diag H)
+    scale0 = hess.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-12)
+    damping = opts.init_damping * scale0
     small_steps = torch.zeros(s, dtype=torch.long)
     bad = ~torch.isfinite(fval) | ~torch.isfinite(grad).all(-1) | ~torch.isfinite(hess).flatten(1).all(-1)
     converged = torch.zeros(s, dtype=torch.bool)
     done = bad.clone()
     eye = torch.eye(p, dtype=theta.dtype)
 
-    # eigendecomposition of the current Hessian, refreshed only when a start moves
+    # Per start: is the current Hessian positive definite (then the step is a Cholesky solve of
+    # H + lambda I), else its eigendecomposition (saddle-free step). Refreshed only when it moves.
+    pd = torch.zeros(s, dtype=torch.bool)
     w = torch.zeros(s, p, dtype=theta.dtype)
     v = eye.expand(s, p, p).clone()
     fresh = ~done
@@ -89,29 +100,26 @@ def minimise_batched(
             break
         idx_fresh = active[fresh[active]]
         if idx_fresh.numel():
-            hs = hess[idx_fresh]
-            hs = 0.5 * (hs + hs.transpose(-1, -2))
-            hs = torch.where(torch.isfinite(hs), hs, torch.zeros_like(hs))
-            w[idx_fresh], v[idx_fresh] = torch.linalg.eigh(hs)
+            info = torch.linalg.cholesky_ex(hess[idx_fresh])[1]
+            pd[idx_fresh] = info == 0
+            _eig_into(idx_fresh[info != 0], hess, w, v)
             fresh[idx_fresh] = False
-        wa, va, ga, lam = w[active], v[active], grad[active], damping[active]
-        scale = 1.0 / (wa.abs().clamp_min(opts.eig_floor) + lam[:, None])
-        vg = torch.einsum("bpq,bp->bq", va, ga)
-        step = -torch.einsum("bpq,bq->bp", va, scale * vg)
-        predicted = -(vg * vg * scale).sum(-1) + 0.5 * (wa * (scale * vg) ** 2).sum(-1)
+        ga, ha, lam = grad[active], hess[active], damping[active]
+        step = _damped_steps(ga, ha, lam, pd[active], w[active], v[active], eye, opts.eig_floor)
         trial = theta[active] + step
         with torch.no_grad():
             f_trial = value(trial, active)
+        # the quadratic model's change along the step, with the true Hessian
+        predicted = (ga * step).sum(-1) + 0.5 * torch.einsum("bp,bpq,bq->b", step, ha, step)
         f_old = fval[active]
         ok = torch.isfinite(f_trial) & (f_trial < f_old)
         ratio = (f_trial - f_old) / predicted.clamp_max(-1e-300)
         # Levenberg-Marquardt damping update (Nielsen 1999): shrink on good steps, grow otherwise
-        lam_new = torch.where(
+        damping[active] = torch.where(
             ok,
-            lam * torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=1.0 / 3.0, max=2.0),
-            lam * 4.0,
+            lam * torch.clamp(1.0 - (2.0 * ratio - 1.0) ** 3, min=opts.shrink, max=2.0),
+            lam * opts.grow,
         )
-        damping[active] = lam_new
         acc = active[ok]
         if acc.numel():
             decrease = f_old[ok] - f_trial[ok]
@@ -119,8 +127,8 @@ def minimise_batched(
             small_steps[acc] = torch.where(tiny, small_steps[acc] + 1, torch.zeros_like(small_steps[acc]))
             theta[acc] = trial[ok]
             with torch.no_grad():
-                fv, gv, hv = derivs(theta[acc], acc)
-            fval[acc], grad[acc], hess[acc] = fv, gv, hv
+                fv, gv, hv = jet(theta[acc], acc)
+            fval[acc], grad[acc], hess[acc] = fv, gv, _symmetrise(hv)
             fresh[acc] = True
         gnorm = grad[active].abs().amax(-1)
         conv = (gnorm < opts.gtol) | (small_steps[active] >= opts.patience)
@@ -134,3 +142,57 @@ def minimise_batched(
         converged=converged & ~bad,
         iterations=iterations,
     )
+
+
+def _damped_steps(
+    g: Tensor, h: Tensor, lam: Tensor, pd: Tensor, w: Tensor, v: Tensor, eye: Tensor, eig_floor: float
+) -> Tensor:
+    """Damped Newton steps [B, P]: -(H + lam I)^-1 g where H is positive definite (Cholesky),
+    the saddle-free -V diag(1/(|w| + lam)) V^T g elsewhere (eigenpairs ``w``, ``v``)."""
+    step = torch.empty_like(g)
+    if bool(pd.any()):
+        chol, info = torch.linalg.cholesky_ex(h[pd] + lam[pd, None, None] * eye)
+        step[pd] = -torch.cholesky_solve(g[pd, :, None], chol)[..., 0]
+        if bool((info != 0).any()):  # not positive definite after all (rounding): saddle-free
+            rows = pd.nonzero().squeeze(-1)[info != 0]
+            pd = pd.clone()
+            pd[rows] = False
+            w, v = w.clone(), v.clone()
+            w[rows], v[rows] = torch.linalg.eigh(h[rows])
+    if not bool(pd.all()):
+        wa, va = w[~pd], v[~pd]
+        scale = 1.0 / (wa.abs().clamp_min(eig_floor) + lam[~pd, None])
+        vg = torch.einsum("bpq,bp->bq", va, g[~pd])
+        step[~pd] = -torch.einsum("bpq,bq->bp", va, scale * vg)
+    return step
+
+
+def _symmetrise(h: Tensor) -> Tensor:
+    h = 0.5 * (h + h.transpose(-1, -2))
+    return torch.where(torch.isfinite(h), h, torch.zeros_like(h))
+
+
+def _eig_into(rows: Tensor, hess: Tensor, w: Tensor, v: Tensor) -> None:
+    """Eigendecompose the Hessians of ``rows`` into the caches ``w``, ``v``."""
+    if rows.numel():
+        w[rows], v[rows] = torch.linalg.eigh(hess[rows])
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the enclosed block with ``n`` torch intra-op threads (unchanged when None), then
+    restore the previous setting.
+
+    The batched fit is a long chain of small tensor operations: threading them gains little and,
+    on a machine whose cores are busy with other work, makes each operation wait for a
+    descheduled thread (measured 10x slower with 2 threads than with 1 on a loaded 2-core machine).
+    """
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

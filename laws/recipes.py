@@ -97,6 +97,41 @@ def compute_optimal(fit_: LawFit, budgets: Sequence[float], **fixed: float) -> l
     ]
 
 
+def allocation_intervals(
+    fit_: LawFit, budgets: Sequence[float], *, level: float = 0.95
+) -> list[dict[str, tuple[float, float]]] | None:
+    """Delta-method intervals of N_opt and D_opt at each budget from the fit's parametric
+    covariance (normal in log N_opt; D_opt = C / (6 N_opt) shares its log-scale error).
+
+    Closed-form (Chinchilla-type) laws only; None when the law has no closed form or the fit no
+    covariance. :meth:`laws.bootstrap.BootstrapResult.optimum_interval` is the robust alternative.
+    """
+    import torch
+    from scipy import stats
+
+    cov = fit_.covariance_matrix
+    if cov is None or fit_.law not in _CLOSED_FORM:
+        return None
+    law = fit_.get_law()
+    theta0 = law.from_natural(fit_.params)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    out = []
+    for c in budgets:
+
+        def log_n_opt(t: torch.Tensor, c: float = float(c)) -> torch.Tensor:
+            nat = {p.name: (torch.exp(t[i]) if p.log else t[i]) for i, p in enumerate(law.params)}
+            a, b = nat["alpha"], nat["beta"]
+            # Hoffmann et al. 2022, Eq. 4: N_opt = G (C/6)^(beta/(alpha+beta))
+            return (torch.log(a * nat["A"] / (b * nat["B"])) + b * np.log(c / 6.0)) / (a + b)
+
+        g = torch.autograd.functional.jacobian(log_n_opt, theta0).numpy()
+        sd = float(np.sqrt(max(g @ cov @ g, 0.0)))
+        log_n = float(log_n_opt(theta0))
+        n_lo, n_hi = np.exp(log_n - z * sd), np.exp(log_n + z * sd)
+        out.append({"N_opt": (float(n_lo), float(n_hi)), "D_opt": (float(c / (6 * n_hi)), float(c / (6 * n_lo)))})
+    return out
+
+
 @dataclass(frozen=True, kw_only=True)
 class IsoflopMinimum:
     """Hoffmann et al. 2022 "approach 2": a parabola in log N fitted to one isoFLOP profile."""

@@ -19,7 +19,7 @@ from scipy import stats
 from torch import Tensor
 
 from laws.base import DTYPE, ScalingLaw
-from laws.objective import Objective, huber
+from laws.objective import Objective, huber, log_prediction_jacobian
 from laws.result import LawFit
 
 
@@ -27,11 +27,7 @@ def prediction_jacobian(law: ScalingLaw, theta_p: Tensor | np.ndarray, inputs: M
     """d log L_hat(x_i) / d theta, [n, P], at fit vector ``theta_p`` (fit parameterisation)."""
     x = law.prepare_inputs(inputs)
     t = torch.as_tensor(np.asarray(theta_p, dtype=np.float64))
-
-    def lp(tt: Tensor) -> Tensor:
-        return law.log_predict(tt[None], x)[0]
-
-    return torch.func.jacfwd(lp)(t).numpy()
+    return log_prediction_jacobian(law, t, x).numpy()
 
 
 def fit_covariance(objective: Objective, theta_p: Tensor) -> np.ndarray | None:
@@ -41,12 +37,9 @@ def fit_covariance(objective: Objective, theta_p: Tensor) -> np.ndarray | None:
     _, _, hess = objective.jet(t[None])
     h = hess[0].numpy()
 
-    def lp(tt: Tensor) -> Tensor:
-        return law.log_predict(tt[None], x)[0]
-
-    jac = torch.func.jacfwd(lp)(t)
+    jac = log_prediction_jacobian(law, t, x)
     with torch.no_grad():
-        pred = lp(t)
+        pred = law.log_predict(t[None], x)[0]
     if objective.raw:
         r = torch.exp(pred) - objective.loss
         jac = jac * torch.exp(pred)[:, None]

@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--budgets", help="comma-separated FLOP budgets for N_opt and D_opt")
     export.set_defaults(handler=_cmd_export)
 
+    fit = sub.add_parser("fit", help="fit a law to a CSV table of runs (no study needed)")
+    from laws.cli import add_fit_arguments, run_fit
+
+    add_fit_arguments(fit)
+    fit.set_defaults(handler=run_fit)
+
     ui = sub.add_parser("ui", help="serve the MLflow UI on the study's store (127.0.0.1)")
     ui.add_argument("study", nargs="?", help="study YAML (default: the local store)")
     ui.add_argument("--port", type=int, default=5000)
@@ -119,7 +125,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _run(study) -> int:  # noqa: ANN001
     from orchestrator.grid import expand
-    from orchestrator.progress import FitPrinter, Progress
+    from orchestrator.live import make_progress
     from orchestrator.study import run_study
 
     runs = expand(study)  # validated before anything starts
@@ -134,9 +140,12 @@ def _run(study) -> int:  # noqa: ANN001
             f"budget {budget:.3g} of {total:.3g} FLOPs",
             flush=True,
         )
-    progress = Progress(total=len(runs))
+    progress = make_progress(study, runs)  # live block on a terminal, plain lines otherwise
     start = time.monotonic()
-    outcome = run_study(study, on_event=progress, on_fit=FitPrinter(), runs=runs)
+    try:
+        outcome = run_study(study, on_event=progress, on_fit=progress.on_fit, runs=runs)
+    finally:
+        progress.close()
     s = outcome.stats
     print(
         f"isoflop: {s.finished} runs finished, {s.skipped} already done, {s.failed} failed "

@@ -56,7 +56,7 @@ def law_inputs(plan: RunPlan, spec: RunSpec) -> dict[str, float]:
         "S": float(spec.point.sparsity),
     }
     for i, w in enumerate(spec.point.mixture):
-        inputs[f"h{i}"] = float(w)
+        inputs[f"h{i + 1}"] = float(w)  # h1 .. hk, as the mixture laws name them
     return inputs
 
 

@@ -1,0 +1,148 @@
+"""``isoflop fit DATA.csv --law NAME|LAW.yaml``: fit a law to a table someone already has.
+
+Prints the exported-law document (:func:`laws.export_document`, the schema ``isoflop export``
+writes) as JSON or YAML. Exit codes: 0 success, 2 bad input (the message on stderr names the bad
+key or value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``fit`` command's arguments to ``parser``."""
+    parser.add_argument("data", help="CSV file with one row per run: the law's inputs and a loss column")
+    parser.add_argument("--law", required=True,
+                        help="a built-in law name (chinchilla, chinchilla_gamma, ...) or a YAML file defining a custom law")
+    parser.add_argument("--columns", default="",
+                        help="law name = CSV column, comma-separated, e.g. N='Model Size',C='Training FLOP',loss=loss; "
+                             "C gives D = C/(6N)")
+    parser.add_argument("--format", choices=["json", "yaml"], default="json")
+    parser.add_argument("--output", "-o", help="file to write (default: standard output)")
+    parser.add_argument("--budgets", default="", help="comma-separated FLOP budgets for N_opt and D_opt")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="R",
+                        help="also give bootstrap intervals from R resamples of the runs (default 0: off)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a built-in law's option, e.g. k=3 for mixture laws (repeatable)")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """Run ``isoflop fit``; returns the exit code (messages for bad input go to stderr)."""
+    import laws
+
+    try:
+        law = _law(args.law, args.option)
+        columns = _columns(args.columns)
+        budgets = _budgets(args.budgets)
+        path = Path(args.data)
+        if not path.is_file():
+            raise ValueError(f"data: no such file {str(path)!r}")
+        inputs, loss = laws.load_table(path, columns or None)
+        inputs = _select_inputs(law, inputs)
+        if args.bootstrap < 0:
+            raise ValueError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
+        fit = laws.fit(law, inputs, loss)
+        boot = None
+        if args.bootstrap:
+            from laws.bootstrap import bootstrap
+
+            boot = [bootstrap(fit, inputs, loss, n_resamples=args.bootstrap, seed=args.seed)]
+        document = laws.export_document([fit], budgets=budgets, bootstrap=boot)
+    except ValueError as exc:  # includes CustomLawError
+        print(f"isoflop fit: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    text = _render(document, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _law(spec: str, options: list[str]):  # noqa: ANN202 - laws.ScalingLaw, imported lazily
+    import yaml
+
+    import laws
+
+    if spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"--law: no such file {spec!r}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--law: {spec} is not valid YAML ({exc})") from None
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"--law: {spec} must hold a mapping with expression, inputs and params")
+        if "expression" not in loaded and "name" in loaded:
+            return laws.law_from_spec(loaded)  # a built-in law with options
+        return laws.custom_law(loaded)
+    opts: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option: expected KEY=VALUE, got {item!r}")
+        opts[key.strip()] = yaml.safe_load(value)
+    try:
+        return laws.get_law(spec, **opts)
+    except TypeError:
+        raise ValueError(f"--option: law {spec!r} does not take options {sorted(opts)}") from None
+
+
+def _columns(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        value = value.strip().strip("'\"")
+        if not sep or not key.strip() or not value:
+            raise ValueError(f"--columns: expected NAME=COLUMN, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _budgets(text: str) -> list[float]:
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ValueError(f"--budgets: {item!r} is not a number") from None
+    return out
+
+
+def _select_inputs(law, inputs: Mapping[str, Any]) -> dict[str, Any]:  # noqa: ANN001 - laws.ScalingLaw
+    missing = [k for k in law.inputs if k not in inputs]
+    if missing:
+        raise ValueError(
+            f"data: law {law.name!r} needs inputs {list(law.inputs)}; columns {missing} were not found "
+            f"(the table has {sorted(inputs)}); map them with --columns NAME=COLUMN"
+        )
+    return {k: inputs[k] for k in law.inputs}
+
+
+def _render(document: Mapping[str, Any], fmt: str) -> str:
+    if fmt == "yaml":
+        import yaml
+
+        return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False)
+    return json.dumps(document, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m laws.cli DATA.csv --law NAME``)."""
+    parser = argparse.ArgumentParser(prog="isoflop fit", description=__doc__.splitlines()[0])
+    add_fit_arguments(parser)
+    return run_fit(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
