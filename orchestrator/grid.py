@@ -85,6 +85,14 @@ def _plan(trainer: Trainer, point: RunPoint, key: str) -> RunPlan:
 
 def _base_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint, float | None]]:
     g = study.grid
+    if study.trainer.kind == "replay":  # the grid is the table of finished runs
+        from trainers.replay import table_points
+
+        try:
+            return [(p, None) for p in table_points(study.trainer)]
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise StudyError(key, message) from None
     if g.isoflop is not None:
         return _isoflop_points(study, trainer)
     points: list[tuple[RunPoint, float | None]] = []

@@ -6,6 +6,7 @@ This is the only place YAML is read. The result is a frozen ``StudyConfig``; eve
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
@@ -56,7 +57,17 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     except OmegaConfBaseException as exc:
         raise _as_study_error(exc) from None
     assert isinstance(study, StudyConfig)
+    study = _absolute_paths(study)
     validate(study)
+    return study
+
+
+def _absolute_paths(study: StudyConfig) -> StudyConfig:
+    """File paths in a study, made absolute here: workers may run in another directory."""
+    replay = study.trainer.replay
+    if replay.path and not Path(replay.path).is_absolute():
+        replay = dataclasses.replace(replay, path=str(Path(replay.path).resolve()))
+        study = dataclasses.replace(study, trainer=dataclasses.replace(study.trainer, replay=replay))
     return study
 
 
@@ -143,6 +154,18 @@ def _check_numbers(node: Any, prefix: str) -> None:
 
 def _validate_grid(study: StudyConfig) -> None:
     g = study.grid
+    if study.trainer.kind == "replay":
+        if g.N or g.D or g.tokens_per_param or g.isoflop is not None:
+            raise StudyError("grid", "a replay study's runs are the rows of trainer.replay.path: leave grid.N, grid.D and grid.isoflop empty")
+        from trainers.replay import load_replay_table, row_cost
+
+        try:
+            table = load_replay_table(study.trainer.replay)
+            row_cost(study.trainer.replay, float(table.n[0]), float(table.d[0]))
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise StudyError(key, message) from None
+        return
     for axis in ("N", "D", "tokens_per_param"):
         for i, value in enumerate(getattr(g, axis)):
             if value <= 0:

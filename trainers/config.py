@@ -115,10 +115,22 @@ class SimulatedConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReplayConfig:
+    """The replay trainer: runs answered from a table of runs already finished elsewhere."""
+
+    path: str = ""  # CSV file, one row per finished run (resolved against the working directory)
+    # law input name -> CSV column, e.g. {N: Model Size, C: Training FLOP, loss: loss}; names not
+    # given are read from same-named columns; C without D gives D = C / (6 N)
+    columns: dict[str, str] = field(default_factory=dict)
+    cost: str = "6*N*D"  # FLOPs of a row: an expression of N and D (+ - * / ** and numbers)
+    max_loss: float | None = None  # drop rows whose loss is above this (outliers, diverged runs)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainerConfig:
     """Everything a trainer needs besides the run's grid point and seed."""
 
-    kind: str = "dense"  # dense | distill | moe | simulated (see trainers.TRAINER_KINDS)
+    kind: str = "dense"  # dense | distill | moe | replay | simulated (see trainers.TRAINER_KINDS)
     seq_len: int = 128  # tokens per training sequence
     batch_size: int = 16  # sequences per optimiser step
     flop_convention: Literal["6N", "6N+attn"] = "6N+attn"  # see trainers.flops
@@ -134,3 +146,4 @@ class TrainerConfig:
     moe: MoEConfig = field(default_factory=MoEConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     simulated: SimulatedConfig = field(default_factory=SimulatedConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)

@@ -13,6 +13,7 @@ _TRAINERS: dict[str, str] = {
     "dense": "trainers.dense:DenseTrainer",
     "distill": "trainers.distill:DistillTrainer",
     "moe": "trainers.sparse:MoETrainer",
+    "replay": "trainers.replay:ReplayTrainer",
     "simulated": "trainers.simulated:SimulatedTrainer",
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pytest
@@ -202,3 +204,37 @@ def test_budget_below_the_cheapest_run_is_rejected_before_anything_is_written() 
         run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=optuna.storages.InMemoryStorage())
     assert err.value.key == "selection.budget_flops"
     assert tracker.parent_id == "" and not tracker.runs
+
+
+def _replay(**selection) -> object:
+    root = Path(__file__).resolve().parents[1] / "data" / "epoch_chinchilla.csv"
+    return study_from_dict(
+        {
+            "name": "replay",
+            "trainer": {
+                "kind": "replay",
+                "replay": {"path": str(root), "columns": {"N": "Model Size", "C": "Training FLOP", "loss": "loss"},
+                           "max_loss": 3.44},
+            },
+            "selection": {"refit_every": 1000, **selection},
+        }
+    )
+
+
+def test_replaying_the_whole_table_reproduces_the_replication_fit() -> None:
+    outcome = run_study(_replay(), tracker=MemoryTracker(), executor=InlineExecutor())
+    assert outcome.stats.finished == 240
+    fit = outcome.laws[0].fit
+    assert fit is not None
+    for name, published in {"E": 1.8172, "A": 477.8, "B": 2143.0, "alpha": 0.3473, "beta": 0.3672}.items():
+        assert fit.params[name] == pytest.approx(published, rel=5e-3)
+
+
+def test_active_selection_on_the_replayed_table_spends_a_tenth() -> None:
+    study = _replay(mode="active", budget_fraction=0.1, target={"budget": 5.76e23})
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=optuna.storages.InMemoryStorage())
+    total = sum(r.plan.flops for r in expand(study))
+    spent = sum(r["plan"].flops for r in tracker.runs.values() if r["status"] == "FINISHED")
+    assert 0.05 * total < spent <= 0.1 * total
+    assert outcome.laws[0].fit is not None and outcome.stats.finished < 240
