@@ -152,10 +152,11 @@ class OnlineRefitter:
     def _starts(self, name: str, law: laws.ScalingLaw) -> np.ndarray | None:
         bases = []
         prev = self.current(name)
-        if prev is not None:
+        if prev is not None and all(np.isfinite(v) for v in prev.params.values()):
             bases.append(law.from_natural(prev.params).numpy())
         if name in self._full:
             bases.append(self._full[name])
+        bases = [b for b in bases if np.all(np.isfinite(b))]  # a degenerate fit is no place to start
         if not bases:
             return None  # first fit: the law's whole initialisation grid
         base = np.stack(bases)

@@ -1,0 +1,348 @@
+"""A live status block for ``isoflop run`` on a terminal.
+
+:class:`LiveView` keeps counts of the study's runs (pending, running, done, failed), the FLOPs
+spent (against the selection budget when the study selects its runs under a budget), the current
+fit of every law with its intervals, the time elapsed and an estimate of the time left, and
+redraws them in place with plain ANSI escape codes, at most a few times per second. Failures and
+retries are also printed as permanent lines above the block, so they stay in the scrollback.
+
+:func:`make_progress` picks the live view on a terminal and the plain one-line-per-event
+:class:`~orchestrator.progress.Progress` printer otherwise (pipes, CI logs, ``ISOFLOP_PLAIN=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from orchestrator.grid import PlannedRun
+from orchestrator.progress import FitPrinter, Progress
+from orchestrator.refit import RefitState, fit_summary
+from orchestrator.scheduler import Event
+
+PLAIN_ENV = "ISOFLOP_PLAIN"
+
+# Cursor to the start of the line n lines up; erase the whole line; erase to the end of the screen.
+_UP = "\x1b[{n}F"
+_ERASE_LINE = "\x1b[2K"
+_ERASE_DOWN = "\x1b[J"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the block shows, computed from the events seen so far."""
+
+    total: int  # runs of the grid (grid mode) or candidates in the pool (budgeted selection)
+    pending: int
+    running: int
+    done: int  # finished here plus already finished in the store
+    skipped: int  # of ``done``: already finished in the store before this invocation
+    failed: int  # failed after every retry
+    retries: int
+    flops_done: float
+    budget_flops: float | None
+    elapsed_s: float
+    mean_run_s: float | None
+    eta_s: float | None
+
+    @property
+    def budget_fraction(self) -> float | None:
+        """FLOPs spent as a fraction of the selection budget (None in grid mode)."""
+        if self.budget_flops is None or self.budget_flops <= 0:
+            return None
+        return self.flops_done / self.budget_flops
+
+
+def selection_budget_of(study: object, runs: Sequence[PlannedRun]) -> float | None:
+    """The FLOPs a budgeted selection may spend: ``selection.budget_flops``, or
+    ``selection.budget_fraction`` times the FLOPs of the whole grid; None in grid mode."""
+    sel = study.selection  # type: ignore[attr-defined]
+    if sel.mode == "grid":
+        return None
+    if sel.budget_flops is not None:
+        return float(sel.budget_flops)
+    total = sum(r.plan.flops for r in runs)
+    return float(sel.budget_fraction if sel.budget_fraction is not None else 1.0) * total
+
+
+class LiveView:
+    """Scheduler-event and refit callback that redraws a status block in place.
+
+    Use it as ``on_event`` (``view(event)``) and ``on_fit`` (``view.on_fit(state)``) of
+    :func:`orchestrator.study.run_study`, then call :meth:`close` once to draw the final state.
+    Redraws happen at most once per ``min_interval_s`` (pass ``tick_s`` to also redraw on a timer
+    so that the clock moves while long runs train), and only from the first event on, so that
+    the start-up messages of Ray and Optuna are printed before the block rather than through it;
+    ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        runs: Sequence[PlannedRun],
+        *,
+        title: str = "",
+        budget_flops: float | None = None,
+        stream: TextIO | None = None,
+        min_interval_s: float = 0.25,
+        tick_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        width: int | None = None,
+    ) -> None:
+        self.total = len(runs)
+        self.title = title
+        self.budget_flops = budget_flops
+        self.stream = stream or sys.stdout
+        self.min_interval_s = min_interval_s
+        self.clock = clock
+        self.width = width
+        self.fits: dict[str, RefitState] = {}
+        self.redraws = 0
+        self._t0 = clock()
+        self._last_draw = -float("inf")
+        self._drawn_lines = 0
+        self._started: dict[str, float] = {}  # run key -> start time of its current attempt
+        self._durations: list[float] = []
+        self._max_running = 0
+        self._done = self._skipped = self._failed = self._retries = 0
+        self._flops = 0.0
+        self._last_error: str | None = None
+        self._lock = threading.RLock()
+        self._closed = False
+        self._active = False  # nothing is drawn before the first event (start-up logs go first)
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if tick_s is not None:
+            self._ticker = threading.Thread(
+                target=self._tick, args=(tick_s,), name="isoflop-live", daemon=True
+            )
+            self._ticker.start()
+
+    # -- callbacks -------------------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        """Record one scheduler event and redraw if the last redraw is old enough."""
+        with self._lock:
+            self._active = True
+            key = event.run.spec.run_key
+            now = self.clock()
+            if event.kind == "start":
+                self._started[key] = now
+                self._max_running = max(self._max_running, len(self._started))
+            elif event.kind == "finish":
+                started = self._started.pop(key, None)
+                if started is not None:
+                    self._durations.append(now - started)
+                self._done += 1
+                self._flops += event.run.plan.flops
+            elif event.kind == "skip":
+                self._done += 1
+                self._skipped += 1
+                self._flops += event.run.plan.flops
+            elif event.kind in ("fail", "retry"):
+                self._started.pop(key, None)
+                error = _first_line(event.error)
+                if event.kind == "fail":
+                    self._failed += 1
+                    self._last_error = error
+                else:
+                    self._retries += 1
+                verb = "FAILED  " if event.kind == "fail" else "retrying"
+                plan = event.run.plan
+                self._print_above(
+                    f"{verb} N={plan.n_params:.3g} D={plan.tokens:.3g} (attempt {event.attempt}, {key[:8]}): {error}"
+                )
+            self._maybe_draw(now)
+
+    def on_fit(self, state: RefitState) -> None:
+        """Record the latest fit of one law and redraw if the last redraw is old enough."""
+        with self._lock:
+            self._active = True
+            self.fits[state.law] = state
+            self._maybe_draw(self.clock())
+
+    def close(self) -> None:
+        """Stop the timer and draw the final state (left on screen)."""
+        with self._lock:
+            self._closed = True
+            self._draw(self.clock())
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2.0)
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The counts, FLOPs and times as of now."""
+        with self._lock:
+            now = self.clock()
+            running = len(self._started)
+            pending = max(self.total - self._done - self._failed - running, 0)
+            mean = sum(self._durations) / len(self._durations) if self._durations else None
+            return Snapshot(
+                total=self.total,
+                pending=pending,
+                running=running,
+                done=self._done,
+                skipped=self._skipped,
+                failed=self._failed,
+                retries=self._retries,
+                flops_done=self._flops,
+                budget_flops=self.budget_flops,
+                elapsed_s=now - self._t0,
+                mean_run_s=mean,
+                eta_s=self._eta(mean, pending, running, now),
+            )
+
+    def _eta(self, mean: float | None, pending: int, running: int, now: float) -> float | None:
+        """Seconds left: the runs left, each taking the mean run time, ``parallel`` at a time.
+
+        Runs in flight count as having their mean duration minus what they already ran. Under a
+        budget the runs left are estimated from the FLOPs left and the mean FLOPs of a done run.
+        """
+        if mean is None:
+            return None
+        left = pending
+        if self.budget_flops is not None:
+            done_here = self._done - self._skipped
+            per_run = self._flops / self._done if self._done else None
+            if per_run and done_here:
+                in_flight_flops = per_run * running
+                left = min(
+                    pending,
+                    max(
+                        int(round((self.budget_flops - self._flops - in_flight_flops) / per_run)), 0
+                    ),
+                )
+        parallel = max(self._max_running, 1)
+        in_flight = max((max(mean - (now - t), 0.0) for t in self._started.values()), default=0.0)
+        return in_flight + mean * left / parallel
+
+    # -- drawing ---------------------------------------------------------------------------------
+
+    def lines(self) -> list[str]:
+        """The block's lines for the current state."""
+        s = self.snapshot()
+        head = f"isoflop: {self.title}  " if self.title else "isoflop: "
+        waiting = (
+            f"{s.pending} candidates left" if s.budget_flops is not None else f"{s.pending} pending"
+        )
+        runs = (
+            f"{head}runs {s.done + s.failed}/{s.total}: {waiting}, {s.running} running, "
+            f"{s.done} done"
+            + (f" ({s.skipped} already)" if s.skipped else "")
+            + f", {s.failed} failed"
+            + (f", {s.retries} retried" if s.retries else "")
+        )
+        flops = f"  FLOPs {s.flops_done:.3g}"
+        if s.budget_fraction is not None:
+            flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
+        timing = f"  elapsed {_duration(s.elapsed_s)}"
+        if s.mean_run_s is not None:
+            timing += f", mean run {s.mean_run_s:.1f}s"
+        timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not self._closed else ""
+        out = [runs, flops + timing]
+        out += [f"  {fit_summary(state)}" for _, state in sorted(self.fits.items())]
+        if self._last_error and s.failed:
+            out.append(f"  last failure: {self._last_error}")
+        return out
+
+    def _maybe_draw(self, now: float) -> None:
+        if self._active and not self._closed and now - self._last_draw >= self.min_interval_s:
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        width = self.width or shutil.get_terminal_size((120, 24)).columns
+        text = [_clip(line, width) for line in self.lines()]
+        self._write(self._erase() + "".join(f"{_ERASE_LINE}{line}\n" for line in text))
+        self._drawn_lines = len(text)
+        self._last_draw = now
+        self.redraws += 1
+
+    def _erase(self) -> str:
+        return (_UP.format(n=self._drawn_lines) if self._drawn_lines else "") + _ERASE_DOWN
+
+    def _print_above(self, line: str) -> None:
+        """A permanent line in the scrollback; the block is redrawn below it at once."""
+        self._write(self._erase() + line + "\n")
+        self._drawn_lines = 0
+        self._last_draw = -float("inf")
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _tick(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            with self._lock:
+                if self._closed:
+                    return
+                self._maybe_draw(self.clock())
+
+
+class PlainProgress:
+    """The plain one-line-per-event output behind the same interface as :class:`LiveView`."""
+
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+        self.events = Progress(total=total, stream=stream)
+        self.fits = FitPrinter(stream=stream)
+
+    def __call__(self, event: Event) -> None:
+        self.events(event)
+
+    def on_fit(self, state: RefitState) -> None:
+        self.fits(state)
+
+    def close(self) -> None:
+        """Nothing to finish: every line is already printed."""
+
+
+def use_live(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
+    """True on a terminal unless ``ISOFLOP_PLAIN`` is set to a non-empty value other than 0."""
+    env = os.environ if environ is None else environ
+    if env.get(PLAIN_ENV, "") not in ("", "0"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def make_progress(
+    study: object,
+    runs: Sequence[PlannedRun],
+    stream: TextIO | None = None,
+    environ: dict[str, str] | None = None,
+) -> LiveView | PlainProgress:
+    """The live view on a terminal, the plain lines otherwise."""
+    out = stream or sys.stdout
+    if not use_live(out, environ):
+        return PlainProgress(total=len(runs), stream=out)
+    return LiveView(
+        runs,
+        title=str(getattr(study, "name", "")),
+        budget_flops=selection_budget_of(study, runs),
+        stream=out,
+        tick_s=1.0,
+    )
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "unknown error").strip().splitlines()[0][:200]
+
+
+def _clip(line: str, width: int) -> str:
+    """Keep a line within the terminal width so it never wraps (wrapping breaks the redraw)."""
+    return line if len(line) < width else line[: max(width - 2, 1)] + "…"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"

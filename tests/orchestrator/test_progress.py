@@ -1,0 +1,334 @@
+"""The live status block of ``isoflop run`` and its plain one-line-per-event fallback."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from orchestrator import cli
+from orchestrator.live import LiveView, PlainProgress, make_progress, selection_budget_of, use_live
+from orchestrator.refit import RefitState, fit_summary
+from orchestrator.scheduler import Event
+
+ESC = "\x1b"
+
+
+class TtyStream(io.StringIO):
+    """A terminal stand-in: collects what is written and says it is a TTY."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class Clock:
+    """A hand-moved monotonic clock."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fake_run(key: str, flops: float = 10.0) -> SimpleNamespace:
+    plan = SimpleNamespace(n_params=1e6, tokens=2e7, flops=flops)
+    return SimpleNamespace(plan=plan, spec=SimpleNamespace(run_key=key), budget=None, tags={})
+
+
+def ev(kind: str, run: SimpleNamespace, *, attempt: int = 1, error: str | None = None) -> Event:
+    finished = SimpleNamespace(final_loss=3.25) if kind in ("finish", "skip") else None
+    return Event(kind=kind, run=run, attempt=attempt, finished=finished, error=error)  # type: ignore[arg-type]
+
+
+def view(runs: list[SimpleNamespace], clock: Clock, **kw: object) -> tuple[LiveView, TtyStream]:
+    stream = TtyStream()
+    return LiveView(runs, stream=stream, clock=clock, width=200, **kw), stream  # type: ignore[arg-type]
+
+
+def screen(raw: str) -> list[str]:
+    """What a terminal shows after ``raw``: a tiny emulator of the escape codes the view uses."""
+    rows: list[str] = [""]
+    row = 0
+    for token in re.split(rf"({ESC}\[\d*[A-Za-z]|\n)", raw):
+        if not token:
+            continue
+        if token == "\n":
+            row += 1
+            if row == len(rows):
+                rows.append("")
+        elif m := re.fullmatch(rf"{ESC}\[(\d*)F", token):
+            row = max(row - int(m.group(1) or 1), 0)
+        elif token == f"{ESC}[2K":
+            rows[row] = ""
+        elif token == f"{ESC}[J":
+            rows[row] = ""
+            del rows[row + 1 :]
+        elif token.startswith(ESC):
+            raise AssertionError(f"unexpected escape code {token!r}")
+        else:
+            rows[row] += token
+    return [r for r in rows if r]
+
+
+def test_counts_follow_the_events() -> None:
+    clock = Clock()
+    runs = [fake_run(k) for k in "abcde"]
+    live, _ = view(runs, clock)
+    a, b, c, d, _e = runs
+    live(ev("skip", d))
+    for r in (a, b, c):
+        live(ev("start", r))
+    s = live.snapshot()
+    assert (s.pending, s.running, s.done, s.skipped, s.failed) == (1, 3, 1, 1, 0)
+    live(ev("finish", a))
+    live(ev("fail", c, error="RuntimeError: out of memory\ntraceback..."))
+    live(ev("retry", b, error="WorkerCrashedError"))  # back in the queue
+    s = live.snapshot()
+    assert (s.total, s.pending, s.running, s.done, s.failed, s.retries) == (5, 2, 0, 2, 1, 1)
+    live(ev("start", b, attempt=2))
+    live(ev("finish", b, attempt=2))
+    s = live.snapshot()
+    assert (s.pending, s.running, s.done, s.failed) == (1, 0, 3, 1)
+    text = "\n".join(live.lines())
+    assert "runs 4/5: 1 pending, 0 running, 3 done (1 already), 1 failed, 1 retried" in text
+    assert "last failure: RuntimeError: out of memory" in text
+
+
+def test_flops_and_budget_fraction() -> None:
+    clock = Clock()
+    runs = [fake_run(k, flops=f) for k, f in zip("abcd", (1e18, 2e18, 4e18, 8e18), strict=True)]
+    live, _ = view(runs, clock, budget_flops=1e19)
+    live(ev("skip", runs[0]))
+    live(ev("start", runs[1]))
+    live(ev("finish", runs[1]))
+    live(ev("start", runs[2]))
+    live(ev("fail", runs[2], error="boom"))  # a failed run spends no budget here
+    s = live.snapshot()
+    assert s.flops_done == pytest.approx(3e18)
+    assert s.budget_fraction == pytest.approx(0.3)
+    text = "\n".join(live.lines())
+    assert "FLOPs 3e+18 of budget 1e+19 (30.0%)" in text
+    assert "candidates left" in text
+
+    grid, _ = view(runs, clock)
+    grid(ev("skip", runs[3]))
+    assert grid.snapshot().budget_fraction is None
+    assert "budget" not in "\n".join(grid.lines())
+
+
+def test_selection_budget_of_the_study() -> None:
+    runs = [fake_run(k, flops=f) for k, f in zip("abc", (1e18, 3e18, 6e18), strict=True)]
+
+    def study(
+        mode: str, flops: float | None = None, fraction: float | None = None
+    ) -> SimpleNamespace:
+        return SimpleNamespace(
+            selection=SimpleNamespace(mode=mode, budget_flops=flops, budget_fraction=fraction)
+        )
+
+    assert selection_budget_of(study("grid"), runs) is None
+    assert selection_budget_of(study("active", fraction=0.25), runs) == pytest.approx(2.5e18)
+    assert selection_budget_of(study("random", flops=7e17), runs) == pytest.approx(7e17)
+
+
+def test_eta_from_mean_run_time_and_runs_left() -> None:
+    clock = Clock()
+    runs = [fake_run(str(i)) for i in range(6)]
+    live, _ = view(runs, clock)
+    assert live.snapshot().eta_s is None  # no run has finished yet
+    live(ev("start", runs[0]))
+    live(ev("start", runs[1]))
+    clock.t += 8
+    live(ev("finish", runs[0]))
+    clock.t += 4
+    live(ev("finish", runs[1]))
+    s = live.snapshot()
+    assert s.mean_run_s == pytest.approx(10.0)
+    assert s.eta_s == pytest.approx(10.0 * 4 / 2)  # 4 runs left, 2 at a time
+    live(ev("start", runs[2]))
+    clock.t += 4
+    s = live.snapshot()
+    assert s.elapsed_s == pytest.approx(16.0)
+    assert s.eta_s == pytest.approx((10.0 - 4.0) + 10.0 * 3 / 2)  # the run in flight has 6 s to go
+    assert "elapsed 0:16, mean run 10.0s, ETA 0:21" in "\n".join(live.lines())
+
+
+def test_eta_under_a_budget_counts_the_runs_the_budget_still_pays_for() -> None:
+    clock = Clock()
+    runs = [fake_run(str(i), flops=10.0) for i in range(20)]
+    live, _ = view(runs, clock, budget_flops=100.0)
+    for r in runs[:2]:
+        live(ev("start", r))
+    clock.t += 5
+    for r in runs[:2]:
+        live(ev("finish", r))
+    # 80 FLOPs left at 10 per run: 8 runs, 2 at a time, 5 s each
+    assert live.snapshot().eta_s == pytest.approx(20.0)
+
+
+def fitted_state(law: str, params: dict[str, float], n_runs: int) -> RefitState:
+    """A refit result whose fit carries only parameters (intervals come from the patched law API)."""
+    fit: Any = SimpleNamespace(params=params)
+    return RefitState(law=law, fit=fit, n_runs=n_runs)
+
+
+def test_fit_lines_show_each_law_with_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.refit as refit
+
+    monkeypatch.setattr(refit.laws, "parametric_intervals", lambda fit: {"alpha": (0.31, 0.36)})
+    clock = Clock()
+    live, _ = view([fake_run("a")], clock)
+    fitted = fitted_state("chinchilla", {"E": 1.69, "alpha": 0.34}, n_runs=7)
+    pending = RefitState(law="sparsity", fit=None, n_runs=2, error="too few runs")
+    live.on_fit(pending)
+    live.on_fit(fitted)
+    lines = live.lines()
+    assert f"  {fit_summary(fitted)}" in lines
+    assert f"  {fit_summary(pending)}" in lines
+    assert "alpha=0.34 [0.31, 0.36]" in fit_summary(fitted)
+    later = fitted_state("chinchilla", {"E": 1.7, "alpha": 0.35}, n_runs=9)
+    live.on_fit(later)
+    assert sum("law chinchilla" in line for line in live.lines()) == 1  # replaced, not appended
+    assert "law chinchilla on 9 runs" in "\n".join(live.lines())
+
+
+def test_redraws_are_throttled_and_in_place() -> None:
+    clock = Clock()
+    runs = [fake_run(str(i)) for i in range(30)]
+    live, stream = view(runs, clock, min_interval_s=0.25)
+    for r in runs[:10]:  # a burst of events at one instant: one redraw
+        live(ev("start", r))
+    assert live.redraws == 1
+    clock.t += 0.1
+    live(ev("finish", runs[0]))
+    assert live.redraws == 1
+    clock.t += 0.2  # 0.3 s after the first redraw
+    live(ev("finish", runs[1]))
+    assert live.redraws == 2
+    assert f"{ESC}[2F" in stream.getvalue()  # the second redraw moved up over the first block
+    for r in runs[2:10]:
+        clock.t += 0.01
+        live(ev("finish", r))
+    assert live.redraws == 2
+    live.close()  # the final state is drawn even inside the interval
+    assert live.redraws == 3
+    shown = screen(stream.getvalue())
+    assert shown == live.lines(), "the terminal must show exactly one, final, block"
+    assert shown[0].startswith("isoflop: runs 10/30: 20 pending, 0 running, 10 done, 0 failed")
+    assert "ETA" not in shown[1]  # finished: no estimate left
+
+
+def test_timer_moves_the_clock_but_only_after_the_first_event() -> None:
+    clock = Clock()
+    runs = [fake_run("a")]
+    live, stream = view(runs, clock, tick_s=0.01)
+    time.sleep(0.1)
+    assert stream.getvalue() == ""  # start-up messages of other libraries go first
+    live(ev("start", runs[0]))
+    drawn = live.redraws
+    clock.t += 5
+    deadline = time.monotonic() + 5
+    while live.redraws == drawn and time.monotonic() < deadline:
+        time.sleep(0.01)
+    live.close()
+    assert live.redraws > drawn + 1
+    assert "elapsed 0:05" in screen(stream.getvalue())[1]
+
+
+def test_failures_stay_above_the_block() -> None:
+    clock = Clock()
+    runs = [fake_run("aaaaaaaaaa"), fake_run("bbbbbbbbbb")]
+    live, stream = view(runs, clock, min_interval_s=0.25)
+    live(ev("start", runs[0]))
+    live(ev("start", runs[1]))
+    live(ev("retry", runs[0], error="WorkerCrashedError: worker died"))
+    live(ev("start", runs[0], attempt=2))
+    live(ev("fail", runs[0], attempt=2, error="ValueError: bad shape"))
+    live(ev("finish", runs[1]))
+    live.close()
+    shown = screen(stream.getvalue())
+    assert shown[0].startswith(
+        "retrying N=1e+06 D=2e+07 (attempt 1, aaaaaaaa): WorkerCrashedError: worker died"
+    )
+    assert shown[1].startswith(
+        "FAILED   N=1e+06 D=2e+07 (attempt 2, aaaaaaaa): ValueError: bad shape"
+    )
+    assert shown[2:] == live.lines()
+
+
+def test_long_lines_are_clipped_to_the_terminal_width() -> None:
+    clock = Clock()
+    stream = TtyStream()
+    live = LiveView([fake_run("a")], title="x" * 300, stream=stream, clock=clock, width=80)
+    live.close()
+    assert all(len(line) <= 80 for line in screen(stream.getvalue()))
+
+
+def test_plain_lines_when_not_a_terminal() -> None:
+    study = SimpleNamespace(name="s", selection=SimpleNamespace(mode="grid"))
+    runs = [fake_run("aaaaaaaaaa"), fake_run("bbbbbbbbbb")]
+    pipe = io.StringIO()
+    progress = make_progress(study, runs, stream=pipe, environ={})
+    assert isinstance(progress, PlainProgress)
+    progress(ev("start", runs[0]))
+    progress(ev("finish", runs[0]))
+    progress(ev("skip", runs[1]))
+    progress.close()
+    lines = pipe.getvalue().splitlines()
+    assert ESC not in pipe.getvalue()
+    assert len(lines) == 3
+    assert lines[1].startswith("[1/2] finished  N=1e+06 D=2e+07 C=10 loss=3.2500")
+    assert lines[2].startswith("[2/2] skipped ")
+
+
+def test_choice_of_view() -> None:
+    study = SimpleNamespace(name="s", selection=SimpleNamespace(mode="grid"))
+    tty = TtyStream()
+    assert use_live(tty, {}) and not use_live(io.StringIO(), {})
+    assert not use_live(tty, {"ISOFLOP_PLAIN": "1"})
+    assert use_live(tty, {"ISOFLOP_PLAIN": "0"})
+    assert isinstance(
+        make_progress(study, [], stream=tty, environ={"ISOFLOP_PLAIN": "1"}), PlainProgress
+    )
+    live = make_progress(study, [], stream=tty, environ={})
+    assert isinstance(live, LiveView)
+    live.close()
+
+
+def _fake_run_study(runs: list[SimpleNamespace]):  # noqa: ANN202
+    def run_study(study, *, on_event, on_fit, runs=runs, **kw):  # noqa: ANN001, ANN003, ANN202
+        for r in runs:
+            on_event(ev("start", r))
+            on_event(ev("finish", r))
+        on_fit(RefitState(law="chinchilla", fit=None, n_runs=len(runs), error="too few runs"))
+        stats = SimpleNamespace(finished=len(runs), skipped=0, failed=0)
+        return SimpleNamespace(stats=stats, stopped=None, laws=[])
+
+    return run_study
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_isoflop_run_picks_the_view_by_terminal(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.grid
+    import orchestrator.study
+
+    runs = [fake_run("aaaaaaaaaa"), fake_run("bbbbbbbbbb")]
+    monkeypatch.setattr(orchestrator.grid, "expand", lambda study: runs)
+    monkeypatch.setattr(orchestrator.study, "run_study", _fake_run_study(runs))
+    monkeypatch.delenv("ISOFLOP_PLAIN", raising=False)
+    out = TtyStream() if tty else io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    study = SimpleNamespace(name="wired", selection=SimpleNamespace(mode="grid"))
+    assert cli._run(study) == 0
+    text = out.getvalue()
+    assert ("\x1b[" in text) is tty
+    if tty:
+        assert "isoflop: wired  runs 2/2: 0 pending, 0 running, 2 done, 0 failed" in screen(text)[1]
+    else:
+        assert "[2/2] finished" in text
+    assert "2 runs finished, 0 already done, 0 failed" in text
