@@ -140,7 +140,10 @@ class MlflowTracker(Tracker):
         exp = self.client.get_experiment_by_name(self.experiment_name)
         if exp is None:
             self.experiment_id = self.client.create_experiment(
-                self.experiment_name, artifact_location=_artifact_root(self.uri)
+                self.experiment_name,
+                artifact_location=_artifact_root(self.uri),
+                # the UI opens it in model-training mode (runs, metrics, charts), not GenAI mode
+                tags={"mlflow.experimentKind": "custom_model_development"},
             )
         else:
             self.experiment_id = exp.experiment_id
