@@ -17,7 +17,7 @@
 # MLflow's database: sqlite in ISOFLOP_LOCAL_DIR (default ./.isoflop/local), or PostgreSQL
 # when MLFLOW_BACKEND_STORE_URI is set, e.g. postgresql://mlflow@localhost:5432/mlflow with the
 # password in ~/.pgpass (mode 600), never in a file of the project; the PostgreSQL driver is
-# installed with `pip install 'psycopg2-binary>=2.9,<3'`.
+# installed with `pip install 'psycopg[binary]>=3.2'`.
 # Ray token authentication is on: the token is ~/.ray/auth_token (created if missing), which
 # `isoflop submit` and `ray` commands on this machine read.
 #

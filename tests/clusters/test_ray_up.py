@@ -97,7 +97,7 @@ def test_mlflow_server_on_the_head_reads_postgres_from_a_secret(ray_up_config: d
     assert "mlflow server" in head and '--host "$IP"' in head
     assert "--backend-store-uri" not in head  # the URI reaches the server as an environment variable
     setup = " ".join(ray_up_config["head_setup_commands"])
-    assert "MLFLOW_BACKEND_STORE_URI" in setup and "psycopg2-binary" in setup
+    assert "MLFLOW_BACKEND_STORE_URI" in setup and "psycopg[binary]" in setup
     assert "secretsmanager get-secret-value" in setup or "gcloud secrets versions access" in setup
     assert "umask 077" in setup
 

@@ -1,0 +1,177 @@
+"""Tracking at cluster scale: a real ``mlflow server`` backed by a real PostgreSQL on 127.0.0.1,
+concurrent Ray workers logging to it over HTTP, and a server outage in the middle of a study."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.loading import study_from_dict
+from orchestrator.mlflow_tracker import KEY_TAG, PARENT_TAG
+from orchestrator.study import run_study
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory) -> str:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (run as the postgres user when we are root)."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    root = tmp_path_factory.mktemp("pg")
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        prefix = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        os.chmod(root.parent, 0o755)
+        for parent in root.parents:
+            if str(parent) == "/":
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o055)
+    data, port = root / "data", _free_port()
+    subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "isoflop"], check=True, capture_output=True)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(root / "log"), "start"],
+                   check=True, capture_output=True)
+    subprocess.run([*prefix, _pg_bin("createdb") or "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "isoflop", "mlflow"],
+                   check=True, capture_output=True)
+    yield f"postgresql://isoflop@127.0.0.1:{port}/mlflow"
+    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1 over a backend store; can be killed and restarted."""
+
+    def __init__(self, backend: str, artifacts: Path) -> None:
+        self.backend, self.artifacts, self.port = backend, artifacts, _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> None:
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
+             "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.kill()
+        pytest.fail("mlflow server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(postgres: str, tmp_path_factory):
+    srv = MlflowServer(postgres, tmp_path_factory.mktemp("artifacts"))
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _children(uri: str, parent: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+
+
+def _study(name: str, uri: str, sleep_s: float = 0.0):  # noqa: ANN202 - StudyConfig
+    return study_from_dict(
+        {
+            "name": name,
+            "tracking": {"uri": uri},
+            "trainer": {"kind": "simulated", "simulated": {"sleep_s": sleep_s}},
+            "grid": {"isoflop": {"budgets": [1e18, 1e19, 1e20], "points_per_budget": 4, "span": 20}},
+            "resources": {"max_concurrent": 2},
+        }
+    )
+
+
+def test_concurrent_workers_log_to_a_postgres_backed_server(server: MlflowServer, ray_local) -> None:
+    outcome = run_study(_study("pg-study", server.uri))
+    assert outcome.stats.finished == 12
+    children = _children(server.uri, outcome.parent_run_id)
+    assert len(children) == 12 and {c.info.status for c in children} == {"FINISHED"}
+    client = MlflowClient(tracking_uri=server.uri)
+    assert all(len(client.get_metric_history(c.info.run_id, "train_loss")) >= 2 for c in children[:3])
+    parent = client.get_run(outcome.parent_run_id)
+    assert "law.chinchilla.alpha" in parent.data.metrics
+    assert {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")} >= {"plots/loss_vs_compute.png"}
+    # re-running against the server skips everything
+    again = run_study(_study("pg-study", server.uri))
+    assert again.stats.skipped == 12 and again.stats.finished == 0
+
+
+def test_a_brief_server_outage_loses_nothing(server: MlflowServer, ray_local) -> None:
+    events: list[str] = []
+
+    def outage() -> None:
+        server.kill()
+        time.sleep(4.0)
+        server.start()
+
+    def on_event(event) -> None:  # noqa: ANN001
+        events.append(event.kind)
+        if event.kind == "finish" and events.count("finish") == 3:
+            threading.Thread(target=outage, daemon=True).start()
+
+    outcome = run_study(_study("pg-outage", server.uri, sleep_s=1.0), on_event=on_event)
+    assert outcome.stats.finished == 12 and outcome.stats.failed == 0
+    children = _children(server.uri, outcome.parent_run_id)
+    finished = Counter(c.data.tags[KEY_TAG] for c in children if c.info.status == "FINISHED")
+    assert len(finished) == 12 and set(finished.values()) == {1}
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    client = MlflowClient(tracking_uri=server.uri)
+    for child in children:
+        if child.info.status == "FINISHED":
+            assert "final_loss" in child.data.metrics
+            assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 10
