@@ -1,13 +1,18 @@
 """Active run selection vs the full grid, random and cheapest-first, at equal compute.
 
-Ground truth: the simulated trainer's world (the Chinchilla law refitted to the Epoch replication,
+``--truth simulated`` (default). Ground truth: the simulated trainer's world (the Chinchilla law refitted to the Epoch replication,
 1 % log-normal noise per run). The candidate pool is an isoFLOP grid from 1e17 to 1e20 FLOPs; the
 target is the loss and N_opt at the compute optimum of a 1e22-FLOP run (100x the largest run).
 Every strategy runs through the real ``run_study`` (scheduler, online refits, Optuna ask/tell),
 with Ray and MLflow swapped for the inline executor and an in-memory tracker; the reported law is
 the study's final full multi-start fit.
 
-    python benchmarks/selection.py [--fractions 0.01 0.05 0.1 0.25] [--seeds 3] [--out PATH]
+``--truth replay``: the 240 runs of the Chinchilla replication (``tests/data``) replayed from
+their table; the reference is the law fitted to the whole table (the real truth is unknown), the
+target the loss and N_opt at 5.76e23 FLOPs.
+
+    python benchmarks/selection.py [--truth simulated|replay] [--fractions 0.01 0.05 0.1 0.25]
+                                   [--seeds 3] [--out PATH]
 
 Prints one row per (strategy, fraction) with the mean over seeds of |relative error| of the
 predicted target loss and of N_opt, and writes the raw rows as JSON when ``--out`` is given.
@@ -42,40 +47,72 @@ GRID = {
 }
 
 
-def truth() -> tuple[float, float]:
-    """True loss and N_opt at the target budget."""
-    report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
-    fit_ = laws.LawFit(law="chinchilla", params=dict(REPLICATION_CHINCHILLA), objective=0.0, report=report)
-    a = laws.compute_optimal(fit_, [TARGET_BUDGET])[0]
+REPLAY_TARGET = 5.76e23
+REPLAY = {
+    "kind": "replay",
+    "replay": {
+        "path": str(Path(__file__).resolve().parents[1] / "tests" / "data" / "epoch_chinchilla.csv"),
+        "columns": {"N": "Model Size", "C": "Training FLOP", "loss": "loss"},
+        "max_loss": 3.44,
+    },
+}
+
+
+def target_budget(kind: str) -> float:
+    return REPLAY_TARGET if kind == "replay" else TARGET_BUDGET
+
+
+def truth(kind: str) -> tuple[float, float]:
+    """Reference loss and N_opt at the target budget: the simulated world's law, or the law fitted
+    to the whole replayed table."""
+    if kind == "replay":
+        fit_ = _outcome("replay", "grid", 1.0, 0).laws[0].fit
+        assert fit_ is not None
+    else:
+        report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
+        fit_ = laws.LawFit(law="chinchilla", params=dict(REPLICATION_CHINCHILLA), objective=0.0, report=report)
+    a = laws.compute_optimal(fit_, [target_budget(kind)])[0]
     return a.loss, a.N_opt
 
 
-def study(strategy: str, fraction: float, seed: int):  # noqa: ANN201 - StudyConfig
-    selection: dict = {"mode": "grid"}
+def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201 - StudyConfig
+    selection: dict = {"mode": "grid", "refit_every": 1000}
     if strategy != "grid":
         selection = {
             "mode": strategy,
             "budget_fraction": fraction,
-            "target": {"budget": TARGET_BUDGET},
+            "target": {"budget": target_budget(kind)},
             "refit_every": 5,
         }
-    return study_from_dict(
-        {
-            "name": f"bench-{strategy}-{fraction}-{seed}",
-            "seed": 1000 * seed,
-            "trainer": {"kind": "simulated", "simulated": {"noise": 0.01}},
-            "grid": GRID,
-            "laws": ["chinchilla"],
-            "selection": selection,
-        }
+    raw: dict = {
+        "name": f"bench-{kind}-{strategy}-{fraction}-{seed}",
+        "seed": 1000 * seed,
+        "laws": ["chinchilla"],
+        "selection": selection,
+    }
+    if kind == "replay":
+        raw["trainer"] = REPLAY
+    else:
+        raw["trainer"] = {"kind": "simulated", "simulated": {"noise": 0.01}}
+        raw["grid"] = GRID
+    return study_from_dict(raw)
+
+
+def _outcome(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN202 - StudyOutcome
+    return run_study(
+        study(kind, strategy, fraction, seed),
+        tracker=MemoryTracker(),
+        executor=InlineExecutor(),
+        optuna_storage=optuna.storages.InMemoryStorage(),
+        background_refit=False,
     )
 
 
-def run_one(strategy: str, fraction: float, seed: int) -> dict:
-    true_loss, true_n = truth()
+def run_one(kind: str, strategy: str, fraction: float, seed: int, reference: tuple[float, float]) -> dict:
+    true_loss, true_n = reference
     t0 = time.perf_counter()
     outcome = run_study(
-        study(strategy, fraction, seed),
+        study(kind, strategy, fraction, seed),
         tracker=MemoryTracker(),
         executor=InlineExecutor(),
         optuna_storage=optuna.storages.InMemoryStorage(),
@@ -91,7 +128,7 @@ def run_one(strategy: str, fraction: float, seed: int) -> dict:
     }
     if fit_ is None:
         return {**row, "loss_error": float("nan"), "n_opt_error": float("nan")}
-    a = laws.compute_optimal(fit_, [TARGET_BUDGET])[0]
+    a = laws.compute_optimal(fit_, [target_budget(kind)])[0]
     return {
         **row,
         "loss_error": abs(a.loss / true_loss - 1.0),
@@ -104,14 +141,16 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--strategies", nargs="+", default=["active", "random", "cheapest"])
+    ap.add_argument("--truth", choices=["simulated", "replay"], default="simulated")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    rows = [run_one("grid", 1.0, s) for s in range(args.seeds)]
+    reference = truth(args.truth)
+    rows = [run_one(args.truth, "grid", 1.0, s, reference) for s in range(args.seeds)]
     for fraction in args.fractions:
         for strategy in args.strategies:
-            rows += [run_one(strategy, fraction, s) for s in range(args.seeds)]
+            rows += [run_one(args.truth, strategy, fraction, s, reference) for s in range(args.seeds)]
     print(f"{'strategy':10} {'fraction':>8} {'runs':>6} {'loss err':>10} {'N_opt err (log)':>16} {'s/study':>8}")
     keys = sorted({(r["fraction"], r["strategy"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for fraction, strategy in keys:

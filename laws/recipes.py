@@ -144,6 +144,19 @@ class IsoflopMinimum:
     curvature: float
 
 
+def budget_groups(C: ArrayLike, *, rtol: float = 0.05) -> list[np.ndarray]:
+    """Indices of runs grouped by compute budget: C values within ``rtol`` (relative) of a
+    group's smallest budget share it; groups in increasing budget order."""
+    c = np.asarray(C, dtype=np.float64)
+    groups: list[list[int]] = []
+    for i in np.argsort(c):
+        if groups and abs(c[i] / c[groups[-1][0]] - 1.0) <= rtol:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    return [np.array(g) for g in groups]
+
+
 def isoflop_minima(
     N: ArrayLike, C: ArrayLike, loss: ArrayLike, *, rtol: float = 0.05, min_points: int = 3
 ) -> list[IsoflopMinimum]:
@@ -155,16 +168,8 @@ def isoflop_minima(
     n = np.asarray(N, dtype=np.float64)
     c = np.asarray(C, dtype=np.float64)
     y = np.asarray(loss, dtype=np.float64)
-    order = np.argsort(c)
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and abs(c[i] / c[groups[-1][0]] - 1.0) <= rtol:
-            groups[-1].append(int(i))
-        else:
-            groups.append([int(i)])
     out = []
-    for g in groups:
-        idx = np.array(g)
+    for idx in budget_groups(c, rtol=rtol):
         if np.unique(n[idx]).size < min_points:
             continue
         ln = np.log(n[idx])

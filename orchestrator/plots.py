@@ -17,22 +17,12 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import laws  # noqa: E402
+from laws.recipes import budget_groups  # noqa: E402
 from orchestrator.tracking import FinishedRun  # noqa: E402
 
 
 def _column(runs: Sequence[FinishedRun], key: str) -> np.ndarray:
     return np.array([float(r.inputs.get(key, np.nan)) for r in runs])
-
-
-def _budget_groups(c: np.ndarray, rtol: float = 0.05) -> list[np.ndarray]:
-    order = np.argsort(c)
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and abs(c[i] / c[groups[-1][0]] - 1.0) <= rtol:
-            groups[-1].append(int(i))
-        else:
-            groups.append([int(i)])
-    return [np.array(g) for g in groups]
 
 
 def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budgets: Sequence[float] = ()) -> Figure:
@@ -59,7 +49,7 @@ def isoflop_curves(runs: Sequence[FinishedRun], fit_: laws.LawFit | None) -> Fig
     """Loss against N at each compute budget, with the fitted law along each isoFLOP curve."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     c, n, y = _column(runs, "C"), _column(runs, "N"), np.array([r.final_loss for r in runs])
-    groups = _budget_groups(c)
+    groups = budget_groups(c)
     colors = plt.cm.plasma(np.linspace(0, 0.9, max(len(groups), 1)))
     for g, color in zip(groups, colors, strict=False):
         budget = float(np.exp(np.mean(np.log(c[g]))))

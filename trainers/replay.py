@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,8 @@ def table_points(config: TrainerConfig) -> list[RunPoint]:
 class ReplayTrainer(Trainer):
     """Looks a run's final loss up in the table; costs nothing but reports the row's FLOPs."""
 
+    kind = "replay"
+
     def __init__(self, config: TrainerConfig) -> None:
         self.config = config
 
@@ -113,19 +116,20 @@ class ReplayTrainer(Trainer):
         )
 
     def train(self, spec: RunSpec, sink: MetricSink) -> RunResult:
+        start = time.perf_counter()
         table = load_replay_table(self.config.replay)
         key = (spec.point.n_params, spec.point.tokens)
         rows = table.by_point.get(key)
         if not rows:
             raise ValueError(f"no row of {self.config.replay.path} has N={key[0]}, D={key[1]}")
         loss = rows[spec.seed % len(rows)]
-        sink.log_metrics({"eval_loss": loss}, step=1)
+        sink.log_metrics({"train_loss": loss, "lr": 0.0, "tokens": spec.point.tokens, "eval_loss": loss}, step=1)
         return RunResult(
             run_key=spec.run_key,
             plan=self.plan(spec.point),
             final_loss=loss,
             eval_losses={},
             curve=(CurvePoint(step=1, tokens=spec.point.tokens, train_loss=loss, lr=0.0),),
-            wall_time_s=0.0,
+            wall_time_s=time.perf_counter() - start,  # the lookup's own time
             tokens_per_s=0.0,
         )

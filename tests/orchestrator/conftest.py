@@ -62,3 +62,16 @@ class ScriptedExecutor(Executor):
 
     def in_flight(self) -> int:
         return len(self.queue)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A fresh local Ray for one test module (2 CPUs, no dashboard), shut down after it. Any Ray
+    an earlier test left initialised in this process (the CLI starts one) is shut down first."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

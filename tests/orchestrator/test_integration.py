@@ -21,15 +21,6 @@ from orchestrator.study import run_study
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory) -> Path:
     """A freshly migrated MLflow database, made once (migrations take seconds) and copied."""

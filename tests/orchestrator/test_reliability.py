@@ -108,6 +108,8 @@ def test_losing_a_worker_node_mid_study_loses_no_run(tmp_path: Path) -> None:
 
     from orchestrator.study import run_study
 
+    if ray.is_initialized():  # a Ray left by an earlier test of this process
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -163,7 +165,12 @@ def test_diverging_trainings_fail_with_their_reason_and_exit_1(tmp_path: Path, m
             }
         )
     )
-    assert main(["run", str(study)]) == 1
+    import ray
+
+    try:
+        assert main(["run", str(study)]) == 1
+    finally:
+        ray.shutdown()  # the CLI started a local Ray in this process
     out = capsys.readouterr().out
     assert "2 failed" in out and "not fitted" in out
     children = _children(f"sqlite:///{store}")

@@ -109,15 +109,6 @@ def server(postgres: str, tmp_path_factory):
     srv.kill()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
 def _children(uri: str, parent: str) -> list:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_run(parent).info.experiment_id

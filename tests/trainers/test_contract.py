@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainers import TRAINER_KINDS, NullSink, RunPoint, RunSpec, get_trainer
-from trainers.config import ModelConfig, MoEConfig, TrainerConfig
+from trainers.config import ModelConfig, MoEConfig, ReplayConfig, TrainerConfig
 
 
 def _config(kind: str) -> TrainerConfig:
@@ -44,9 +44,13 @@ def _teacher_checkpoint(directory: Path) -> str:
 @pytest.mark.parametrize("kind", TRAINER_KINDS)
 def test_trainer_contract(kind: str, chinchilla_law: object, sink, tmp_path: Path) -> None:
     config = _config(kind)
+    point = RunPoint(n_params=15_000, tokens=4 * 32 * 6)
+    if kind == "replay":  # a table that holds this point
+        table = tmp_path / "runs.csv"
+        table.write_text(f"N,D,loss\n{point.n_params},{point.tokens},3.25\n")
+        config = replace(config, replay=ReplayConfig(path=str(table)))
     trainer = get_trainer(config)
     assert trainer.kind == kind
-    point = RunPoint(n_params=15_000, tokens=4 * 32 * 6)
     plan = trainer.plan(point)
     assert plan == trainer.plan(point)  # cheap and pure
     assert plan.flops == pytest.approx(plan.flops_per_token * plan.tokens)
@@ -78,5 +82,5 @@ def test_impossible_points_raise_value_error(kind: str) -> None:
 
 
 def test_unknown_kind_lists_valid_kinds() -> None:
-    with pytest.raises(ValueError, match="dense, distill, moe, simulated"):
+    with pytest.raises(ValueError, match="dense, distill, moe, replay, simulated"):
         get_trainer(replace(_config("dense"), kind="sparse"))
