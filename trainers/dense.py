@@ -28,6 +28,7 @@ import torch
 from trainers.base import (
     CurvePoint,
     MetricSink,
+    ModelShape,
     RunPlan,
     RunPoint,
     RunResult,
@@ -68,7 +69,12 @@ def plan_dense(point: RunPoint, config: TrainerConfig) -> RunPlan:
     if point.sparsity:
         raise ValueError(f"sparsity: the dense trainer trains dense models, got {point.sparsity}")
     mixture_weights(point.mixture, len(domains_of(config.data)))
-    shape = derive_shape(point.n_params, config)
+    return plan_for_shape(derive_shape(point.n_params, config), point, config)
+
+
+def plan_for_shape(shape: ModelShape, point: RunPoint, config: TrainerConfig, n_active: int | None = None) -> RunPlan:
+    """The plan of a run of ``point.tokens`` tokens (rounded to whole steps) on a model of
+    ``shape``: exact counts (``n_active``: active parameters, default all) and FLOPs."""
     total, non_embedding = count_params(shape, config)
     tokens_per_step = config.batch_size * config.seq_len
     steps = max(1, round(point.tokens / tokens_per_step))
@@ -77,7 +83,7 @@ def plan_dense(point: RunPoint, config: TrainerConfig) -> RunPlan:
         shape=shape,
         n_params=total,
         n_params_non_embedding=non_embedding,
-        n_params_active=total,
+        n_params_active=total if n_active is None else n_active,
         flops_per_token=per_token,
         tokens=steps * tokens_per_step,
         steps=steps,

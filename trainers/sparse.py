@@ -17,10 +17,9 @@ import torch
 from trainers.base import RunPlan, RunPoint, RunSpec
 from trainers.config import TrainerConfig
 from trainers.data import domains_of, mixture_weights
-from trainers.dense import DenseTrainer, LossFn
-from trainers.flops import flops_per_token
+from trainers.dense import DenseTrainer, LossFn, plan_for_shape
 from trainers.model import GPT, lm_loss
-from trainers.shapes import count_active_params, count_params, derive_shape
+from trainers.shapes import count_active_params, derive_shape
 
 
 def top_k_for(sparsity: float, experts: int) -> int:
@@ -45,21 +44,7 @@ def plan_moe(point: RunPoint, config: TrainerConfig) -> RunPlan:
     experts = config.moe.experts
     top_k = top_k_for(point.sparsity, experts)
     shape = derive_shape(point.n_params, config, n_experts=experts, top_k=top_k)
-    total, non_embedding = count_params(shape, config)
-    tokens_per_step = config.batch_size * config.seq_len
-    steps = max(1, round(point.tokens / tokens_per_step))
-    per_token = flops_per_token(shape, config)
-    return RunPlan(
-        shape=shape,
-        n_params=total,
-        n_params_non_embedding=non_embedding,
-        n_params_active=count_active_params(shape, config),
-        flops_per_token=per_token,
-        tokens=steps * tokens_per_step,
-        steps=steps,
-        flops=per_token * steps * tokens_per_step,
-        flop_convention=config.flop_convention,
-    )
+    return plan_for_shape(shape, point, config, n_active=count_active_params(shape, config))
 
 
 class MoETrainer(DenseTrainer):
