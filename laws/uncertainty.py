@@ -78,7 +78,8 @@ def parametric_intervals(fit_: LawFit, *, level: float = 0.95) -> dict[str, tupl
     for i, p in enumerate(law.params):
         half = z * float(np.sqrt(max(cov[i, i], 0.0)))
         lo, hi = theta[i] - half, theta[i] + half
-        out[p.name] = (float(np.exp(lo)), float(np.exp(hi))) if p.log else (float(lo), float(hi))
+        with np.errstate(over="ignore"):  # an unidentified log parameter: its interval reaches inf
+            out[p.name] = (float(np.exp(lo)), float(np.exp(hi))) if p.log else (float(lo), float(hi))
     return out
 
 

@@ -73,7 +73,9 @@ def latest_fits(study: StudyConfig | str | Path) -> dict[str, laws.LawFit]:
     """The latest fit of every law the study logged, as :class:`laws.LawFit` objects."""
     config, tracker = _attached(study)
     out = {}
-    for name in config.laws:
+    from orchestrator.fitting import law_name
+
+    for name in (law_name(c) for c in config.laws):
         try:
             local = tracker.client.download_artifacts(tracker.parent_id, f"fits/{name}.json")
         except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact

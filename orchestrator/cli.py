@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
+    except BrokenPipeError:  # the reader went away (``isoflop validate ... | head``)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
+        return EXIT_OK
     except StudyError as exc:
         print(f"isoflop: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -103,14 +107,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     runs = expand(study)
     total = sum(r.plan.flops for r in runs)
     print(f"study {study.name!r}: {len(runs)} runs, {total:.3g} training FLOPs in all")
-    print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  mixture")
+    print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  {'mixture':12}  after")
     for r in runs:
         shape = r.plan.shape
         shape_s = f"{shape.n_layer} x {shape.d_model}, {shape.n_head}" if shape else "-"
-        mix = ",".join(f"{w:g}" for w in r.spec.point.mixture) or "-"
+        mix = ",".join(f"{w:.3g}" for w in r.spec.point.mixture) or "-"
+        # a run that others start from says so; a run that starts from another names it
+        after = r.stage if r.stage != "main" else " ".join(f"{use} {key}" for use, key in r.depends_on.items())
         print(
             f"{r.spec.run_key:16}  {r.plan.n_params:9.3g}  {r.plan.tokens:9.3g}  {r.plan.flops:9.3g}  {shape_s:>20}  "
-            f"{r.spec.point.sparsity:5.3g}  {mix}"
+            f"{r.spec.point.sparsity:5.3g}  {mix:12}  {after or '-'}"
         )
     return EXIT_OK
 

@@ -7,7 +7,7 @@ is owned by ``trainers.config``. Field comments are the documentation of every s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from omegaconf import MISSING
 
@@ -43,6 +43,34 @@ class IsoflopConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TeacherGridConfig:
+    """Teachers of a distillation study: dense runs trained first, crossed with the students.
+
+    Every student of the grid (trainer kind distill) is distilled from every teacher; a teacher is
+    trained once (on the student's mixture, with the study's trainer settings as a dense run)
+    and its checkpoint read by all of its students.
+    """
+
+    N: list[float] = field(default_factory=list)  # teacher sizes
+    D: list[float] = field(default_factory=list)  # teacher training tokens (crossed with N)
+    tokens_per_param: list[float] = field(default_factory=list)  # or D = ratio * N
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneGridConfig:
+    """Finetuning with pretraining-data injection (Bethune et al. 2025): for each N, one run
+    pretrained on the pretraining mixture, then the grid's runs finetune it for D_ft tokens
+    (grid.D or grid.tokens_per_param) on the target domain with a share p of pretraining data."""
+
+    domain: str = MISSING  # the finetuning (target) domain, one of trainer.data.domains
+    injection: list[float] = field(default_factory=lambda: [0.0])  # shares p of pretraining data
+    pretrain_tokens_per_param: float = 20.0  # pretraining tokens = ratio * N
+    # pretraining weights over the domains (domain order; the target's weight must be 0);
+    # empty = uniform over the other domains
+    pretrain_mixture: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
 class GridConfig:
     """The axes a study expands over. Give N with D or tokens_per_param, or an isoflop block."""
 
@@ -55,6 +83,34 @@ class GridConfig:
     # point's D comes from its own FLOPs per token, which depend on S through the active parameters
     sparsity: list[float] = field(default_factory=list)
     replicates: int = 1  # seeds per grid point: seed, seed + 1, ...
+    teachers: TeacherGridConfig | None = None  # distillation: teacher runs, crossed with the students
+    finetune: FinetuneGridConfig | None = None  # finetuning runs from pretrained runs of each N
+
+
+@dataclass(frozen=True, kw_only=True)
+class LawConfig:
+    """A law the study fits: its family, the runs it is fitted to and the loss it explains.
+
+    In YAML a bare family name (``laws: [chinchilla]``) is short for ``{family: chinchilla}``.
+    """
+
+    # chinchilla | chinchilla_gamma | distillation | sparsity | mixture_additive | mixture_joint |
+    # forgetting | forgetting_ft | custom (with expression, inputs and params)
+    family: str = MISSING
+    name: str | None = None  # how the fit is logged and exported; null = the family name
+    # what the law predicts: loss (held-out, mixture-weighted), eval_loss/<domain>, or
+    # pretrain_loss (finetuning runs: the held-out loss on the pretraining mixture)
+    loss: str = "loss"
+    # which runs it is fitted to: main (the grid's own runs), teacher (distillation teachers),
+    # pretrain (the runs finetuning starts from) or all
+    runs: Literal["main", "teacher", "pretrain", "all"] = "main"
+    # distillation: the study law (chinchilla_gamma or chinchilla) whose fit gives the student's
+    # supervised loss Ls~; null = the published supervised law of Busbridge et al. 2025
+    supervised: str | None = None
+    expression: str | None = None  # custom: the formula over inputs and params, e.g. "E + A / N**alpha"
+    inputs: list[str] = field(default_factory=list)  # custom: input names (N, D, C, S, h1.., ...)
+    # custom: parameter -> initial values, or {log: true, init: [...]} for a log-parameterised one
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +148,13 @@ class ResourcesConfig:
     gpus_per_run: str = "auto"  # auto (1 GPU for real models when the cluster has GPUs, else 0) or a number
     max_concurrent: int = 0  # runs in flight at once; 0 = as many as the cluster's CPUs allow
     max_retries: int = 1  # extra attempts after a failed run
+    # where runs keep checkpoints (one folder per run key); it must be readable by every worker
+    # (a shared filesystem on a cluster). null = .isoflop/checkpoints in the working directory
+    checkpoint_dir: str | None = None
+    # checkpoint every run, not only the teachers and pretrained runs others start from, so a
+    # retried attempt resumes where the failed one stopped
+    checkpoint_all: bool = False
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only the final one
     wait_timeout_s: float = 1.0  # how long one scheduler step waits for a result
 
 
@@ -112,7 +175,7 @@ class StudyConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     grid: GridConfig = field(default_factory=GridConfig)
-    laws: list[str] = field(default_factory=lambda: ["chinchilla"])  # law families to fit
+    laws: list[LawConfig] = field(default_factory=lambda: [LawConfig(family="chinchilla")])  # laws to fit
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -57,6 +57,9 @@ def _default(f: dataclasses.Field) -> str:
         return "null" if f.default is None else repr(f.default)
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         value = f.default_factory()  # type: ignore[misc]
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            # a list of sections: its entries' non-default keys, e.g. [{family: chinchilla}]
+            return repr([{k: v for k, v in dataclasses.asdict(item).items() if v} for item in value])
         return "" if dataclasses.is_dataclass(value) else repr(value)
     return ""
 
@@ -73,9 +76,11 @@ def rows(cls: type = StudyConfig, prefix: str = "") -> list[tuple[str, str, str,
         target = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
         if target is not None:
             doc = (inspect.getdoc(target) or "").split("\n")[0]
-            mapping = typing.get_origin(tp) is dict
-            out.append((key, "map of sections" if mapping else "section", "", comments.get(f.name) or doc))
-            out.extend(rows(target, key + (".<name>." if mapping else ".")))
+            origin = typing.get_origin(tp)
+            kind, child = {dict: ("map of sections", ".<name>."), list: ("list of sections", "[].")}.get(origin, ("section", "."))  # type: ignore[call-overload]
+            default = _default(f) if origin is list else ""
+            out.append((key, kind, default, comments.get(f.name) or doc))
+            out.extend(rows(target, key + child))
         else:
             out.append((key, _type_name(tp), _default(f), comments.get(f.name, "")))
     return out

@@ -8,7 +8,7 @@ from typing import Any
 import laws
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
-from orchestrator.fitting import fit_laws
+from orchestrator.fitting import fit_laws, study_laws
 from orchestrator.study import open_tracker, tracking_uri
 from orchestrator.tracking import FinishedRun
 
@@ -33,9 +33,14 @@ def export_with_runs(
     if not runs:
         raise StudyError("", f"study {study.name!r} has no finished runs to fit yet")
     budgets = list(budgets or study.export.budgets or default_budgets(max(r.inputs.get("C", 0.0) for r in runs)))
-    outcomes = fit_laws(study.laws, runs, seed=study.seed)
-    fitted = [o.fit for o in outcomes if o.fit is not None]
-    document = laws.export_document(fitted, budgets=budgets)
+    chosen = study_laws(study)
+    outcomes = fit_laws(chosen, runs, seed=study.seed)
+    fitted = [(law, o) for law, o in zip(chosen, outcomes, strict=True) if o.fit is not None]
+    document = laws.export_document([o.fit for _, o in fitted], budgets=budgets)  # type: ignore[misc]
+    for entry, (law, outcome) in zip(document["laws"], fitted, strict=True):
+        # which law of the study this is, and what it was fitted to
+        entry["name"] = law.name
+        entry["fitted_to"] = {"loss": law.loss, "runs": law.runs, "n_runs": outcome.n_points}
     document["study"] = {
         "name": study.name,
         "parent_run_id": parent,

@@ -32,6 +32,16 @@ class PlannedRun:
     plan: RunPlan
     budget: float | None = None  # the isoFLOP budget this run belongs to, if any
     tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for its tracked runs
+    stage: str = "main"  # main (the grid's own runs), teacher or pretrain (runs others start from)
+    inputs: Mapping[str, float] = field(default_factory=dict)  # extra law inputs (D_ft, p)
+    # runs this one needs finished first, by how it uses them: teacher (distillation: its
+    # checkpoint becomes RunSpec.teacher_checkpoint, its loss the input L_T) or init (finetuning:
+    # RunSpec.init_checkpoint and init_mixture, its loss the input L_pt0)
+    depends_on: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.spec.run_key
 
 
 def run_key(point: RunPoint, trainer_config: object, seed: int, plan: RunPlan | None = None) -> str:
@@ -55,25 +65,111 @@ def run_key(point: RunPoint, trainer_config: object, seed: int, plan: RunPlan | 
 
 
 def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRun]:
-    """Every run the study's grid names, in a stable order, each planned by the trainer."""
+    """Every run the study's grid names, in a stable order, each planned by the trainer.
+
+    Runs that others depend on (distillation teachers, pretrained runs) come first, each once.
+    """
     trainer = trainer or get_trainer(study.trainer)
     base_points = _base_points(study, trainer)
     mixtures: list[tuple[float, ...]] = [tuple(m) for m in study.grid.mixture] or [()]
-    runs: list[PlannedRun] = []
-    seen: set[str] = set()
+    runs: dict[str, PlannedRun] = {}
+    upstream: dict[str, PlannedRun] = {}
     for (point, budget), mixture, rep in itertools.product(
         base_points, mixtures, range(study.grid.replicates)
     ):
         point = replace(point, mixture=mixture)  # sparsity is crossed in _base_points (it sets D)
         seed = study.seed + rep
-        plan = _plan(trainer, point, "grid")
-        key = run_key(point, study.trainer, seed, plan)
-        if key in seen:  # two axes values (or two requested sizes) that resolve to the same run
-            continue
-        seen.add(key)
-        spec = RunSpec(run_key=key, study=study.name, seed=seed, point=point, trainer=study.trainer)
-        runs.append(PlannedRun(spec=spec, plan=plan, budget=budget))
-    return runs
+        for variant in _dependent_variants(study, point, upstream):
+            plan = _plan(trainer, variant.point, "grid")
+            key = run_key(variant.point, study.trainer, seed, plan)
+            if key in runs:  # two axes values (or two requested sizes) that resolve to the same run
+                continue
+            spec = RunSpec(run_key=key, study=study.name, seed=seed, point=variant.point, trainer=study.trainer)
+            runs[key] = PlannedRun(
+                spec=spec, plan=plan, budget=budget, inputs=variant.inputs, depends_on=variant.depends_on
+            )
+    return [*upstream.values(), *runs.values()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Variant:
+    point: RunPoint
+    inputs: Mapping[str, float] = field(default_factory=dict)
+    depends_on: Mapping[str, str] = field(default_factory=dict)
+
+
+def _dependent_variants(study: StudyConfig, point: RunPoint, upstream: dict[str, PlannedRun]) -> list[_Variant]:
+    """The runs a grid point stands for: itself, or one student per teacher (``grid.teachers``),
+    or one finetuning run per injection share (``grid.finetune``). Their teachers and pretrained
+    runs are added to ``upstream``."""
+    g = study.grid
+    if g.teachers is not None:
+        out = []
+        for teacher in _upstream_runs(study, g.teachers.N, g.teachers.D, g.teachers.tokens_per_param, point.mixture, "teacher", "grid.teachers"):
+            upstream.setdefault(teacher.key, teacher)
+            out.append(_Variant(point=replace(point, teacher=teacher.key), depends_on={"teacher": teacher.key}))
+        return out
+    if g.finetune is not None:
+        ft = g.finetune
+        names = list(domain_names(study))
+        target = names.index(ft.domain)
+        pre_mix = pretrain_mixture(study)
+        (pre,) = _upstream_runs(study, [point.n_params], [], [ft.pretrain_tokens_per_param], pre_mix, "pretrain", "grid.finetune")
+        upstream.setdefault(pre.key, pre)
+        out = []
+        for p in ft.injection:
+            mixture = tuple(p * w if i != target else 1.0 - p for i, w in enumerate(pre_mix))
+            out.append(
+                _Variant(
+                    point=replace(point, mixture=mixture, init_from=pre.key),
+                    inputs={"D_ft": float(point.tokens), "p": float(p)},
+                    depends_on={"init": pre.key},
+                )
+            )
+        return out
+    return [_Variant(point=point)]
+
+
+def domain_names(study: StudyConfig) -> tuple[str, ...]:
+    """The study's data domains in order (the default pair when none are given)."""
+    from trainers.data import domains_of
+
+    return tuple(domains_of(study.trainer.data))
+
+
+def pretrain_mixture(study: StudyConfig) -> tuple[float, ...]:
+    """Domain weights of a finetuning study's pretrained runs (normalised)."""
+    ft = study.grid.finetune
+    assert ft is not None
+    names = domain_names(study)
+    if ft.pretrain_mixture:
+        total = sum(ft.pretrain_mixture)
+        return tuple(w / total for w in ft.pretrain_mixture)
+    others = len(names) - 1
+    return tuple(0.0 if n == ft.domain else 1.0 / others for n in names)
+
+
+def _upstream_runs(
+    study: StudyConfig,
+    sizes: list[float],
+    tokens: list[float],
+    ratios: list[float],
+    mixture: tuple[float, ...],
+    stage: str,
+    key: str,
+) -> list[PlannedRun]:
+    """Dense runs other runs start from: every size crossed with every token count (or ratio)."""
+    config = replace(study.trainer, kind="dense")
+    dense = get_trainer(config)
+    out = []
+    for n in sizes:
+        for d in tokens or [r * n for r in ratios]:
+            point = RunPoint(n_params=int(round(n)), tokens=int(round(d)), mixture=mixture)
+            plan = _plan(dense, point, key)
+            rkey = run_key(point, config, study.seed, plan)
+            spec = RunSpec(run_key=rkey, study=study.name, seed=study.seed, point=point, trainer=config)
+            out.append(PlannedRun(spec=spec, plan=plan, stage=stage))
+    return out
 
 
 def _plan(trainer: Trainer, point: RunPoint, key: str) -> RunPlan:

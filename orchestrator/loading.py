@@ -47,10 +47,12 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
         if "=" not in item or item.startswith("="):
             raise StudyError(item, "an override must look like key.path=value")
     try:
+        dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        assert isinstance(dotlist, dict)
         merged = OmegaConf.merge(
             OmegaConf.structured(StudyConfig),
-            OmegaConf.create(raw),
-            OmegaConf.from_dotlist(list(overrides)),
+            OmegaConf.create(_law_entries(raw)),
+            OmegaConf.create(_law_entries(dotlist)),
         )
         assert isinstance(merged, DictConfig)
         study = OmegaConf.to_object(merged)
@@ -60,6 +62,14 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     study = _absolute_paths(study)
     validate(study)
     return study
+
+
+def _law_entries(raw: dict[str, Any]) -> dict[str, Any]:
+    """``laws: [chinchilla, {family: sparsity}]``: a bare name is short for ``{family: name}``."""
+    entries = raw.get("laws")
+    if not isinstance(entries, list):
+        return raw
+    return {**raw, "laws": [{"family": e} if isinstance(e, str) else e for e in entries]}
 
 
 def _absolute_paths(study: StudyConfig) -> StudyConfig:
@@ -199,6 +209,56 @@ def _validate_grid(study: StudyConfig) -> None:
             raise StudyError(key, f"has {len(weights)} weights for {len(domains)} domains ({', '.join(domains)})")
         if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
             raise StudyError(key, f"weights must be non-negative and sum to 1, got {list(weights)}")
+    _validate_dependencies(study, list(domains))
+
+
+def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:
+    """grid.teachers and grid.finetune: runs that start from other runs."""
+    g = study.grid
+    kind = study.trainer.kind
+    if g.teachers is not None and g.finetune is not None:
+        raise StudyError("grid.finetune", "a study has teachers or finetuning runs, not both")
+    if g.teachers is not None:
+        t = g.teachers
+        if kind != "distill":
+            raise StudyError("grid.teachers", f"teachers need trainer.kind distill, not {kind!r}")
+        if not t.N:
+            raise StudyError("grid.teachers.N", "list at least one teacher size")
+        if bool(t.D) == bool(t.tokens_per_param):
+            raise StudyError("grid.teachers.D", "give exactly one of grid.teachers.D and grid.teachers.tokens_per_param")
+        for axis in ("N", "D", "tokens_per_param"):
+            for i, value in enumerate(getattr(t, axis)):
+                if value <= 0:
+                    raise StudyError(f"grid.teachers.{axis}[{i}]", f"must be positive, got {value}")
+    elif kind == "distill":
+        raise StudyError("grid.teachers", "trainer.kind distill needs teachers: give grid.teachers")
+    if g.finetune is not None:
+        ft = g.finetune
+        if kind != "dense":
+            raise StudyError("grid.finetune", f"finetuning runs need trainer.kind dense, not {kind!r}")
+        if g.isoflop is not None:
+            raise StudyError("grid.finetune", "finetuning takes grid.N with grid.D or grid.tokens_per_param (finetuning tokens), not isoflop")
+        if g.mixture:
+            raise StudyError("grid.mixture", "a finetuning study's mixtures come from grid.finetune (target domain and injection)")
+        if ft.domain not in domains:
+            raise StudyError("grid.finetune.domain", f"no domain {ft.domain!r}; the study's domains are {', '.join(domains)}")
+        if len(domains) < 2:
+            raise StudyError("grid.finetune.domain", "finetuning needs a pretraining domain besides the target")
+        if not ft.injection:
+            raise StudyError("grid.finetune.injection", "list at least one injection share (0 = none)")
+        for i, p in enumerate(ft.injection):
+            if not 0.0 <= p < 1.0:
+                raise StudyError(f"grid.finetune.injection[{i}]", f"must be in [0, 1), got {p}")
+        if ft.pretrain_tokens_per_param <= 0:
+            raise StudyError("grid.finetune.pretrain_tokens_per_param", f"must be positive, got {ft.pretrain_tokens_per_param}")
+        pm = ft.pretrain_mixture
+        if pm:
+            if len(pm) != len(domains):
+                raise StudyError("grid.finetune.pretrain_mixture", f"has {len(pm)} weights for {len(domains)} domains ({', '.join(domains)})")
+            if any(w < 0 for w in pm) or sum(pm) <= 0:
+                raise StudyError("grid.finetune.pretrain_mixture", f"weights must be non-negative with a positive sum, got {list(pm)}")
+            if pm[domains.index(ft.domain)] != 0:
+                raise StudyError("grid.finetune.pretrain_mixture", f"the target domain {ft.domain!r} must have weight 0 in pretraining")
 
 
 def _validate_names(study: StudyConfig) -> None:
@@ -208,21 +268,60 @@ def _validate_names(study: StudyConfig) -> None:
         raise StudyError(
             "trainer.kind", f"unknown trainer {study.trainer.kind!r}; valid kinds: {', '.join(TRAINER_KINDS)}"
         )
-    from laws import LAW_NAMES
-
     if not study.laws:
         raise StudyError("laws", "name at least one law to fit")
-    for i, name in enumerate(study.laws):
-        if name not in LAW_NAMES:
-            raise StudyError(f"laws[{i}]", f"unknown law {name!r}; valid laws: {', '.join(LAW_NAMES)}")
+    _validate_laws(study)
+
+
+def _validate_laws(study: StudyConfig) -> None:
+    """Every law entry must build, have a unique name, and fit a loss its runs record."""
+    from laws import LAW_NAMES
+    from orchestrator.fitting import SUPERVISED_FAMILIES, build_law, law_name
+    from orchestrator.grid import domain_names
+
+    domains = domain_names(study)
+    names: dict[str, int] = {}
+    for i, c in enumerate(study.laws):
+        key = f"laws[{i}]"
+        if c.family != "custom" and c.family not in LAW_NAMES:
+            raise StudyError(f"{key}.family", f"unknown law {c.family!r}; valid laws: {', '.join((*LAW_NAMES, 'custom'))}")
+        if c.family == "custom" and not c.expression:
+            raise StudyError(f"{key}.expression", "a custom law needs an expression (and its inputs and params)")
+        if c.family != "custom" and (c.expression or c.inputs or c.params):
+            raise StudyError(f"{key}.expression", f"expression, inputs and params are for custom laws, not {c.family!r}")
+        try:
+            build_law(c, len(domains))
+        except ValueError as exc:
+            raise StudyError(key, str(exc)) from None
+        name = law_name(c)
+        if name in names:
+            raise StudyError(f"{key}.name", f"law name {name!r} is already used by laws[{names[name]}]; give each a name")
+        names[name] = i
+        if c.loss.startswith("eval_loss/") and c.loss.removeprefix("eval_loss/") not in domains:
+            raise StudyError(f"{key}.loss", f"no domain {c.loss.removeprefix('eval_loss/')!r}; the study's domains are {', '.join(domains)}")
+        if c.loss == "pretrain_loss" and study.grid.finetune is None:
+            raise StudyError(f"{key}.loss", "pretrain_loss is recorded by finetuning runs only (grid.finetune)")
+        if c.runs == "teacher" and study.grid.teachers is None:
+            raise StudyError(f"{key}.runs", "the study has no teacher runs (grid.teachers)")
+        if c.runs == "pretrain" and study.grid.finetune is None:
+            raise StudyError(f"{key}.runs", "the study has no pretrained runs (grid.finetune)")
+        if c.supervised is not None:
+            if c.family != "distillation":
+                raise StudyError(f"{key}.supervised", f"only a distillation law takes a supervised law, not {c.family!r}")
+            j = names.get(c.supervised)
+            if j is None or j == i:
+                raise StudyError(f"{key}.supervised", f"{c.supervised!r} must name a law listed before it")
+            if study.laws[j].family not in SUPERVISED_FAMILIES:
+                raise StudyError(f"{key}.supervised", f"{c.supervised!r} is a {study.laws[j].family} law; use one of {', '.join(SUPERVISED_FAMILIES)}")
 
 
 def _validate_selection(study: StudyConfig) -> None:
-    from laws import get_law
-
     sel = study.selection
-    if sel.law is not None and sel.law not in study.laws:
-        raise StudyError("selection.law", f"{sel.law!r} is not one of the study's laws {list(study.laws)}")
+    from orchestrator.fitting import law_name
+
+    names = [law_name(c) for c in study.laws]
+    if sel.law is not None and sel.law not in names:
+        raise StudyError("selection.law", f"{sel.law!r} is not one of the study's laws {names}")
     for key, value in {
         "selection.tolerance": sel.tolerance,
         "selection.initial_runs": sel.initial_runs,
@@ -241,9 +340,13 @@ def _validate_selection(study: StudyConfig) -> None:
         raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
     if sel.mode == "grid":
         return
+    if study.grid.teachers is not None or study.grid.finetune is not None:
+        raise StudyError("selection.mode", f"{sel.mode} selection cannot yet choose among runs that depend on others (grid.teachers, grid.finetune); use grid")
     if sel.budget_flops is None and sel.budget_fraction is None:
         raise StudyError("selection.budget_flops", f"selection mode {sel.mode!r} needs a budget_flops or budget_fraction")
-    law = get_law(sel.law or study.laws[0])
+    from orchestrator.selection.selector import selection_law
+
+    law = selection_law(study).law
     t = sel.target
     if sel.mode == "active" and t.budget is None and not t.points:
         raise StudyError("selection.target", "active selection needs a target: a budget or points")

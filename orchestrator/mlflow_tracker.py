@@ -20,11 +20,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from orchestrator.tracking import (
+    STAGE_TAG,
     FinishedRun,
     MetricRow,
     SinkFactory,
     StudyStatus,
     Tracker,
+    final_metrics,
     law_inputs,
 )
 from trainers import RunResult
@@ -123,6 +125,7 @@ class MlflowTracker(Tracker):
         self.experiment_id = ""
         self.parent_id = ""
         self._inputs: dict[str, dict[str, float]] = {}  # run id -> law inputs, for finish_run
+        self._stages: dict[str, str] = {}  # run id -> stage, for finish_run
 
     # -- study -------------------------------------------------------------------------------
     def attach(self, name: str) -> str:
@@ -189,11 +192,19 @@ class MlflowTracker(Tracker):
                 inputs=inputs,
                 final_loss=float(metrics["final_loss"]),
                 metrics={k: float(v) for k, v in metrics.items()},
+                stage=run.data.tags.get(STAGE_TAG, "main"),
             )
         return done
 
     def start_run(
-        self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None, tags: Mapping[str, str] | None = None
+        self,
+        spec: RunSpec,
+        plan: RunPlan,
+        *,
+        attempt: int,
+        budget: float | None,
+        tags: Mapping[str, str] | None = None,
+        inputs: Mapping[str, float] | None = None,
     ) -> str:
         tags = {
             PARENT_TAG: self.parent_id,
@@ -206,8 +217,10 @@ class MlflowTracker(Tracker):
         name = f"N{plan.n_params:.2g}-D{plan.tokens:.2g}-{spec.run_key[:6]}".replace("+", "")
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(spec, plan, budget).items()])
-        self._inputs[run_id] = law_inputs(plan, spec)
+        self._inputs[run_id] = law_inputs(plan, spec, inputs)
+        params = run_params(spec, plan, budget) | {f"law.{k}": str(v) for k, v in self._inputs[run_id].items()}
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        self._stages[run_id] = (tags or {}).get(STAGE_TAG, "main")
         return run_id
 
     def sink_factory(self, run_id: str) -> SinkFactory:
@@ -215,13 +228,7 @@ class MlflowTracker(Tracker):
 
     def finish_run(self, run_id: str, result: RunResult, leftover: Sequence[MetricRow] = ()) -> FinishedRun:
         now = int(time.time() * 1000)
-        final = {
-            "final_loss": result.final_loss,
-            "flops": result.plan.flops,
-            "tokens_per_s": result.tokens_per_s,
-            "wall_time_s": result.wall_time_s,
-        }
-        final.update({f"eval_loss/{d}": v for d, v in result.eval_losses.items()})
+        final = final_metrics(result)
         metrics = [Metric(k, float(v), ts, step) for k, v, ts, step in leftover]
         metrics += [Metric(k, float(v), now, 0) for k, v in final.items()]
         for i in range(0, len(metrics), _MAX_BATCH):
@@ -233,10 +240,12 @@ class MlflowTracker(Tracker):
             inputs=self._inputs.pop(run_id),
             final_loss=result.final_loss,
             metrics=final,
+            stage=self._stages.pop(run_id, "main"),
         )
 
     def fail_run(self, run_id: str, reason: str) -> None:
         self._inputs.pop(run_id, None)
+        self._stages.pop(run_id, None)
         self.client.set_tag(run_id, "isoflop.failure", reason[:4000])
         self.client.set_terminated(run_id, status="FAILED")
 
@@ -291,6 +300,7 @@ def run_params(spec: RunSpec, plan: RunPlan, budget: float | None) -> dict[str, 
         "mixture": list(spec.point.mixture),
         "sparsity": spec.point.sparsity,
         "teacher": spec.point.teacher or "",
+        "init_from": spec.point.init_from or "",
         "budget": budget if budget is not None else "",
     }
     if plan.shape is not None:

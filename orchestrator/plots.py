@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import laws  # noqa: E402
 from laws.recipes import budget_groups  # noqa: E402
+from orchestrator.fitting import StudyLaw, law_table  # noqa: E402
 from orchestrator.tracking import FinishedRun  # noqa: E402
 
 
@@ -63,11 +64,16 @@ def isoflop_curves(runs: Sequence[FinishedRun], fit_: laws.LawFit | None) -> Fig
     return fig
 
 
-def residuals(runs: Sequence[FinishedRun], fit_: laws.LawFit) -> Figure:
-    """log(predicted / observed) per run against FLOPs: structure here means a misfit."""
+def residuals(runs: Sequence[FinishedRun], fit_: laws.LawFit, study_law: StudyLaw | None = None) -> Figure:
+    """log(predicted / observed) per run against FLOPs: structure here means a misfit. With the
+    ``study_law`` it was fitted as, only its runs and its loss are shown."""
     law = fit_.get_law()
-    inputs = {k: _column(runs, k) for k in law.inputs}
-    y = np.array([r.final_loss for r in runs])
+    if study_law is not None:
+        runs = study_law.select(runs)
+        inputs, y = law_table(law, runs, loss=study_law.loss)
+    else:
+        inputs = {k: _column(runs, k) for k in law.inputs}
+        y = np.array([r.final_loss for r in runs])
     r = np.log(fit_.predict(**inputs) / y)
     fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
     ax.axhline(0, color="grey", lw=0.8)
@@ -109,15 +115,20 @@ def study_figures(
     *,
     budgets: Sequence[float] = (),
     history: Mapping[str, Mapping[int, laws.LawFit]] | None = None,
+    study_laws: Mapping[str, StudyLaw] | None = None,
 ) -> dict[str, Figure]:
-    """Every figure that applies to this study, by artifact file name."""
+    """Every figure that applies to this study, by artifact file name (``study_laws``: how each
+    fitted law was fitted, by name, for its residuals)."""
     first = next(iter(fits.values()), None)
     figures = {
         "loss_vs_compute.png": loss_vs_compute(runs, first, budgets),
         "isoflop_curves.png": isoflop_curves(runs, first),
     }
     for name, fit_ in fits.items():
-        figures[f"residuals_{name}.png"] = residuals(runs, fit_)
+        try:
+            figures[f"residuals_{name}.png"] = residuals(runs, fit_, (study_laws or {}).get(name))
+        except ValueError:  # its runs no longer give its table (they always should): no figure
+            continue
     for name, hist in (history or {}).items():
         if len(hist) >= 2:
             figures[f"trajectory_{name}.png"] = parameter_trajectories(hist)

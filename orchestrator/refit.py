@@ -20,7 +20,7 @@ import numpy as np
 
 import laws
 from laws.export import law_entry
-from orchestrator.fitting import law_table
+from orchestrator.fitting import StudyLaw, as_study_law, resolve
 from orchestrator.tracking import FinishedRun, Tracker
 
 #: warm-started refits start next to the optimum: a few dozen Newton steps are plenty, and a
@@ -49,7 +49,7 @@ class OnlineRefitter:
 
     def __init__(
         self,
-        law_names: Sequence[str],
+        study_laws: Sequence[StudyLaw | str],
         *,
         tracker: Tracker | None = None,
         budgets: Sequence[float] = (),
@@ -60,7 +60,7 @@ class OnlineRefitter:
         min_interval_s: float = 0.5,
         on_fit: Callable[[RefitState], None] | None = None,
     ) -> None:
-        self.laws = {name: laws.get_law(name) for name in law_names}
+        self.laws = {law.name: law for law in map(as_study_law, study_laws)}
         self.tracker = tracker
         self.budgets = list(budgets)
         self.full_every = max(int(full_every), 1)
@@ -68,7 +68,7 @@ class OnlineRefitter:
         self.rng = np.random.default_rng(seed)
         self.on_fit = on_fit or (lambda state: None)
         self.states: dict[str, RefitState] = {}
-        self.history: dict[str, dict[int, laws.LawFit]] = {name: {} for name in law_names}
+        self.history: dict[str, dict[int, laws.LawFit]] = {name: {} for name in self.laws}
         self.updates = 0  # refits completed
         self._runs: dict[str, FinishedRun] = {}
         self._dirty = False
@@ -141,7 +141,7 @@ class OnlineRefitter:
         self._dirty = False
         runs = sorted(self._runs.values(), key=lambda r: r.run_key)
         full = self.updates % self.full_every == 0
-        starts = {name: self._starts(name, law) for name, law in self.laws.items()}
+        starts = {name: self._starts(name, law.law) for name, law in self.laws.items()}
         if self._pool is None:
             done: Future[dict[str, RefitState]] = Future()
             done.set_result(self._refit_all(runs, starts, full))
@@ -167,10 +167,12 @@ class OnlineRefitter:
     def _refit_all(
         self, runs: list[FinishedRun], starts: dict[str, np.ndarray | None], full: bool
     ) -> dict[str, RefitState]:
-        out = {}
-        for name, law in self.laws.items():
+        out: dict[str, RefitState] = {}
+        for name, study_law in self.laws.items():
             try:
-                inputs, loss = law_table(law, runs)
+                ready = resolve(study_law, {k: v.fit for k, v in out.items()})
+                law = ready.law
+                inputs, loss = ready.table(runs)
                 if full and starts[name] is not None:
                     best = laws.fit(law, inputs, loss, covariance=False)
                     self._full[name] = law.from_natural(best.params).numpy()

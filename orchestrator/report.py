@@ -29,7 +29,12 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
         for name, why in (study.get("not_fitted") or {}).items():
             lines.append(f"- law `{name}` not fitted: {why}")
     for entry in document.get("laws", []):
-        lines += [f"## Law `{entry['law']}`", "", f"`L = {entry.get('formula') or '?'}`", ""]
+        name = entry.get("name", entry["law"])
+        title = f"## Law `{name}`" + (f" ({entry['law']})" if name != entry["law"] else "")
+        lines += [title, "", f"`L = {entry.get('formula') or '?'}`", ""]
+        fitted_to = entry.get("fitted_to")
+        if fitted_to:
+            lines += [f"Fitted to `{fitted_to['loss']}` of {fitted_to['n_runs']} runs ({fitted_to['runs']}).", ""]
         intervals = entry.get("intervals") or {}
         lines += [f"| parameter | value | {int(100 * entry.get('level', 0.95))} % interval |", "|---|---:|---|"]
         for k, v in entry["params"].items():
@@ -65,10 +70,17 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
 def write_report(document: Mapping[str, Any], runs: Sequence[FinishedRun], output: Path) -> list[Path]:
     """Write ``output`` (Markdown) and its figures beside it in ``<stem>_files/``; returns all paths."""
     from orchestrator import plots
+    from orchestrator.fitting import StudyLaw
 
-    fits = {e["law"]: laws.LawFit.from_dict(e) for e in document.get("laws", [])}
+    entries = document.get("laws", [])
+    fits = {e.get("name", e["law"]): laws.LawFit.from_dict(e) for e in entries}
+    how = {
+        name: StudyLaw(name=name, law=fit_.get_law(), loss=e["fitted_to"]["loss"], runs=e["fitted_to"]["runs"])
+        for (name, fit_), e in zip(fits.items(), entries, strict=True)
+        if e.get("fitted_to")
+    }
     budgets = document.get("budgets", [])
-    figures = plots.study_figures(runs, fits, budgets=budgets)
+    figures = plots.study_figures(runs, fits, budgets=budgets, study_laws=how)
     folder = output.parent / f"{output.stem}_files"
     folder.mkdir(parents=True, exist_ok=True)
     written = []

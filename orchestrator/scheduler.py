@@ -9,12 +9,32 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 from orchestrator.executors import Completion, Executor, RunTask
 from orchestrator.grid import PlannedRun
-from orchestrator.tracking import FinishedRun, Tracker
+from orchestrator.tracking import STAGE_TAG, FinishedRun, Tracker
+from trainers.checkpoint import checkpoint_path
+
+#: how a dependency's final loss enters its dependent's law inputs
+DEPENDENCY_INPUTS = {"teacher": "L_T", "init": "L_pt0"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointPolicy:
+    """Where runs keep checkpoints: ``root/<run key>``. Runs others depend on always do (their
+    dependents read the final checkpoint); with ``all_runs`` every run does, so a retried
+    attempt resumes where the failed one stopped. ``every``: optimiser steps between
+    checkpoints, 0 = only the final one."""
+
+    root: Path
+    all_runs: bool = False
+    every: int = 0
+
+    def directory(self, key: str) -> Path:
+        return self.root / key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +87,7 @@ class Scheduler:
         on_event: Callable[[Event], None] | None = None,
         on_finished: Callable[[list[FinishedRun]], None] | None = None,
         proposer: Proposer | None = None,
+        checkpoints: CheckpointPolicy | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
@@ -95,21 +116,41 @@ class Scheduler:
         self._running: dict[str, PlannedRun] = {}
         self._started = False
         self._stored: dict[str, FinishedRun] = {}
+        self.checkpoints = checkpoints
+        self._needed = {dep for run in runs for dep in run.depends_on.values()}  # keys others depend on
+        self._waiting: dict[str, list[PlannedRun]] = {}  # unfinished dependency -> runs parked on it
+        self._failed: dict[str, str] = {}  # run key -> why it failed for good
+        self._planned = {run.key: run for run in runs}
 
     def start(self) -> None:
-        """Skip runs the store already has as FINISHED; queue the rest."""
+        """Skip runs the store already has as FINISHED; queue the rest.
+
+        A finished run that others depend on is trained again when its checkpoint is gone (its
+        dependents need the weights, and a run retrains to the same result)."""
         if self._started:
             return
         self._started = True
+        if self._needed and self.checkpoints is None:
+            raise ValueError("runs depend on other runs' checkpoints: the scheduler needs a CheckpointPolicy")
         done = self._stored = self.tracker.finished_runs()
+        known = {run.key for run in self.runs}
+        for run in self.runs:
+            unknown = [k for k in run.depends_on.values() if k not in known and k not in done]
+            if unknown:
+                raise ValueError(f"run {run.key} depends on {unknown[0]}, which is neither planned nor finished")
         for run in self.runs:
             previous = done.get(run.spec.run_key)
-            if previous is not None:
+            if previous is not None and not self._checkpoint_missing(run.key):
                 self.finished[run.spec.run_key] = previous
                 self.stats.skipped += 1
                 self.on_event(Event(kind="skip", run=run, finished=previous))
             else:
                 self._pending.append(run)
+
+    def _checkpoint_missing(self, key: str) -> bool:
+        if key not in self._needed or self.checkpoints is None:
+            return False
+        return not checkpoint_path(self.checkpoints.directory(key)).is_file()
 
     @property
     def done(self) -> bool:
@@ -139,13 +180,53 @@ class Scheduler:
                 continue  # all of them may have been finished already: ask again
             if not self._pending:
                 break
-            self._submit(self._pending.popleft())
+            run = self._pending.popleft()
+            if self._ready(run):
+                self._submit(run)
+
+    def _ready(self, run: PlannedRun) -> bool:
+        """Whether every run ``run`` depends on has finished; if one has not, ``run`` waits for it
+        (or fails with it, when it has failed for good)."""
+        for dep in run.depends_on.values():
+            if dep in self.finished:
+                continue
+            if dep in self._failed:
+                self._fail_blocked(run, dep)
+            else:
+                self._waiting.setdefault(dep, []).append(run)
+            return False
+        return True
+
+    def _fail_blocked(self, run: PlannedRun, dep: str) -> None:
+        """``run`` cannot train because ``dep`` failed for good: record it as failed too."""
+        use = next(k for k, v in run.depends_on.items() if v == dep)
+        reason = f"its {use} run {dep} failed: {self._failed[dep]}"
+        run_id = self.tracker.start_run(run.spec, run.plan, attempt=1, budget=run.budget, tags=self._tags(run))
+        self.tracker.fail_run(run_id, reason)
+        self._give_up(run, reason)
+
+    def _give_up(self, run: PlannedRun, reason: str) -> None:
+        self._failed[run.key] = reason
+        self.stats.failed += 1
+        self.stats.failures[run.key] = reason
+        self.on_event(Event(kind="fail", run=run, attempt=self._attempts.get(run.key, 0), error=reason))
+        for blocked in self._waiting.pop(run.key, []):
+            self._fail_blocked(blocked, run.key)
+
+    def _release(self, key: str) -> None:
+        """Runs parked on ``key`` go back to the front of the queue now that it has finished."""
+        self._pending.extendleft(reversed(self._waiting.pop(key, [])))
+
+    @staticmethod
+    def _tags(run: PlannedRun) -> dict[str, str]:
+        return {**run.tags, STAGE_TAG: run.stage}
 
     def _admit(self, runs: list[PlannedRun]) -> list[PlannedRun]:
         """Proposed runs minus those already finished (in the store or here), reported as skipped."""
         fresh = []
         for run in runs:
             self.runs.append(run)
+            self._planned[run.key] = run
             self.stats.total += 1
             previous = self._stored.get(run.spec.run_key) or self.finished.get(run.spec.run_key)
             if previous is None:
@@ -162,11 +243,36 @@ class Scheduler:
             pass
         return self.stats
 
+    def _resolve(self, run: PlannedRun) -> tuple[PlannedRun, dict[str, float]]:
+        """The run's spec with its checkpoint paths filled in, and its law inputs from the runs it
+        depends on (their final losses: L_T for a teacher, L_pt0 for a pretrained run)."""
+        spec = run.spec
+        inputs = dict(run.inputs)
+        if self.checkpoints is not None and (run.key in self._needed or self.checkpoints.all_runs):
+            every = self.checkpoints.every or run.plan.steps
+            spec = replace(spec, checkpoint_dir=str(self.checkpoints.directory(run.key)), checkpoint_every=every)
+        for use, dep in run.depends_on.items():
+            assert self.checkpoints is not None
+            path = str(checkpoint_path(self.checkpoints.directory(dep)))
+            if use == "teacher":
+                spec = replace(spec, teacher_checkpoint=path)
+            elif use == "init":
+                upstream = self._planned.get(dep)
+                mixture = upstream.spec.point.mixture if upstream is not None else ()
+                spec = replace(spec, init_checkpoint=path, init_mixture=mixture)
+            else:
+                raise ValueError(f"run {run.key}: unknown dependency kind {use!r}")
+            inputs[DEPENDENCY_INPUTS[use]] = self.finished[dep].final_loss
+        return replace(run, spec=spec), inputs
+
     def _submit(self, run: PlannedRun) -> None:
         key = run.spec.run_key
         attempt = self._attempts.get(key, 0) + 1
         self._attempts[key] = attempt
-        run_id = self.tracker.start_run(run.spec, run.plan, attempt=attempt, budget=run.budget, tags=run.tags)
+        run, inputs = self._resolve(run)
+        run_id = self.tracker.start_run(
+            run.spec, run.plan, attempt=attempt, budget=run.budget, tags=self._tags(run), inputs=inputs
+        )
         task = RunTask(
             spec=run.spec,
             run_id=run_id,
@@ -188,6 +294,7 @@ class Scheduler:
             self.stats.finished += 1
             self.stats.flops_done += completion.result.plan.flops
             self.on_event(Event(kind="finish", run=run, attempt=attempt, finished=finished))
+            self._release(key)
             return finished
         reason = completion.error or "unknown error"
         self.tracker.fail_run(completion.task.run_id, reason)
@@ -197,6 +304,5 @@ class Scheduler:
             self._pending.append(run)
             self.on_event(Event(kind="retry", run=run, attempt=attempt, error=reason))
         else:
-            self.stats.failed += 1
-            self.on_event(Event(kind="fail", run=run, attempt=attempt, error=reason))
+            self._give_up(run, reason)
         return None

@@ -14,12 +14,12 @@ from laws.export import law_entry
 from orchestrator.cluster import check_feasible, connect, gpus_per_run
 from orchestrator.config import StudyConfig
 from orchestrator.executors import Executor, RayExecutor
-from orchestrator.fitting import LawOutcome, fit_laws
+from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
 from orchestrator.loading import to_yaml
 from orchestrator.mlflow_tracker import MlflowTracker, default_tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState
-from orchestrator.scheduler import Event, Scheduler, SchedulerStats
+from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.selection import Selector, journal_storage
 from orchestrator.tracking import Tracker
 
@@ -51,6 +51,13 @@ def selection_journal(study: StudyConfig) -> Path:
     return root / "optuna" / f"{study.name}.journal"
 
 
+def checkpoint_policy(study: StudyConfig) -> CheckpointPolicy:
+    """Where the study's runs keep checkpoints (``resources.checkpoint_dir``)."""
+    res = study.resources
+    root = Path(res.checkpoint_dir) if res.checkpoint_dir else Path(".isoflop") / "checkpoints"
+    return CheckpointPolicy(root=root.resolve(), all_runs=res.checkpoint_all, every=res.checkpoint_every)
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -78,8 +85,9 @@ def run_study(
         executor = RayExecutor(ray)
     else:
         num_gpus = 0.0 if study.resources.gpus_per_run == "auto" else float(study.resources.gpus_per_run)
+    fitted = study_laws(study)
     refitter = OnlineRefitter(
-        study.laws,
+        fitted,
         budgets=study.export.budgets,
         full_every=study.selection.refit_every,
         seed=study.seed,
@@ -108,6 +116,7 @@ def run_study(
         on_event=_with_skipped_runs(refitter, on_event),
         on_finished=refitter.submit,
         proposer=selector,
+        checkpoints=checkpoint_policy(study),
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)
     try:
@@ -124,7 +133,7 @@ def run_study(
         raise
     refitter.close()
     # the final word: a full multi-start fit of every law on every finished run
-    outcomes = fit_laws(study.laws, scheduler.finished.values(), seed=study.seed)
+    outcomes = fit_laws(fitted, scheduler.finished.values(), seed=study.seed)
     for outcome in outcomes:
         if outcome.fit is not None:
             tracker.log_fit(outcome.name, law_entry(outcome.fit, budgets=study.export.budgets), step=len(scheduler.finished))
@@ -160,7 +169,9 @@ class FigureLogger:
         runs = self.refitter.runs
         if not runs:
             return
-        figures = plots.study_figures(runs, fits, budgets=self.budgets, history=self.refitter.history)
+        figures = plots.study_figures(
+            runs, fits, budgets=self.budgets, history=self.refitter.history, study_laws=self.refitter.laws
+        )
         try:
             self.tracker.log_figures(figures)
         finally:

@@ -32,6 +32,11 @@ class FinishedRun:
     inputs: Mapping[str, float]  # law inputs: N (exact params), D (tokens), C (FLOPs), ...
     final_loss: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    stage: str = "main"  # main (the grid's own runs), teacher or pretrain (runs others depend on)
+
+
+#: the tag that records a run's stage (``PlannedRun.stage``)
+STAGE_TAG = "isoflop.stage"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +50,9 @@ class StudyStatus:
     fits: Mapping[str, Mapping[str, float]]
 
 
-def law_inputs(plan: RunPlan, spec: RunSpec) -> dict[str, float]:
-    """The quantities laws are fitted on, from a run's plan and point."""
+def law_inputs(plan: RunPlan, spec: RunSpec, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The quantities laws are fitted on, from a run's plan and point, plus ``extra`` inputs the
+    grid or its dependencies give (finetuning's D_ft, p and L_pt0, distillation's L_T)."""
     inputs = {
         "N": float(plan.n_params),
         "N_non_embedding": float(plan.n_params_non_embedding),
@@ -57,6 +63,7 @@ def law_inputs(plan: RunPlan, spec: RunSpec) -> dict[str, float]:
     }
     for i, w in enumerate(spec.point.mixture):
         inputs[f"h{i + 1}"] = float(w)  # h1 .. hk, as the mixture laws name them
+    inputs.update({k: float(v) for k, v in (extra or {}).items()})
     return inputs
 
 
@@ -76,9 +83,17 @@ class Tracker(ABC):
 
     @abstractmethod
     def start_run(
-        self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None, tags: Mapping[str, str] | None = None
+        self,
+        spec: RunSpec,
+        plan: RunPlan,
+        *,
+        attempt: int,
+        budget: float | None,
+        tags: Mapping[str, str] | None = None,
+        inputs: Mapping[str, float] | None = None,
     ) -> str:
-        """Create a child run for one attempt (with extra ``tags``); returns its id."""
+        """Create a child run for one attempt (with extra ``tags``, and extra law ``inputs``
+        recorded next to those of :func:`law_inputs`); returns its id."""
 
     @abstractmethod
     def sink_factory(self, run_id: str) -> SinkFactory:
@@ -102,6 +117,18 @@ class Tracker(ABC):
 
     def log_figures(self, figures: Mapping[str, Any]) -> None:  # noqa: B027 - optional
         """Attach figures (matplotlib, by file name) to the parent run; replaces earlier ones."""
+
+
+def final_metrics(result: RunResult) -> dict[str, float]:
+    """The end-of-run metrics a tracker records for a finished run (laws read their loss here)."""
+    return {
+        "final_loss": result.final_loss,
+        "flops": result.plan.flops,
+        "tokens_per_s": result.tokens_per_s,
+        "wall_time_s": result.wall_time_s,
+        **{f"eval_loss/{d}": v for d, v in result.eval_losses.items()},
+        **result.metrics,
+    }
 
 
 class _ListSink:
@@ -142,7 +169,14 @@ class MemoryTracker(Tracker):
         }
 
     def start_run(
-        self, spec: RunSpec, plan: RunPlan, *, attempt: int, budget: float | None, tags: Mapping[str, str] | None = None
+        self,
+        spec: RunSpec,
+        plan: RunPlan,
+        *,
+        attempt: int,
+        budget: float | None,
+        tags: Mapping[str, str] | None = None,
+        inputs: Mapping[str, float] | None = None,
     ) -> str:
         with self._lock:
             run_id = f"run-{next(self._ids)}"
@@ -153,6 +187,7 @@ class MemoryTracker(Tracker):
             "spec": spec,
             "plan": plan,
             "tags": dict(tags or {}),
+            "inputs": dict(inputs or {}),
             "metrics": [],
         }
         return run_id
@@ -168,14 +203,15 @@ class MemoryTracker(Tracker):
         assert isinstance(rows, list)
         for key, value, _, step in leftover:
             rows.append((step, {key: value}))
-        spec = run["spec"]
-        assert isinstance(spec, RunSpec)
+        spec, tags, extra = run["spec"], run["tags"], run["inputs"]
+        assert isinstance(spec, RunSpec) and isinstance(tags, dict) and isinstance(extra, dict)
         finished = FinishedRun(
             run_key=spec.run_key,
             run_id=run_id,
-            inputs=law_inputs(result.plan, spec),
+            inputs=law_inputs(result.plan, spec, extra),
             final_loss=result.final_loss,
-            metrics=dict(result.eval_losses),
+            metrics=final_metrics(result),
+            stage=tags.get(STAGE_TAG, "main"),
         )
         run.update(status="FINISHED", finished=finished)
         return finished

@@ -57,6 +57,10 @@ class RunSpec:
     # starts from its weights (same shape), with a fresh optimiser and schedule. Filled in by
     # the scheduler like teacher_checkpoint.
     init_checkpoint: str = ""
+    # Finetuning: the domain weights the init_from run was pretrained on. When given, the
+    # held-out loss on that mixture is logged as ``pretrain_loss`` at every evaluation and at the
+    # end (the forgetting law's target; L_pt0 is its value before the first step).
+    init_mixture: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

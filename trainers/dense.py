@@ -269,9 +269,16 @@ class DenseTrainer(Trainer):
         elif spec.init_checkpoint:
             init_weights(model, spec.init_checkpoint, plan)
 
+        pretrain_weights = mixture_weights(spec.init_mixture, len(domains)) if spec.init_mixture else None
+
+        def pretrain_loss(losses: Mapping[str, float]) -> dict[str, float]:
+            if pretrain_weights is None:
+                return {}
+            return {"pretrain_loss": sum(w * losses[n] for w, n in zip(pretrain_weights, domains, strict=True))}
+
         def log_eval(step: int) -> None:
             losses = evaluate_domains(model, domains, config, device)
-            sink.log_metrics({f"eval_loss/{k}": v for k, v in losses.items()}, step=step)
+            sink.log_metrics({**{f"eval_loss/{k}": v for k, v in losses.items()}, **pretrain_loss(losses)}, step=step)
 
         if state is None and config.eval_every > 0:
             log_eval(0)  # where the run starts from (the pretrained model when finetuning)
@@ -286,7 +293,7 @@ class DenseTrainer(Trainer):
         if not all(math.isfinite(v) for v in eval_losses.values()):
             raise TrainingDiverged(f"run {spec.run_key}: non-finite held-out loss {eval_losses}")
         final_loss = sum(w * eval_losses[name] for w, name in zip(weights, domains, strict=True))
-        extra = self.extra_metrics(spec, domains, weights, device)
+        extra = {**self.extra_metrics(spec, domains, weights, device), **pretrain_loss(eval_losses)}
         sink.log_metrics(
             {
                 "eval_loss": final_loss,

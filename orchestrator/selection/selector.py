@@ -23,6 +23,7 @@ from scipy import stats
 import laws
 from orchestrator.config import SelectionConfig, StudyConfig
 from orchestrator.errors import StudyError
+from orchestrator.fitting import StudyLaw, study_laws
 from orchestrator.grid import PlannedRun
 from orchestrator.scheduler import Event
 from orchestrator.selection.criteria import Target, target_gradients
@@ -39,6 +40,12 @@ from orchestrator.selection.samplers import (
 from orchestrator.tracking import law_inputs
 
 TRIAL_TAG = "isoflop.trial"
+
+
+def selection_law(study: StudyConfig) -> StudyLaw:
+    """The law whose target predictions drive the selection (``selection.law``, or the first)."""
+    fitted = study_laws(study)
+    return next((law for law in fitted if law.name == study.selection.law), fitted[0])
 
 
 def selection_budget(selection: SelectionConfig, pool_cost: float) -> float:
@@ -88,8 +95,9 @@ class Selector:
         self.config = sel
         self.candidates = list(candidates)
         self.index = {r.spec.run_key: i for i, r in enumerate(self.candidates)}
-        law_name = sel.law or study.laws[0]
-        self.law = laws.get_law(law_name)
+        chosen = selection_law(study)
+        law_name = chosen.name
+        self.law = chosen.law
         grid_cost = float(sum(r.plan.flops for r in self.candidates))
         self.pool = make_pool(self.candidates, self.law, sel, selection_budget(sel, grid_cost))
         if self.pool.budget < self.pool.cost.min():

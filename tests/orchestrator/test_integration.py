@@ -155,3 +155,30 @@ def test_cli_markdown_report_with_figures(ray_local, store, tmp_path: Path, caps
     assert len(figures) >= 3 and all(f.stat().st_size > 5000 for f in figures)
     assert all(f"md_files/{f.name}" in text for f in figures)
     assert main(["export", str(path), "--budgets", "1e20,-3"]) == 2
+
+
+def test_dependency_stages_and_inputs_survive_the_store(store, tmp_path: Path) -> None:
+    """A resumed study reads back from MLflow which runs were teachers and each student's L_T."""
+    from orchestrator.grid import expand
+    from orchestrator.mlflow_tracker import MlflowTracker
+    from orchestrator.scheduler import CheckpointPolicy, Scheduler
+    from orchestrator.tracking import STAGE_TAG
+    from tests.orchestrator.test_dependencies import FakeTrainingExecutor, _distill_study
+
+    runs = expand(study_from_dict(_distill_study()))
+    tracker = MlflowTracker(store, "deps")
+    parent = tracker.open_study("deps", "")
+    policy = CheckpointPolicy(root=tmp_path / "ckpt")
+    live = Scheduler(runs, executor=FakeTrainingExecutor(), tracker=tracker, max_concurrent=2, max_retries=0, checkpoints=policy)
+    live.run(timeout=0)
+    stored = MlflowTracker(store, "deps")
+    stored.attach("deps")
+    back = stored.finished_runs()
+    assert set(back) == set(live.finished)
+    for key, run in live.finished.items():
+        assert back[key].stage == run.stage
+        assert back[key].inputs == pytest.approx(run.inputs)
+    assert {r.stage for r in back.values()} == {"teacher", "main"}
+    assert all("L_T" in r.inputs for r in back.values() if r.stage == "main")
+    tags = {c.data.tags[STAGE_TAG] for c in _children(MlflowClient(tracking_uri=store), parent)}
+    assert tags == {"teacher", "main"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.errors import StudyError
@@ -62,7 +64,7 @@ BAD_STUDIES = [
     ("mixture length", _with("grid.mixture", [[0.5, 0.25, 0.25]]), "grid.mixture[0]"),
     ("mixture sum", _with("grid.mixture", [[0.5, 0.6]]), "grid.mixture[0]"),
     ("unknown trainer", _with("trainer.kind", "quantum"), "trainer.kind"),
-    ("unknown law", _with("laws", ["chinchila"]), "laws[0]"),
+    ("unknown law", _with("laws", ["chinchila"]), "laws[0].family"),
     ("no laws", _with("laws", []), "laws"),
     ("bad gpus", _with("resources.gpus_per_run", "lots"), "resources.gpus_per_run"),
     ("negative retries", _with("resources.max_retries", -1), "resources.max_retries"),
@@ -111,3 +113,41 @@ def test_domains_replace_the_default_pair() -> None:
     raw = _with("trainer.data.domains", {"prose": {"source": "pydoc"}})
     study = study_from_dict(raw)
     assert list(study.trainer.data.domains) == ["prose"]
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_example_study_loads_and_expands(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.fitting import study_laws
+    from orchestrator.grid import expand
+
+    monkeypatch.chdir(path.parents[1])  # paths in a study are relative to where isoflop runs
+    study = load_study(path)
+    runs = expand(study)
+    assert runs and len({r.key for r in runs}) == len(runs)
+    planned = {r.key for r in runs}
+    assert all(dep in planned for r in runs for dep in r.depends_on.values())
+    assert [law.name for law in study_laws(study)]
+
+
+def test_laws_are_bare_family_names_or_entries_also_from_overrides() -> None:
+    base = {"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6, 1e7], "D": [1e8]}}
+    custom = {
+        "family": "custom",
+        "name": "power",
+        "expression": "E + A / N**alpha",
+        "inputs": ["N"],
+        "params": {"E": [1, 2], "A": {"log": True, "init": [0, 5]}, "alpha": [0.3, 0.6]},
+    }
+    study = study_from_dict({**base, "laws": ["chinchilla", custom]})
+    assert [(c.family, c.name) for c in study.laws] == [("chinchilla", None), ("custom", "power")]
+    overridden = study_from_dict(base, ["laws=[chinchilla_gamma,sparsity]"])
+    assert [c.family for c in overridden.laws] == ["chinchilla_gamma", "sparsity"]
+    with pytest.raises(StudyError) as info:
+        study_from_dict({**base, "laws": [{**custom, "expression": "E + __import__('os')"}]})
+    assert info.value.key == "laws[0]"
+    with pytest.raises(StudyError) as info:
+        study_from_dict({**base, "laws": [{"family": "chinchilla", "expression": "E"}]})
+    assert info.value.key == "laws[0].expression"

@@ -128,12 +128,13 @@ def test_losing_a_worker_node_mid_study_loses_no_run(tmp_path: Path) -> None:
         events = []
 
         def kill_node() -> None:
-            time.sleep(1.0)  # the second wave of runs (2 s each) is in flight on both nodes
+            time.sleep(0.5)  # both runs of the second wave (2 s each) are placed, one per node
             cluster.remove_node(workers[1], allow_graceful=False)
 
         def on_event(event) -> None:  # noqa: ANN001
             events.append(event.kind)
-            if event.kind == "finish" and events.count("finish") == 1:
+            # the second wave is in flight once both slots freed by the first wave are refilled
+            if event.kind == "start" and events.count("start") == 4 and "finish" in events:
                 threading.Thread(target=kill_node, daemon=True).start()
 
         outcome = run_study(study, on_event=on_event)

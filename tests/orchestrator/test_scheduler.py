@@ -108,3 +108,31 @@ def test_study_fits_chinchilla_on_simulated_runs() -> None:
         tracker.figures
     )
     assert tracker.closed is False
+
+
+def test_a_custom_law_named_in_the_study_is_fitted_and_logged_under_its_name() -> None:
+    truth = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
+    power = {
+        "family": "custom",
+        "name": "power",
+        "expression": "E + A / N**alpha + B / D**beta",
+        "inputs": ["N", "D"],
+        "params": {
+            "E": [1.0, 2.0],
+            "A": {"log": True, "init": [0, 5, 10]},
+            "B": {"log": True, "init": [0, 5, 10]},
+            "alpha": [0.2, 0.5],
+            "beta": [0.2, 0.5],
+        },
+    }
+    study = _study(
+        trainer={"kind": "simulated", "simulated": {"noise": 0.0, "params": truth}},
+        laws=["chinchilla", power],
+    )
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
+    by_name = {o.name: o.fit for o in outcome.laws}
+    assert by_name["power"] is not None
+    # the same formula as chinchilla, written by hand: the same optimum
+    assert by_name["power"].params == pytest.approx(truth, rel=1e-3)
+    assert {law for law, _, _ in tracker.fits} == {"chinchilla", "power"}

@@ -1,0 +1,302 @@
+"""Runs that start from other runs: distillation teachers and pretrained runs are trained first,
+their checkpoints handed to their dependents, their losses recorded as law inputs."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import StudyError
+from orchestrator.executors import Completion, Executor, InlineExecutor, RunTask
+from orchestrator.grid import expand
+from orchestrator.loading import study_from_dict
+from orchestrator.scheduler import CheckpointPolicy, Scheduler
+from orchestrator.study import run_study
+from orchestrator.tracking import MemoryTracker
+from trainers import RunResult, get_trainer
+from trainers.checkpoint import checkpoint_path
+
+TINY_TRAINER = {
+    "seq_len": 32,
+    "batch_size": 8,
+    "log_every": 5,
+    "device": "cpu",
+    "model": {"head_dim": 16, "aspect_ratio": 16.0},
+    "data": {"eval_tokens": 1024},
+}
+
+
+def _distill_study(**grid: object) -> dict:
+    return {
+        "name": "distil",
+        "trainer": {**TINY_TRAINER, "kind": "distill"},
+        "grid": {"N": [8e3], "D": [8e3, 1.6e4], "teachers": {"N": [1.2e4, 2.4e4], "D": [2.4e4]}, **grid},
+        "laws": [
+            {"family": "chinchilla", "name": "supervised", "runs": "teacher"},
+            {"family": "distillation", "supervised": "supervised"},
+        ],
+    }
+
+
+def _finetune_study(**finetune: object) -> dict:
+    return {
+        "name": "forget",
+        "trainer": {**TINY_TRAINER, "kind": "dense"},
+        "grid": {
+            "N": [1.2e4],
+            "D": [4e3, 8e3],
+            "finetune": {"domain": "prose", "injection": [0.0, 0.25], "pretrain_tokens_per_param": 2, **finetune},
+        },
+        "laws": [
+            {"family": "forgetting", "loss": "pretrain_loss"},
+            {"family": "forgetting_ft", "loss": "eval_loss/prose"},
+        ],
+    }
+
+
+class FakeTrainingExecutor(Executor):
+    """Answers runs at once with a made-up result, writing the final checkpoint a real trainer
+    would, and records what each run was handed."""
+
+    def __init__(self, fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.queue: deque[RunTask] = deque()
+        self.order: list[str] = []
+        self.specs: dict[str, object] = {}
+        self.fail = fail
+
+    def submit(self, task: RunTask) -> None:
+        spec = task.spec
+        for path in (spec.teacher_checkpoint, spec.init_checkpoint):
+            assert not path or Path(path).is_file(), f"{spec.run_key} was started before {path} existed"
+        self.queue.append(task)
+        self.order.append(spec.run_key)
+        self.specs[spec.run_key] = spec
+
+    def wait(self, timeout: float) -> list[Completion]:
+        if not self.queue:
+            return []
+        task = self.queue.popleft()
+        spec = task.spec
+        if spec.run_key in self.fail:
+            return [Completion(task=task, error="RuntimeError: scripted failure")]
+        if spec.checkpoint_dir:
+            Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+            checkpoint_path(spec.checkpoint_dir).write_bytes(b"weights")
+        plan = get_trainer(spec.trainer).plan(spec.point)
+        loss = 3.0 + 1e3 / spec.point.n_params
+        return [Completion(task=task, result=RunResult(run_key=spec.run_key, plan=plan, final_loss=loss))]
+
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+
+def _scheduler(runs, tmp_path: Path, executor: Executor, tracker: MemoryTracker | None = None, **kw) -> Scheduler:
+    tracker = tracker or MemoryTracker()
+    tracker.open_study("s", "")
+    return Scheduler(
+        runs,
+        executor=executor,
+        tracker=tracker,
+        max_concurrent=kw.pop("max_concurrent", 4),
+        max_retries=kw.pop("max_retries", 0),
+        checkpoints=CheckpointPolicy(root=tmp_path / "ckpt"),
+        **kw,
+    )
+
+
+def test_teachers_expand_first_once_each_and_students_name_them() -> None:
+    runs = expand(study_from_dict(_distill_study(replicates=2)))
+    teachers = [r for r in runs if r.stage == "teacher"]
+    students = [r for r in runs if r.stage == "main"]
+    assert runs[: len(teachers)] == teachers, "teachers come first"
+    assert len(teachers) == 2 and len(students) == 1 * 2 * 2 * 2  # N x D x teachers x replicates
+    assert {t.spec.trainer.kind for t in teachers} == {"dense"}
+    assert {t.spec.seed for t in teachers} == {0}, "one teacher serves every replicate"
+    teacher_keys = {t.key for t in teachers}
+    for s in students:
+        assert s.spec.point.teacher in teacher_keys and s.depends_on == {"teacher": s.spec.point.teacher}
+    # a different teacher makes a different student
+    assert len({s.key for s in students}) == len(students)
+
+
+def test_finetuning_expands_one_pretrained_run_per_size_and_injected_mixtures() -> None:
+    study = study_from_dict(_finetune_study(injection=[0.0, 0.1]))
+    runs = expand(study)
+    (pre,) = [r for r in runs if r.stage == "pretrain"]
+    assert pre.spec.point.mixture == (1.0, 0.0) and pre.spec.point.tokens == 2 * 12_000
+    finetuned = [r for r in runs if r.stage == "main"]
+    assert len(finetuned) == 2 * 2
+    for r in finetuned:
+        p = r.inputs["p"]
+        assert r.spec.point.mixture == pytest.approx((p, 1.0 - p))  # (code = pretraining, prose = target)
+        assert r.inputs["D_ft"] == r.spec.point.tokens
+        assert r.depends_on == {"init": pre.key} and r.spec.point.init_from == pre.key
+
+
+def test_scheduler_trains_each_teacher_first_and_hands_over_checkpoint_and_loss(tmp_path: Path) -> None:
+    runs = expand(study_from_dict(_distill_study()))
+    executor = FakeTrainingExecutor()
+    sched = _scheduler(runs, tmp_path, executor)
+    stats = sched.run(timeout=0)
+    assert stats.finished == len(runs) and stats.failed == 0
+    position = {key: i for i, key in enumerate(executor.order)}
+    for run in runs:
+        for dep in run.depends_on.values():
+            assert position[dep] < position[run.key]
+            spec = executor.specs[run.key]
+            assert spec.teacher_checkpoint == str(checkpoint_path(tmp_path / "ckpt" / dep))
+            # the teacher's loss is the student's law input L_T
+            assert sched.finished[run.key].inputs["L_T"] == sched.finished[dep].final_loss
+    teachers = [r.key for r in runs if r.stage == "teacher"]
+    assert all(executor.specs[k].checkpoint_dir for k in teachers), "teachers keep checkpoints"
+    students = [r.key for r in runs if r.stage == "main"]
+    assert not any(executor.specs[k].checkpoint_dir for k in students), "students need none by default"
+
+
+def test_a_failed_teacher_fails_its_students_with_the_reason_and_spares_the_others(tmp_path: Path) -> None:
+    runs = expand(study_from_dict(_distill_study()))
+    bad = next(r.key for r in runs if r.stage == "teacher")
+    executor = FakeTrainingExecutor(fail={bad})
+    tracker = MemoryTracker()
+    sched = _scheduler(runs, tmp_path, executor, tracker, max_retries=1)
+    stats = sched.run(timeout=0)
+    orphans = [r.key for r in runs if r.depends_on.get("teacher") == bad]
+    assert stats.failed == 1 + len(orphans)
+    assert stats.finished == len(runs) - 1 - len(orphans)
+    for key in orphans:
+        assert key not in executor.order, "a student of a failed teacher never trains"
+        assert f"its teacher run {bad} failed" in stats.failures[key]
+    recorded = [r for r in tracker.runs.values() if r["run_key"] in orphans]
+    assert recorded and all(r["status"] == "FAILED" for r in recorded)
+
+
+def test_a_finished_teacher_whose_checkpoint_is_gone_is_trained_again(tmp_path: Path) -> None:
+    runs = expand(study_from_dict(_distill_study()))
+    tracker = MemoryTracker()
+    _scheduler(runs, tmp_path, FakeTrainingExecutor(), tracker).run(timeout=0)
+    lost = next(r.key for r in runs if r.stage == "teacher")
+    checkpoint_path(tmp_path / "ckpt" / lost).unlink()
+    again = FakeTrainingExecutor()
+    stats = _scheduler(runs, tmp_path, again, tracker).run(timeout=0)
+    assert again.order == [lost], "only the teacher whose weights are missing is retrained"
+    assert stats.skipped == len(runs) - 1
+
+
+def test_dependencies_must_be_planned_or_finished(tmp_path: Path) -> None:
+    runs = expand(study_from_dict(_distill_study()))
+    students = [r for r in runs if r.stage == "main"]
+    with pytest.raises(ValueError, match="neither planned nor finished"):
+        _scheduler(students, tmp_path, FakeTrainingExecutor()).run(timeout=0)
+
+
+def test_checkpoint_all_gives_every_run_a_checkpoint_dir(tmp_path: Path) -> None:
+    study = study_from_dict(
+        {"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6, 1e7], "D": [1e8]}}
+    )
+    executor = FakeTrainingExecutor()
+    tracker = MemoryTracker()
+    tracker.open_study("s", "")
+    policy = CheckpointPolicy(root=tmp_path, all_runs=True, every=7)
+    Scheduler(expand(study), executor=executor, tracker=tracker, max_concurrent=2, max_retries=0, checkpoints=policy).run(0)
+    assert {(s.checkpoint_dir, s.checkpoint_every) for s in executor.specs.values()} == {
+        (str(tmp_path / k), 7) for k in executor.specs
+    }
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "key"),
+    [
+        ("distill without teachers", lambda raw: raw["grid"].pop("teachers"), "grid.teachers"),
+        ("teachers for a dense trainer", lambda raw: raw["trainer"].update(kind="dense"), "grid.teachers"),
+        ("teacher size", lambda raw: raw["grid"]["teachers"].update(N=[-1.0]), "grid.teachers.N[0]"),
+        ("teacher tokens twice", lambda raw: raw["grid"]["teachers"].update(tokens_per_param=[20.0]), "grid.teachers.D"),
+        ("supervised law after", lambda raw: raw["laws"].reverse(), "laws[0].supervised"),
+        ("supervised of a non-distillation law", lambda raw: raw["laws"][0].update(supervised="x"), "laws[0].supervised"),
+        ("selection over dependents", lambda raw: raw.update(selection={"mode": "random", "budget_fraction": 0.5}), "selection.mode"),
+    ],
+)
+def test_bad_distillation_studies_name_the_key(label: str, change, key: str) -> None:
+    raw = _distill_study()
+    change(raw)
+    with pytest.raises(StudyError) as info:
+        study_from_dict(raw)
+    assert info.value.key == key, str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "key"),
+    [
+        ("unknown target domain", lambda raw: raw["grid"]["finetune"].update(domain="poems"), "grid.finetune.domain"),
+        ("injection of 1", lambda raw: raw["grid"]["finetune"].update(injection=[1.0]), "grid.finetune.injection[0]"),
+        ("pretraining on the target", lambda raw: raw["grid"]["finetune"].update(pretrain_mixture=[0.5, 0.5]), "grid.finetune.pretrain_mixture"),
+        ("mixtures given too", lambda raw: raw["grid"].update(mixture=[[0.5, 0.5]]), "grid.mixture"),
+        ("moe trainer", lambda raw: raw["trainer"].update(kind="moe"), "grid.finetune"),
+        ("pretrain_loss without finetuning", lambda raw: raw["grid"].pop("finetune"), "laws[0].loss"),
+        ("unknown domain loss", lambda raw: raw["laws"][1].update(loss="eval_loss/poems"), "laws[1].loss"),
+        ("two laws one name", lambda raw: raw["laws"][1].update(name="forgetting"), "laws[1].name"),
+    ],
+)
+def test_bad_finetuning_studies_name_the_key(label: str, change, key: str) -> None:
+    raw = _finetune_study()
+    change(raw)
+    with pytest.raises(StudyError) as info:
+        study_from_dict(raw)
+    assert info.value.key == key, str(info.value)
+
+
+def test_distillation_study_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real teachers, then real students on their logits; L_T is the teacher's held-out loss, and
+    the supervised law fitted on the teachers feeds the distillation law."""
+    monkeypatch.chdir(tmp_path)
+    raw = _distill_study(N=[8e3, 1.6e4], D=[8e3])
+    raw["grid"]["teachers"].update(N=[1.2e4, 2.4e4, 3.6e4], D=[1.2e4, 2.4e4])
+    study = study_from_dict(raw)
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.failed == 0 and outcome.stats.finished == 6 + 2 * 6
+    finished = tracker.finished_runs()
+    students = [f for f in finished.values() if f.stage == "main"]
+    for s in students:
+        # the student measured its teacher on the same held-out data
+        assert s.inputs["L_T"] == pytest.approx(s.metrics["teacher_eval_loss"], rel=1e-6)
+    assert list(Path(".isoflop/checkpoints").iterdir()), "teachers' checkpoints live under the study's checkpoint dir"
+    by_name = {o.name: o for o in outcome.laws}
+    assert by_name["supervised"].n_points == 6 and by_name["supervised"].fit is not None
+    assert by_name["distillation"].n_points == 12
+    # the distillation law was built on the supervised law the study fitted, not the published one
+    fit_ = by_name["distillation"].fit
+    if fit_ is not None:
+        assert fit_.law_spec["supervised"]["E"] == pytest.approx(by_name["supervised"].fit.params["E"])
+    else:
+        assert by_name["distillation"].error
+
+
+def test_finetuning_study_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pretrained run per size, then finetuning runs from its weights; L_pt0 is the pretrained
+    run's loss and pretrain_loss is logged along the way."""
+    monkeypatch.chdir(tmp_path)
+    raw = _finetune_study()
+    raw["trainer"]["eval_every"] = 5
+    study = study_from_dict(raw)
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.failed == 0 and outcome.stats.finished == 1 + 2 * 2
+    finished = tracker.finished_runs()
+    (pre,) = [f for f in finished.values() if f.stage == "pretrain"]
+    for f in finished.values():
+        if f.stage != "main":
+            continue
+        assert f.inputs["L_pt0"] == pre.final_loss
+        assert {"p", "D_ft", "N"} <= set(f.inputs)
+        assert "pretrain_loss" in f.metrics
+        run = next(r for r in tracker.runs.values() if r["run_key"] == f.run_key)
+        curve = [m["pretrain_loss"] for _, m in run["metrics"] if "pretrain_loss" in m]
+        # logged before the first step (the pretrained model: L_pt0) and along the way
+        assert curve[0] == pytest.approx(pre.final_loss, rel=1e-6) and len(curve) >= 3
+    names = [o.name for o in outcome.laws]
+    assert names == ["forgetting", "forgetting_ft"]
+    assert all(o.n_points == 4 for o in outcome.laws)
+    # the planned runs stay as planned: checkpoints are filled into copies at submission
+    assert all(r.spec.init_checkpoint == "" for r in expand(study))
