@@ -109,6 +109,56 @@ def parameter_trajectories(history: Mapping[int, laws.LawFit]) -> Figure:
     return fig
 
 
+def _by_size(ax, runs: Sequence[FinishedRun], x: np.ndarray, y: np.ndarray) -> None:  # noqa: ANN001 - Axes
+    """Scatter ``y`` against ``x``, one colour per model size N."""
+    n = _column(runs, "N")
+    for size in np.unique(n[np.isfinite(n)]):
+        sel = n == size
+        ax.scatter(x[sel], y[sel], s=16, label=f"N={size:.3g}")
+    if len(np.unique(n)) > 1:
+        ax.legend(fontsize=7)
+
+
+def domain_losses(runs: Sequence[FinishedRun]) -> Figure | None:
+    """Each domain's held-out loss against that domain's weight h_i (mixture studies)."""
+    domains = sorted({k.removeprefix("eval_loss/") for r in runs for k in r.metrics if k.startswith("eval_loss/")})
+    weights = [f"h{i + 1}" for i in range(len(domains))]
+    if len(domains) < 2 or not all(any(w in r.inputs for r in runs) for w in weights):
+        return None
+    fig, axes = plt.subplots(1, len(domains), figsize=(3.2 * len(domains), 3.0), layout="constrained", squeeze=False)
+    for ax, domain, w in zip(axes[0], domains, weights, strict=True):
+        y = np.array([r.metrics.get(f"eval_loss/{domain}", np.nan) for r in runs], dtype=float)
+        _by_size(ax, runs, _column(runs, w), y)
+        ax.set(xlabel=f"weight of {domain} ({w})", ylabel="held-out loss", title=domain)
+    fig.suptitle("Per-domain loss against the mixture weights", fontsize=10)
+    return fig
+
+
+def loss_vs_sparsity(runs: Sequence[FinishedRun]) -> Figure | None:
+    """Loss against MoE sparsity S, one colour per total size (sparsity studies)."""
+    s = _column(runs, "S")
+    if len(np.unique(s[np.isfinite(s)])) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    _by_size(ax, runs, s, np.array([r.final_loss for r in runs]))
+    ax.set(xlabel="sparsity S = (E - K) / E", ylabel="final loss", title="Loss against sparsity")
+    return fig
+
+
+def student_vs_teacher(runs: Sequence[FinishedRun]) -> Figure | None:
+    """Student loss against its teacher's loss L_T (distillation studies): the capacity gap shows
+    as students that stop improving, or get worse, with stronger teachers."""
+    students = [r for r in runs if "L_T" in r.inputs]
+    if not students:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    _by_size(ax, students, _column(students, "L_T"), np.array([r.final_loss for r in students]))
+    lt = _column(students, "L_T")
+    ax.plot([lt.min(), lt.max()], [lt.min(), lt.max()], color="grey", lw=0.8, ls="--", label="L_S = L_T")
+    ax.set(xlabel="teacher loss L_T", ylabel="student loss L_S", title="Distillation: student against teacher")
+    return fig
+
+
 def study_figures(
     runs: Sequence[FinishedRun],
     fits: Mapping[str, laws.LawFit],
@@ -124,6 +174,13 @@ def study_figures(
         "loss_vs_compute.png": loss_vs_compute(runs, first, budgets),
         "isoflop_curves.png": isoflop_curves(runs, first),
     }
+    for name, figure in (
+        ("domain_losses.png", domain_losses(runs)),
+        ("loss_vs_sparsity.png", loss_vs_sparsity(runs)),
+        ("student_vs_teacher.png", student_vs_teacher(runs)),
+    ):
+        if figure is not None:
+            figures[name] = figure
     for name, fit_ in fits.items():
         try:
             figures[f"residuals_{name}.png"] = residuals(runs, fit_, (study_laws or {}).get(name))
