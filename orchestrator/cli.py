@@ -101,11 +101,11 @@ def _resolve(arg: str, overrides: Sequence[str] = ()):  # noqa: ANN202 - StudyCo
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from orchestrator.grid import expand
+    from orchestrator.grid import expand, trained_flops
 
     study = _resolve(args.study, args.overrides)
     runs = expand(study)
-    total = sum(r.plan.flops for r in runs)
+    total = sum(trained_flops(r) for r in runs)
     print(f"study {study.name!r}: {len(runs)} runs, {total:.3g} training FLOPs in all")
     print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  {'mixture':12}  after")
     for r in runs:

@@ -85,6 +85,11 @@ class GridConfig:
     replicates: int = 1  # seeds per grid point: seed, seed + 1, ...
     teachers: TeacherGridConfig | None = None  # distillation: teacher runs, crossed with the students
     finetune: FinetuneGridConfig | None = None  # finetuning runs from pretrained runs of each N
+    # WSD cooldowns branched from one long constant-rate run per N (Hagele et al. 2024): the
+    # trunk trains to the last branch point, keeping a checkpoint at each; every D of the grid
+    # is then a short (1 - sqrt) cooldown from its branch point, ending exactly as a run trained
+    # from scratch to that D would (trainer.optim.schedule must be wsd)
+    cooldown_branches: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from trainers import RunPlan, RunPoint, RunSpec, Trainer, get_trainer
+from trainers.config import TrainerConfig
+from trainers.schedule import cooldown_steps
 
 #: Chinchilla's rule of thumb (Hoffmann et al. 2022): about 20 tokens per parameter at the
 #: compute optimum, so C = 6 N D = 120 N^2 and N_opt ~ sqrt(C / 120). It only centres the isoFLOP
@@ -32,11 +34,12 @@ class PlannedRun:
     plan: RunPlan
     budget: float | None = None  # the isoFLOP budget this run belongs to, if any
     tags: Mapping[str, str] = field(default_factory=dict)  # extra tags for its tracked runs
-    stage: str = "main"  # main (the grid's own runs), teacher or pretrain (runs others start from)
+    stage: str = "main"  # main (the grid's own runs), or teacher, pretrain or trunk (runs others start from)
     inputs: Mapping[str, float] = field(default_factory=dict)  # extra law inputs (D_ft, p)
     # runs this one needs finished first, by how it uses them: teacher (distillation: its
-    # checkpoint becomes RunSpec.teacher_checkpoint, its loss the input L_T) or init (finetuning:
-    # RunSpec.init_checkpoint and init_mixture, its loss the input L_pt0)
+    # checkpoint becomes RunSpec.teacher_checkpoint, its loss the input L_T), init (finetuning:
+    # RunSpec.init_checkpoint and init_mixture, its loss the input L_pt0) or branch (a WSD
+    # cooldown: RunSpec.branch_from, the trunk's checkpoint at its branch point)
     depends_on: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -79,12 +82,13 @@ def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRu
     ):
         point = replace(point, mixture=mixture)  # sparsity is crossed in _base_points (it sets D)
         seed = study.seed + rep
-        for variant in _dependent_variants(study, point, upstream):
-            plan = _plan(trainer, variant.point, "grid")
-            key = run_key(variant.point, study.trainer, seed, plan)
+        for variant in _dependent_variants(study, point, upstream, seed):
+            config = variant.trainer or study.trainer
+            plan = _plan(trainer if variant.trainer is None else get_trainer(config), variant.point, "grid")
+            key = run_key(variant.point, config, seed, plan)
             if key in runs:  # two axes values (or two requested sizes) that resolve to the same run
                 continue
-            spec = RunSpec(run_key=key, study=study.name, seed=seed, point=variant.point, trainer=study.trainer)
+            spec = RunSpec(run_key=key, study=study.name, seed=seed, point=variant.point, trainer=config)
             runs[key] = PlannedRun(
                 spec=spec, plan=plan, budget=budget, inputs=variant.inputs, depends_on=variant.depends_on
             )
@@ -96,13 +100,21 @@ class _Variant:
     point: RunPoint
     inputs: Mapping[str, float] = field(default_factory=dict)
     depends_on: Mapping[str, str] = field(default_factory=dict)
+    trainer: TrainerConfig | None = None  # a configuration of its own (cooldown branches)
 
 
-def _dependent_variants(study: StudyConfig, point: RunPoint, upstream: dict[str, PlannedRun]) -> list[_Variant]:
+def _dependent_variants(
+    study: StudyConfig, point: RunPoint, upstream: dict[str, PlannedRun], seed: int
+) -> list[_Variant]:
     """The runs a grid point stands for: itself, or one student per teacher (``grid.teachers``),
-    or one finetuning run per injection share (``grid.finetune``). Their teachers and pretrained
-    runs are added to ``upstream``."""
+    or one finetuning run per injection share (``grid.finetune``), or a cooldown branched from its
+    size's trunk (``grid.cooldown_branches``). Their teachers, pretrained runs and trunks are
+    added to ``upstream``."""
     g = study.grid
+    if g.cooldown_branches:
+        trunk, config = _trunk(study, point, seed)
+        upstream.setdefault(trunk.key, trunk)
+        return [_Variant(point=point, depends_on={"branch": trunk.key}, trainer=config)]
     if g.teachers is not None:
         out = []
         for teacher in _upstream_runs(study, g.teachers.N, g.teachers.D, g.teachers.tokens_per_param, point.mixture, "teacher", "grid.teachers"):
@@ -128,6 +140,47 @@ def _dependent_variants(study: StudyConfig, point: RunPoint, upstream: dict[str,
             )
         return out
     return [_Variant(point=point)]
+
+
+def _trunk(study: StudyConfig, point: RunPoint, seed: int) -> tuple[PlannedRun, TrainerConfig]:
+    """The constant-rate trunk that ``point``'s cooldown branches from, and the configuration of
+    the branches (every token count of the point's size shares the trunk, its seed and warmup)."""
+    g = study.grid
+    optim = study.trainer.optim
+    trainer = get_trainer(study.trainer)
+    sizes = g.D or [r * point.n_params for r in g.tokens_per_param]
+    steps = sorted({_plan(trainer, replace(point, tokens=int(round(d))), "grid.D").steps for d in sizes})
+    warmup = round(optim.warmup_frac * steps[0])  # the shortest run's warmup, shared by all
+    branch_config = replace(study.trainer, optim=replace(optim, warmup_steps=warmup))
+    points = sorted({s - cooldown_steps(s, branch_config.optim) for s in steps})
+    if points[0] <= warmup:
+        raise StudyError(
+            "grid.cooldown_branches",
+            f"N={point.n_params:.3g}: the shortest run ({steps[0]} steps) would branch at step {points[0]}, "
+            f"inside the shared warmup of {warmup} steps; lower trainer.optim.warmup_frac or raise D",
+        )
+    trunk_config = replace(study.trainer, optim=replace(optim, warmup_steps=warmup, cooldown_frac=0.0))
+    tokens_per_step = study.trainer.batch_size * study.trainer.seq_len
+    trunk_point = replace(point, tokens=points[-1] * tokens_per_step)
+    plan = _plan(get_trainer(trunk_config), trunk_point, "grid.cooldown_branches")
+    key = run_key(trunk_point, trunk_config, seed, plan)
+    spec = RunSpec(
+        run_key=key, study=study.name, seed=seed, point=trunk_point, trainer=trunk_config, keep_steps=tuple(points)
+    )
+    return PlannedRun(spec=spec, plan=plan, stage="trunk"), branch_config
+
+
+def trained_flops(run: PlannedRun) -> float:
+    """FLOPs a run really trains: a cooldown branch trains only its cooldown (its trunk pays for
+    the rest); every other run its whole plan."""
+    if "branch" not in run.depends_on:
+        return run.plan.flops
+    return run.plan.flops * (1.0 - branch_step(run.plan, run.spec.trainer) / run.plan.steps)
+
+
+def branch_step(plan: RunPlan, config: TrainerConfig) -> int:
+    """The optimiser step a cooldown branch of ``plan`` starts from (where its cooldown begins)."""
+    return plan.steps - cooldown_steps(plan.steps, config.optim)
 
 
 def domain_names(study: StudyConfig) -> tuple[str, ...]:

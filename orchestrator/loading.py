@@ -125,6 +125,10 @@ def validate(study: StudyConfig) -> None:
     }.items():
         if not 0.0 <= value <= 1.0:
             raise StudyError(key, f"must be between 0 and 1, got {value}")
+    if not 0.0 <= t.optim.ema < 1.0:
+        raise StudyError("trainer.optim.ema", f"must be in [0, 1) (0 = no EMA), got {t.optim.ema}")
+    if t.optim.ema_batch_size < 0:
+        raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
     if t.simulated.sleep_s < 0:
         raise StudyError("trainer.simulated.sleep_s", f"must be 0 or more, got {t.simulated.sleep_s}")
     if t.optim.lr <= 0:
@@ -216,6 +220,19 @@ def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:
     """grid.teachers and grid.finetune: runs that start from other runs."""
     g = study.grid
     kind = study.trainer.kind
+    if g.cooldown_branches:
+        if study.trainer.optim.schedule != "wsd":
+            raise StudyError("grid.cooldown_branches", f"cooldown branches need trainer.optim.schedule wsd, not {study.trainer.optim.schedule!r}")
+        if kind not in ("dense", "moe"):
+            raise StudyError("grid.cooldown_branches", f"cooldown branches need trainer.kind dense or moe, not {kind!r}")
+        if g.isoflop is not None:
+            raise StudyError("grid.cooldown_branches", "cooldown branches take grid.N with grid.D or grid.tokens_per_param, not isoflop")
+        if g.teachers is not None or g.finetune is not None:
+            raise StudyError("grid.cooldown_branches", "cooldown branches cannot be combined with grid.teachers or grid.finetune")
+        if study.trainer.optim.warmup_steps:
+            raise StudyError("trainer.optim.warmup_steps", "cooldown branches set the shared warmup themselves (from warmup_frac); leave warmup_steps at 0")
+    if study.trainer.optim.warmup_steps < 0:
+        raise StudyError("trainer.optim.warmup_steps", f"must be 0 or more, got {study.trainer.optim.warmup_steps}")
     if g.teachers is not None and g.finetune is not None:
         raise StudyError("grid.finetune", "a study has teachers or finetuning runs, not both")
     if g.teachers is not None:
@@ -340,8 +357,12 @@ def _validate_selection(study: StudyConfig) -> None:
         raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
     if sel.mode == "grid":
         return
-    if study.grid.teachers is not None or study.grid.finetune is not None:
-        raise StudyError("selection.mode", f"{sel.mode} selection cannot yet choose among runs that depend on others (grid.teachers, grid.finetune); use grid")
+    if study.grid.teachers is not None or study.grid.finetune is not None or study.grid.cooldown_branches:
+        raise StudyError(
+            "selection.mode",
+            f"{sel.mode} selection cannot yet choose among runs that depend on others "
+            "(grid.teachers, grid.finetune, grid.cooldown_branches); use grid",
+        )
     if sel.budget_flops is None and sel.budget_fraction is None:
         raise StudyError("selection.budget_flops", f"selection mode {sel.mode!r} needs a budget_flops or budget_fraction")
     from orchestrator.selection.selector import selection_law

@@ -169,6 +169,7 @@ def study_figures(
 ) -> dict[str, Figure]:
     """Every figure that applies to this study, by artifact file name (``study_laws``: how each
     fitted law was fitted, by name, for its residuals)."""
+    runs = [r for r in runs if r.stage != "trunk"]  # a trunk's end point is not a cooled-down run
     first = next(iter(fits.values()), None)
     figures = {
         "loss_vs_compute.png": loss_vs_compute(runs, first, budgets),

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrator.executors import Completion, Executor, RunTask
-from orchestrator.grid import PlannedRun
+from orchestrator.grid import PlannedRun, branch_step
 from orchestrator.tracking import STAGE_TAG, FinishedRun, Tracker
-from trainers.checkpoint import checkpoint_path
+from trainers.checkpoint import checkpoint_path, kept_checkpoint_path
 
 #: how a dependency's final loss enters its dependent's law inputs
 DEPENDENCY_INPUTS = {"teacher": "L_T", "init": "L_pt0"}
@@ -140,17 +140,24 @@ class Scheduler:
                 raise ValueError(f"run {run.key} depends on {unknown[0]}, which is neither planned nor finished")
         for run in self.runs:
             previous = done.get(run.spec.run_key)
-            if previous is not None and not self._checkpoint_missing(run.key):
+            if previous is not None and self._checkpoint_missing(run):
+                # trained again from scratch (to the same result): a last.pt left behind would
+                # make it resume at its end and never rewrite the missing files
+                checkpoint_path(self.checkpoints.directory(run.key)).unlink(missing_ok=True)  # type: ignore[union-attr]
+                previous = None
+            if previous is not None:
                 self.finished[run.spec.run_key] = previous
                 self.stats.skipped += 1
                 self.on_event(Event(kind="skip", run=run, finished=previous))
             else:
                 self._pending.append(run)
 
-    def _checkpoint_missing(self, key: str) -> bool:
-        if key not in self._needed or self.checkpoints is None:
+    def _checkpoint_missing(self, run: PlannedRun) -> bool:
+        if run.key not in self._needed or self.checkpoints is None:
             return False
-        return not checkpoint_path(self.checkpoints.directory(key)).is_file()
+        folder = self.checkpoints.directory(run.key)
+        files = [checkpoint_path(folder), *(kept_checkpoint_path(folder, s) for s in run.spec.keep_steps)]
+        return not all(f.is_file() for f in files)
 
     @property
     def done(self) -> bool:
@@ -256,6 +263,10 @@ class Scheduler:
             path = str(checkpoint_path(self.checkpoints.directory(dep)))
             if use == "teacher":
                 spec = replace(spec, teacher_checkpoint=path)
+            elif use == "branch":
+                kept = kept_checkpoint_path(self.checkpoints.directory(dep), branch_step(run.plan, spec.trainer))
+                spec = replace(spec, branch_from=str(kept))
+                continue  # a branch's trunk gives it no law input
             elif use == "init":
                 upstream = self._planned.get(dep)
                 mixture = upstream.spec.point.mixture if upstream is not None else ()

@@ -32,7 +32,7 @@ class FinishedRun:
     inputs: Mapping[str, float]  # law inputs: N (exact params), D (tokens), C (FLOPs), ...
     final_loss: float
     metrics: Mapping[str, float] = field(default_factory=dict)
-    stage: str = "main"  # main (the grid's own runs), teacher or pretrain (runs others depend on)
+    stage: str = "main"  # main (the grid's own runs), or teacher, pretrain or trunk (runs others start from)
 
 
 #: the tag that records a run's stage (``PlannedRun.stage``)

@@ -61,6 +61,14 @@ class RunSpec:
     # held-out loss on that mixture is logged as ``pretrain_loss`` at every evaluation and at the
     # end (the forgetting law's target; L_pt0 is its value before the first step).
     init_mixture: tuple[float, ...] = ()
+    # WSD cooldown branches: the trunk keeps a checkpoint file ``step_<n>.pt`` at each of these
+    # optimiser steps (next to last.pt in checkpoint_dir) ...
+    keep_steps: tuple[int, ...] = ()
+    # ... and a branch continues from one of them (model, optimiser and data position), then
+    # cools down over the rest of its own schedule. The trunk and the branch share seed, warmup
+    # and learning rate up to the branch point, so the branch ends exactly as a run trained from
+    # scratch to its token count would. Filled in by the scheduler.
+    branch_from: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

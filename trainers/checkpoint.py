@@ -14,7 +14,8 @@ refuses arbitrary pickled objects.
 
 Layout: ``<checkpoint_dir>/last.pt`` (see ``RunSpec.checkpoint_dir``). A checkpoint also
 records the network's shape and model configuration, so the checkpoint of a finished run is its
-final model: ``load_model`` rebuilds it, e.g. to use the run as a distillation teacher.
+final model: ``load_model`` rebuilds it (from the EMA's weights when the run kept an EMA), e.g. to use the run
+as a distillation teacher.
 """
 
 from __future__ import annotations
@@ -50,11 +51,26 @@ class TrainState:
     sampler: dict[str, Any]
     curve: tuple[CurvePoint, ...]
     train_seconds: float
+    # the model EMA's weights and update count (``OptimConfig.ema``), None without an EMA; a
+    # finished run's EMA is its model for other runs (teacher, finetuning start)
+    ema: dict[str, Any] | None = None
+    ema_steps: int = 0
 
 
 def checkpoint_path(checkpoint_dir: str | os.PathLike[str]) -> Path:
     """The latest checkpoint's path inside ``checkpoint_dir``."""
     return Path(checkpoint_dir) / LAST
+
+
+def kept_checkpoint_path(checkpoint_dir: str | os.PathLike[str], step: int) -> Path:
+    """The checkpoint kept at optimiser step ``step`` (``RunSpec.keep_steps``)."""
+    return Path(checkpoint_dir) / f"step_{step}.pt"
+
+
+def load_branch_point(path: str | os.PathLike[str]) -> TrainState:
+    """The state another run kept at a branch point (any run key), to continue from."""
+    payload = _load_any(path)
+    return _state(payload)
 
 
 def save_checkpoint(path: Path, run_key: str, state: TrainState) -> None:
@@ -71,6 +87,9 @@ def save_checkpoint(path: Path, run_key: str, state: TrainState) -> None:
         "curve": [[p.step, p.tokens, p.train_loss, p.lr] for p in state.curve],
         "train_seconds": state.train_seconds,
     }
+    if state.ema is not None:
+        payload["ema"] = state.ema
+        payload["ema_steps"] = state.ema_steps
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -103,7 +122,10 @@ def load_checkpoint(path: Path, run_key: str) -> TrainState | None:
     """
     if not path.exists():
         return None
-    payload = _load(path, run_key)
+    return _state(_load(path, run_key))
+
+
+def _state(payload: dict[str, Any]) -> TrainState:
     return TrainState(
         step=int(payload["step"]),
         shape=ModelShape(**payload["shape"]),
@@ -116,6 +138,8 @@ def load_checkpoint(path: Path, run_key: str) -> TrainState | None:
             for s, t, loss, lr in payload["curve"]
         ),
         train_seconds=float(payload["train_seconds"]),
+        ema=payload.get("ema"),
+        ema_steps=int(payload.get("ema_steps", 0)),
     )
 
 
@@ -129,9 +153,10 @@ def _load_any(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
-    """(model state dict, steps taken) of the checkpoint at ``path`` (a file or a directory)."""
+    """(model state dict, steps taken) of the checkpoint at ``path`` (a file or a directory); the
+    EMA's weights when the run kept one."""
     payload = _load_any(path)
-    return payload["model"], int(payload["step"])
+    return payload.get("ema") or payload["model"], int(payload["step"])
 
 
 def load_checkpoint_shape(path: str | os.PathLike[str]) -> ModelShape:
@@ -143,5 +168,5 @@ def load_model(path: str | os.PathLike[str]) -> tuple[GPT, int]:
     """The network saved at ``path`` (a file or a directory), on CPU, and its steps taken."""
     payload = _load_any(path)
     model = GPT(ModelShape(**payload["shape"]), ModelConfig(**payload["model_config"]))
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(payload.get("ema") or payload["model"])
     return model, int(payload["step"])

@@ -58,6 +58,10 @@ class ModelConfig:
     head_dim: int = 32  # width per attention head; heads = d_model / head_dim
     mlp_ratio: int = 4  # hidden width of the MLP as a multiple of d_model
     aspect_ratio: float = 32.0  # target d_model / n_layer of the shape rule
+    # sigmaReparam (Zhai et al. 2023) on the blocks' linear layers (attention qkv and output, dense
+    # MLP up and down): W_hat = gamma / sigma(W) * W, one power iteration per training step, gamma
+    # a learned scalar per layer starting at the initial spectral norm. MoE experts keep plain weights
+    sigma_reparam: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,8 +76,14 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     schedule: Literal["cosine", "wsd"] = "cosine"
     warmup_frac: float = 0.05  # fraction of steps spent warming up linearly from 0
+    warmup_steps: int = 0  # or an absolute number of warmup steps (overrides warmup_frac when > 0)
     min_lr_frac: float = 0.1  # final lr as a fraction of lr (cosine floor, wsd end point)
     cooldown_frac: float = 0.2  # wsd: fraction of steps in the final (1 - sqrt) cooldown
+    # model EMA momentum rho at ema_batch_size (0 = no EMA). Held-out losses are then the EMA
+    # model's, and a checkpoint's model is the EMA. At another batch size B the momentum follows the
+    # EMA scaling rule (Busbridge et al. 2023): rho ** (B / ema_batch_size)
+    ema: float = 0.0
+    ema_batch_size: int = 0  # the batch size (sequences) ema is given for; 0 = this run's batch_size
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -39,6 +39,8 @@ from trainers.base import (
 from trainers.checkpoint import (
     TrainState,
     checkpoint_path,
+    kept_checkpoint_path,
+    load_branch_point,
     load_checkpoint,
     load_checkpoint_shape,
     load_model_state,
@@ -119,6 +121,13 @@ def build_optimizer(model: torch.nn.Module, config: TrainerConfig) -> torch.opti
     )
 
 
+def _ema_state(ema: ModelEMA | None) -> dict[str, object]:
+    if ema is None:
+        return {}
+    weights, steps = ema.state()
+    return {"ema": weights, "ema_steps": steps}
+
+
 def _autocast(device: torch.device) -> AbstractContextManager[object]:
     # bf16 autocast on CUDA (no loss scaling needed); fp32 on CPU, where bf16 matmuls are slower.
     if device.type == "cuda":
@@ -159,6 +168,59 @@ class _Loop:
     device: torch.device
     sink: MetricSink
     log_eval: Callable[[int], None]  # scores every domain's held-out split and logs it
+    ema: ModelEMA | None = None
+
+
+def ema_momentum(config: TrainerConfig) -> float:
+    """The EMA momentum at this run's batch size: the EMA scaling rule (Busbridge et al. 2023),
+    rho ** (B / B_ref), keeps the EMA's horizon in samples fixed when the batch size changes."""
+    optim = config.optim
+    reference = optim.ema_batch_size or config.batch_size
+    return optim.ema ** (config.batch_size / reference)
+
+
+class ModelEMA:
+    """An exponential moving average of a model's parameters (``torch.optim.swa_utils``).
+
+    Buffers are not averaged but follow the live model (sigmaReparam's power-iteration vectors
+    are estimates for the current weights, and averaged unit vectors would not be unit vectors).
+    """
+
+    def __init__(self, model: torch.nn.Module, momentum: float) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.momentum = momentum
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(momentum), use_buffers=False)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.averaged.module
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.averaged.update_parameters(model)
+        for mine, live in zip(self.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(live)
+
+    def state(self) -> tuple[dict[str, object], int]:
+        return self.module.state_dict(), int(self.averaged.n_averaged.item())
+
+    def load(self, weights: Mapping[str, object], steps: int) -> None:
+        self.module.load_state_dict(weights)
+        self.averaged.n_averaged.fill_(steps)
+
+
+def branch_point(spec: RunSpec, plan: RunPlan) -> TrainState:
+    """The trunk's state a cooldown branch continues from (``RunSpec.branch_from``)."""
+    state = load_branch_point(spec.branch_from)
+    if state.shape != plan.shape:
+        raise ValueError(
+            f"branch_from: {spec.branch_from} holds a model of shape {state.shape}, but this run "
+            f"trains {plan.shape}"
+        )
+    if state.step >= plan.steps:
+        raise ValueError(f"branch_from: {spec.branch_from} is at step {state.step}, past this run's {plan.steps} steps")
+    return state
 
 
 def init_weights(model: GPT, checkpoint: str, plan: RunPlan) -> None:
@@ -262,12 +324,19 @@ class DenseTrainer(Trainer):
         ckpt = checkpoint_path(spec.checkpoint_dir) if spec.checkpoint_dir else None
         if ckpt is not None:
             state = load_checkpoint(ckpt, spec.run_key)
+        if state is None and spec.branch_from:
+            state = branch_point(spec, plan)
         if state is not None:
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
             sampler.load_state_dict(state.sampler)
         elif spec.init_checkpoint:
             init_weights(model, spec.init_checkpoint, plan)
+        ema = ModelEMA(model, ema_momentum(config)) if config.optim.ema > 0 else None
+        if ema is not None and state is not None and state.ema is not None:
+            ema.load(state.ema, state.ema_steps)
+        # held-out losses are the EMA's when the run keeps one
+        scored = ema.module if ema is not None else model
 
         pretrain_weights = mixture_weights(spec.init_mixture, len(domains)) if spec.init_mixture else None
 
@@ -277,23 +346,26 @@ class DenseTrainer(Trainer):
             return {"pretrain_loss": sum(w * losses[n] for w, n in zip(pretrain_weights, domains, strict=True))}
 
         def log_eval(step: int) -> None:
-            losses = evaluate_domains(model, domains, config, device)
+            losses = evaluate_domains(scored, domains, config, device)
             sink.log_metrics({**{f"eval_loss/{k}": v for k, v in losses.items()}, **pretrain_loss(losses)}, step=step)
 
         if state is None and config.eval_every > 0:
             log_eval(0)  # where the run starts from (the pretrained model when finetuning)
         curve, train_seconds = self._loop(
-            _Loop(model, optimizer, sampler, loss_fn, plan, config, device, sink, log_eval),
+            _Loop(model, optimizer, sampler, loss_fn, plan, config, device, sink, log_eval, ema),
             state,
             spec,
             ckpt,
         )
 
-        eval_losses = evaluate_domains(model, domains, config, device)
+        eval_losses = evaluate_domains(scored, domains, config, device)
         if not all(math.isfinite(v) for v in eval_losses.values()):
             raise TrainingDiverged(f"run {spec.run_key}: non-finite held-out loss {eval_losses}")
         final_loss = sum(w * eval_losses[name] for w, name in zip(weights, domains, strict=True))
         extra = {**self.extra_metrics(spec, domains, weights, device), **pretrain_loss(eval_losses)}
+        if ema is not None:  # what the EMA bought: the live model's loss next to it
+            raw = evaluate_domains(model, domains, config, device)
+            extra["raw_eval_loss"] = sum(w * raw[name] for w, name in zip(weights, domains, strict=True))
         sink.log_metrics(
             {
                 "eval_loss": final_loss,
@@ -349,12 +421,15 @@ class DenseTrainer(Trainer):
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
+            if run.ema is not None:
+                run.ema.update(model)
             done = step + 1
             # Only log points and checkpoints synchronise with the device; NaN weights stay NaN,
             # so a divergence between log points is still caught at the next one.
             log_now = done % log_every == 0 or done == plan.steps
             save_now = ckpt is not None and (done % save_every == 0 or done == plan.steps)
-            if log_now or save_now:
+            keep_now = ckpt is not None and done in spec.keep_steps
+            if log_now or save_now or keep_now:
                 value = loss.item()
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"training loss {value} at step {done}")
@@ -364,23 +439,24 @@ class DenseTrainer(Trainer):
                     run.sink.log_metrics(
                         {"train_loss": value, "lr": lr, "tokens": tokens}, step=done
                     )
-                if save_now:
+                if save_now or keep_now:
                     assert ckpt is not None
                     seconds = earlier_seconds + time.perf_counter() - started
-                    save_checkpoint(
-                        ckpt,
-                        spec.run_key,
-                        TrainState(
-                            step=done,
-                            shape=plan.shape,
-                            model_config=config.model,
-                            model=model.state_dict(),
-                            optimizer=optimizer.state_dict(),
-                            sampler=run.sampler.state_dict(),
-                            curve=tuple(curve),
-                            train_seconds=seconds,
-                        ),
+                    train_state = TrainState(
+                        step=done,
+                        shape=plan.shape,
+                        model_config=config.model,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        sampler=run.sampler.state_dict(),
+                        curve=tuple(curve),
+                        train_seconds=seconds,
+                        **_ema_state(run.ema),
                     )
+                    if keep_now:  # a branch point of cooldown branches
+                        save_checkpoint(kept_checkpoint_path(spec.checkpoint_dir, done), spec.run_key, train_state)
+                    if save_now:
+                        save_checkpoint(ckpt, spec.run_key, train_state)
             if eval_every > 0 and done % eval_every == 0 and done < plan.steps:
                 eval_started = time.perf_counter()
                 run.log_eval(done)

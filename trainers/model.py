@@ -132,6 +132,36 @@ class Block(nn.Module):
         return x_btd + self.mlp(self.ln_2(x_btd))
 
 
+class SigmaReparam(nn.Module):
+    """sigmaReparam (Zhai et al. 2023): a linear layer whose weight is gamma / sigma(W) * W.
+
+    sigma(W), the spectral norm, comes from torch's spectral-norm parametrisation (one power
+    iteration per forward in training mode, its vectors kept as buffers so a resumed run
+    continues exactly); gamma is a learned scalar initialised to the layer's initial spectral
+    norm, so the layer starts as the plain one.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        with torch.no_grad():
+            sigma0 = torch.linalg.matrix_norm(linear.weight.float(), ord=2)
+        self.linear = torch.nn.utils.parametrizations.spectral_norm(linear, n_power_iterations=1)
+        self.gamma = nn.Parameter(sigma0.to(linear.weight.dtype).reshape(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * self.linear(x)
+
+
+def apply_sigma_reparam(model: nn.Module) -> None:
+    """Wrap the blocks' attention and dense-MLP linear layers in :class:`SigmaReparam`."""
+    for block in model.blocks:  # type: ignore[union-attr]
+        block.attn.qkv = SigmaReparam(block.attn.qkv)
+        block.attn.proj = SigmaReparam(block.attn.proj)
+        if isinstance(block.mlp, MLP):
+            block.mlp.up = SigmaReparam(block.mlp.up)
+            block.mlp.down = SigmaReparam(block.mlp.down)
+
+
 class GPT(nn.Module):
     """Decoder-only transformer mapping token ids (b, t) to next-token logits (b, t, v)."""
 
@@ -155,6 +185,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(shape.d_model, bias=False)
         self.head = nn.Linear(shape.d_model, shape.vocab_size, bias=False)
         self._init_weights()
+        if config.sigma_reparam:
+            apply_sigma_reparam(self)
         if config.tie_embeddings:
             # Weight tying (Press & Wolf 2017), as GPT-2 does.
             self.head.weight = self.wte.weight

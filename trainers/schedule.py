@@ -15,19 +15,33 @@ from trainers.config import OptimConfig
 SCHEDULES: tuple[str, ...] = ("cosine", "wsd")
 
 
-def _warmup_steps(total_steps: int, warmup_frac: float) -> int:
+def _warmup_steps(total_steps: int, warmup_frac: float, warmup_steps: int = 0) -> int:
+    if warmup_steps > 0:  # an absolute warmup (cooldown branches share their trunk's)
+        return min(total_steps, warmup_steps)
     return min(total_steps, max(0, round(warmup_frac * total_steps)))
 
 
+def cooldown_steps(total_steps: int, optim: OptimConfig) -> int:
+    """Steps of a WSD run's final cooldown (``optim.cooldown_frac`` of the run, after warmup)."""
+    warmup = _warmup_steps(total_steps, optim.warmup_frac, optim.warmup_steps)
+    return min(total_steps - warmup, max(0, round(optim.cooldown_frac * total_steps)))
+
+
 def cosine_lr(
-    step: int, total_steps: int, *, lr: float, warmup_frac: float, min_lr_frac: float
+    step: int,
+    total_steps: int,
+    *,
+    lr: float,
+    warmup_frac: float,
+    min_lr_frac: float,
+    warmup_steps: int = 0,
 ) -> float:
     """Linear warmup, then half a cosine from ``lr`` down to ``min_lr_frac * lr``.
 
     The cosine decay to a floor of 10 % of the peak is the Chinchilla recipe (Hoffmann et al.
     2022, section 3 and appendix B), decaying over exactly the run's length.
     """
-    warmup = _warmup_steps(total_steps, warmup_frac)
+    warmup = _warmup_steps(total_steps, warmup_frac, warmup_steps)
     if step < warmup:
         return lr * (step + 1) / warmup
     decay_steps = total_steps - warmup - 1
@@ -44,6 +58,7 @@ def wsd_lr(
     warmup_frac: float,
     min_lr_frac: float,
     cooldown_frac: float,
+    warmup_steps: int = 0,
 ) -> float:
     """Warmup-stable-decay: warmup, constant ``lr``, then a (1 - sqrt) cooldown.
 
@@ -52,7 +67,7 @@ def wsd_lr(
     beyond fixed training durations", section 3, the shape that did best there), rescaled to end
     at ``min_lr_frac * lr`` instead of 0.
     """
-    warmup = _warmup_steps(total_steps, warmup_frac)
+    warmup = _warmup_steps(total_steps, warmup_frac, warmup_steps)
     cooldown = min(total_steps - warmup, max(0, round(cooldown_frac * total_steps)))
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -73,6 +88,7 @@ def lr_at(step: int, total_steps: int, optim: OptimConfig) -> float:
             lr=optim.lr,
             warmup_frac=optim.warmup_frac,
             min_lr_frac=optim.min_lr_frac,
+            warmup_steps=optim.warmup_steps,
         )
     if optim.schedule == "wsd":
         return wsd_lr(
@@ -82,6 +98,7 @@ def lr_at(step: int, total_steps: int, optim: OptimConfig) -> float:
             warmup_frac=optim.warmup_frac,
             min_lr_frac=optim.min_lr_frac,
             cooldown_frac=optim.cooldown_frac,
+            warmup_steps=optim.warmup_steps,
         )
     raise ValueError(
         f"optim.schedule: unknown schedule {optim.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"

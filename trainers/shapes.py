@@ -57,6 +57,8 @@ def _counts(d: int, config: TrainerConfig, mlps: int = 1, router: int = 0) -> tu
     per_layer += router * d  # MoE router
     if model.attention == "sigmoid":
         per_layer += 2 * model.head_dim  # QK-norm weights (one per q and k, shared by heads)
+    if model.sigma_reparam:
+        per_layer += 2 if router else 4  # one gamma per reparametrised linear layer
     embedding = VOCAB_SIZE * d  # token embedding
     if model.positional == "learned":
         embedding += config.seq_len * d

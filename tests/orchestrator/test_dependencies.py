@@ -16,7 +16,8 @@ from orchestrator.scheduler import CheckpointPolicy, Scheduler
 from orchestrator.study import run_study
 from orchestrator.tracking import MemoryTracker
 from trainers import RunResult, get_trainer
-from trainers.checkpoint import checkpoint_path
+from trainers.base import NullSink
+from trainers.checkpoint import checkpoint_path, kept_checkpoint_path
 
 TINY_TRAINER = {
     "seq_len": 32,
@@ -64,15 +65,18 @@ class FakeTrainingExecutor(Executor):
         self.queue: deque[RunTask] = deque()
         self.order: list[str] = []
         self.specs: dict[str, object] = {}
+        self.resumable: dict[str, bool] = {}
         self.fail = fail
 
     def submit(self, task: RunTask) -> None:
         spec = task.spec
-        for path in (spec.teacher_checkpoint, spec.init_checkpoint):
+        for path in (spec.teacher_checkpoint, spec.init_checkpoint, spec.branch_from):
             assert not path or Path(path).is_file(), f"{spec.run_key} was started before {path} existed"
         self.queue.append(task)
         self.order.append(spec.run_key)
         self.specs[spec.run_key] = spec
+        # whether a real trainer would resume this run from a checkpoint of its own
+        self.resumable[spec.run_key] = bool(spec.checkpoint_dir) and checkpoint_path(spec.checkpoint_dir).is_file()
 
     def wait(self, timeout: float) -> list[Completion]:
         if not self.queue:
@@ -84,6 +88,8 @@ class FakeTrainingExecutor(Executor):
         if spec.checkpoint_dir:
             Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             checkpoint_path(spec.checkpoint_dir).write_bytes(b"weights")
+            for step in spec.keep_steps:
+                kept_checkpoint_path(spec.checkpoint_dir, step).write_bytes(b"weights")
         plan = get_trainer(spec.trainer).plan(spec.point)
         loss = 3.0 + 1e3 / spec.point.n_params
         return [Completion(task=task, result=RunResult(run_key=spec.run_key, plan=plan, final_loss=loss))]
@@ -300,3 +306,89 @@ def test_finetuning_study_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert all(o.n_points == 4 for o in outcome.laws)
     # the planned runs stay as planned: checkpoints are filled into copies at submission
     assert all(r.spec.init_checkpoint == "" for r in expand(study))
+
+
+def _branch_study(**grid: object) -> dict:
+    return {
+        "name": "branches",
+        "trainer": {**TINY_TRAINER, "kind": "dense", "optim": {"schedule": "wsd", "warmup_frac": 0.1, "cooldown_frac": 0.25}},
+        "grid": {"N": [1.2e4, 2.4e4], "D": [8e3, 1.6e4, 2.4e4], "cooldown_branches": True, **grid},
+    }
+
+
+def test_cooldown_branches_expand_one_trunk_per_size_keeping_every_branch_point() -> None:
+    runs = expand(study_from_dict(_branch_study()))
+    trunks = [r for r in runs if r.stage == "trunk"]
+    branches = [r for r in runs if r.stage == "main"]
+    assert len(trunks) == 2 and len(branches) == 6
+    for trunk in trunks:
+        mine = [b for b in branches if b.depends_on == {"branch": trunk.key}]
+        assert len(mine) == 3 and {b.spec.point.n_params for b in mine} == {trunk.spec.point.n_params}
+        points = sorted(b.plan.steps - round(0.25 * b.plan.steps) for b in mine)
+        assert trunk.spec.keep_steps == tuple(points)
+        assert trunk.plan.steps == points[-1], "the trunk stops at the last branch point"
+        assert trunk.spec.trainer.optim.cooldown_frac == 0.0
+        # one warmup for the trunk and all of its branches: the shortest run's
+        warmups = {b.spec.trainer.optim.warmup_steps for b in mine} | {trunk.spec.trainer.optim.warmup_steps}
+        assert warmups == {round(0.1 * min(b.plan.steps for b in mine))}
+
+
+def test_branches_start_from_their_own_branch_point(tmp_path: Path) -> None:
+    runs = expand(study_from_dict(_branch_study()))
+    executor = FakeTrainingExecutor()
+    stats = _scheduler(runs, tmp_path, executor).run(timeout=0)
+    assert stats.finished == len(runs)
+    for run in runs:
+        if run.stage != "main":
+            continue
+        start = run.plan.steps - round(0.25 * run.plan.steps)
+        trunk = run.depends_on["branch"]
+        assert executor.specs[run.key].branch_from == str(kept_checkpoint_path(tmp_path / "ckpt" / trunk, start))
+        assert executor.order.index(trunk) < executor.order.index(run.key)
+
+
+def test_a_trunk_missing_a_branch_point_is_trained_again_from_scratch(tmp_path: Path) -> None:
+    runs = expand(study_from_dict(_branch_study()))
+    tracker = MemoryTracker()
+    _scheduler(runs, tmp_path, FakeTrainingExecutor(), tracker).run(timeout=0)
+    trunk = next(r for r in runs if r.stage == "trunk")
+    folder = tmp_path / "ckpt" / trunk.key
+    kept_checkpoint_path(folder, trunk.spec.keep_steps[0]).unlink()
+    again = FakeTrainingExecutor()
+    _scheduler(runs, tmp_path, again, tracker).run(timeout=0)
+    assert again.order == [trunk.key]
+    assert again.resumable[trunk.key] is False, "it starts from scratch, not from its own end"
+    assert all(kept_checkpoint_path(folder, s).is_file() for s in trunk.spec.keep_steps)
+
+
+def test_cooldown_branch_study_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trunks, six branches: the law is fitted on the branches only, and every branch ends as
+    a run trained from scratch to its D would have."""
+    monkeypatch.chdir(tmp_path)
+    study = study_from_dict(_branch_study())
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.failed == 0 and outcome.stats.finished == 8
+    assert outcome.laws[0].n_points == 6
+    finished = tracker.finished_runs()
+    branch = next(r for r in expand(study) if r.stage == "main")
+    scratch = get_trainer(branch.spec.trainer).train(branch.spec, NullSink())  # no branch_from: from scratch
+    assert finished[branch.key].final_loss == scratch.final_loss
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "key"),
+    [
+        ("cosine schedule", lambda raw: raw["trainer"]["optim"].update(schedule="cosine"), "grid.cooldown_branches"),
+        ("isoflop grid", lambda raw: raw.update(grid={"isoflop": {"budgets": [1e10]}, "cooldown_branches": True}), "grid.cooldown_branches"),
+        ("branch inside warmup", lambda raw: raw["trainer"]["optim"].update(warmup_frac=0.9), "grid.cooldown_branches"),
+        ("warmup steps given", lambda raw: raw["trainer"]["optim"].update(warmup_steps=3), "trainer.optim.warmup_steps"),
+    ],
+)
+def test_bad_branch_studies_name_the_key(label: str, change, key: str) -> None:
+    raw = _branch_study()
+    change(raw)
+    with pytest.raises(StudyError) as info:
+        study_from_dict(raw)
+        expand(study_from_dict(raw))
+    assert info.value.key == key, str(info.value)

@@ -65,6 +65,7 @@ BAD_STUDIES = [
     ("mixture sum", _with("grid.mixture", [[0.5, 0.6]]), "grid.mixture[0]"),
     ("unknown trainer", _with("trainer.kind", "quantum"), "trainer.kind"),
     ("unknown law", _with("laws", ["chinchila"]), "laws[0].family"),
+    ("ema of 1", _with("trainer", {"kind": "simulated", "optim": {"ema": 1.0}}), "trainer.optim.ema"),
     ("no laws", _with("laws", []), "laws"),
     ("bad gpus", _with("resources.gpus_per_run", "lots"), "resources.gpus_per_run"),
     ("negative retries", _with("resources.max_retries", -1), "resources.max_retries"),

@@ -1,0 +1,136 @@
+"""Training-recipe options: sigmaReparam layers and a model EMA that follows the scaling rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainers.conftest import RecordingSink
+from trainers.base import RunPoint, RunSpec
+from trainers.checkpoint import load_model_state
+from trainers.config import ModelConfig, OptimConfig, TrainerConfig
+from trainers.dense import DenseTrainer, ema_momentum
+from trainers.model import GPT, SigmaReparam
+from trainers.moe import MoE
+from trainers.shapes import count_params, derive_shape
+
+ConfigFactory = Callable[..., TrainerConfig]
+SIGMA = ModelConfig(head_dim=16, aspect_ratio=16.0, sigma_reparam=True)
+
+
+def _spec(config: TrainerConfig, steps: int, **fields: object) -> RunSpec:
+    point = RunPoint(n_params=12_000, tokens=steps * config.batch_size * config.seq_len)
+    return RunSpec(run_key="recipe", study="test", seed=3, point=point, trainer=config, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind_experts", [0, 4])
+def test_sigma_reparam_counts_are_exact(kind_experts: int) -> None:
+    config = TrainerConfig(seq_len=64, kind="moe" if kind_experts else "dense", model=SIGMA)
+    for n_target in (12_000, 1e5):
+        shape = derive_shape(int(n_target), config)
+        if kind_experts:
+            shape = replace(shape, n_experts=kind_experts, top_k=2)
+        model = GPT(shape, config.model)
+        total = sum(p.numel() for p in model.parameters())
+        assert count_params(shape, config)[0] == total
+        wrapped = [m for m in model.modules() if isinstance(m, SigmaReparam)]
+        assert len(wrapped) == shape.n_layer * (2 if kind_experts else 4)
+        assert not kind_experts or any(isinstance(m, MoE) for m in model.modules())
+
+
+def test_sigma_reparam_starts_as_the_plain_layer_and_keeps_gamma_as_the_spectral_norm() -> None:
+    shape = derive_shape(12_000, TrainerConfig(seq_len=32, model=SIGMA))
+    torch.manual_seed(0)
+    plain = GPT(shape, replace(SIGMA, sigma_reparam=False))
+    torch.manual_seed(0)
+    reparam = GPT(shape, SIGMA).eval()
+    x = torch.randint(0, 256, (2, 32))
+    # gamma starts at sigma(W): the reparametrised network computes what the plain one does
+    torch.testing.assert_close(reparam(x), plain(x), rtol=1e-3, atol=1e-3)
+    layer = reparam.blocks[0].attn.qkv
+    assert isinstance(layer, SigmaReparam)
+    with torch.no_grad():
+        layer.linear.parametrizations.weight.original.mul_(3.0)  # scale W: W_hat must not change
+        layer.train()
+        for _ in range(30):  # power iterations catch up with the new W
+            layer(torch.zeros(1, shape.d_model))
+        layer.eval()
+        effective = layer.gamma * layer.linear.weight
+        assert torch.linalg.matrix_norm(effective, ord=2) == pytest.approx(layer.gamma.item(), rel=1e-3)
+
+
+def test_sigma_reparam_trains_and_resumes_exactly(tiny_config: ConfigFactory, tmp_path: Path) -> None:
+    config = tiny_config(model=SIGMA)
+    trainer = DenseTrainer(config)
+    sink = RecordingSink()
+    whole = trainer.train(_spec(config, 30), sink)
+    losses = [m["train_loss"] for _, m in sink.calls if "train_loss" in m]
+    assert losses[-1] < losses[0] - 0.5
+    split = _spec(config, 30, checkpoint_dir=str(tmp_path), checkpoint_every=10)
+
+    class Stop(RuntimeError):
+        pass
+
+    class StopAt20(RecordingSink):
+        def log_metrics(self, metrics, *, step):  # noqa: ANN001
+            if "train_loss" in metrics and step == 25:
+                raise Stop
+            super().log_metrics(metrics, step=step)
+
+    with pytest.raises(Stop):
+        trainer.train(split, StopAt20())
+    resumed = trainer.train(split, RecordingSink())
+    # the power-iteration vectors are buffers in the checkpoint: the resumed run is the same run
+    assert resumed.final_loss == whole.final_loss and resumed.curve == whole.curve
+
+
+def test_ema_momentum_follows_the_scaling_rule() -> None:
+    base = TrainerConfig(batch_size=16, optim=OptimConfig(ema=0.99, ema_batch_size=16))
+    assert ema_momentum(base) == 0.99
+    assert ema_momentum(replace(base, batch_size=64)) == pytest.approx(0.99**4)
+    assert ema_momentum(replace(base, batch_size=4)) == pytest.approx(0.99**0.25)
+    own = TrainerConfig(batch_size=8, optim=OptimConfig(ema=0.9))  # reference = its own batch
+    assert ema_momentum(own) == 0.9
+
+
+def test_ema_scores_the_average_resumes_exactly_and_is_the_model_others_load(
+    tiny_config: ConfigFactory, tmp_path: Path
+) -> None:
+    optim = OptimConfig(ema=0.9)
+    config = tiny_config(optim=optim)
+    trainer = DenseTrainer(config)
+    result = trainer.train(_spec(config, 30, checkpoint_dir=str(tmp_path / "a")), RecordingSink())
+    assert result.metrics["raw_eval_loss"] != result.final_loss  # the EMA is not the live model
+    # the checkpoint hands the EMA's weights to whoever starts from this run
+    weights, _ = load_model_state(tmp_path / "a")
+    model = GPT(result.plan.shape, config.model)
+    model.load_state_dict(weights)
+    from trainers.data import load_domains
+    from trainers.dense import evaluate_domains
+
+    losses = evaluate_domains(model, load_domains(config.data), config, torch.device("cpu"))
+    assert sum(losses.values()) / len(losses) == pytest.approx(result.final_loss, rel=1e-6)
+    # momentum 0: the average is the live model
+    zero = tiny_config(optim=OptimConfig(ema=1e-12))
+    r0 = DenseTrainer(zero).train(_spec(zero, 20), RecordingSink())
+    assert r0.metrics["raw_eval_loss"] == pytest.approx(r0.final_loss, rel=1e-5)
+    # resume from step 20 of 30: the EMA state travels in the checkpoint
+    split = _spec(config, 30, checkpoint_dir=str(tmp_path / "b"), checkpoint_every=10)
+
+    class Stop(RuntimeError):
+        pass
+
+    class StopAt25(RecordingSink):
+        def log_metrics(self, metrics, *, step):  # noqa: ANN001
+            if "train_loss" in metrics and step == 25:
+                raise Stop
+            super().log_metrics(metrics, step=step)
+
+    with pytest.raises(Stop):
+        trainer.train(split, StopAt25())
+    resumed = trainer.train(split, RecordingSink())
+    assert resumed.final_loss == result.final_loss and resumed.metrics == result.metrics
