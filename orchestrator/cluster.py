@@ -50,14 +50,23 @@ def gpus_per_run(resources: ResourcesConfig, trainer: TrainerConfig, cluster_gpu
     return 1.0
 
 
-def check_feasible(ray: Any, num_cpus: float, num_gpus: float) -> None:
-    """Fail now, with the numbers, if no node could ever run one of the study's tasks."""
+def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0.0) -> None:
+    """Fail now, with the numbers, if no node could ever run one of the study's tasks
+    (``memory``: the largest memory request of any run, in bytes)."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits = [
         n
         for n in nodes
         if n["Resources"].get("CPU", 0) >= num_cpus and n["Resources"].get("GPU", 0) >= num_gpus
     ]
+    roomy = [n for n in fits if n["Resources"].get("memory", float("inf")) >= memory]
+    if fits and not roomy:
+        best = max(n["Resources"].get("memory", 0) for n in fits)
+        raise StudyError(
+            "resources.memory_per_run",
+            f"the largest run asks for {memory / 2**20:.0f} MB of memory, but the largest node that fits "
+            f"its CPUs and GPUs offers {best / 2**20:.0f} MB to Ray: it could never start",
+        )
     if not fits:
         best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
         best_gpu = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)

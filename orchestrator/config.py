@@ -151,6 +151,10 @@ class ResourcesConfig:
 
     cpus_per_run: float = 1.0
     gpus_per_run: str = "auto"  # auto (1 GPU for real models when the cluster has GPUs, else 0) or a number
+    # memory each run asks Ray for: auto (its budget from trainers.memory: model state,
+    # activations and runtime, with 50 % headroom; nothing for simulated and replayed runs), a
+    # number of MB, or 0 to ask for none. Ray places runs only where their memory fits
+    memory_per_run: str = "auto"
     max_concurrent: int = 0  # runs in flight at once; 0 = as many as the cluster's CPUs allow
     max_retries: int = 1  # extra attempts after a failed run
     # where runs keep checkpoints (one folder per run key); it must be readable by every worker

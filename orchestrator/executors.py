@@ -25,6 +25,7 @@ class RunTask:
     sink_factory: SinkFactory
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    memory: float = 0.0  # bytes of memory to reserve on the node (0 = no reservation)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,9 +118,12 @@ class RayExecutor(Executor):
         self._pending: dict[Any, RunTask] = {}
 
     def submit(self, task: RunTask) -> None:
-        ref = self._remote.options(
-            num_cpus=task.num_cpus, num_gpus=task.num_gpus, max_retries=0, name=f"run-{task.spec.run_key}"
-        ).remote(task.spec, task.sink_factory)
+        options: dict[str, Any] = {"num_cpus": task.num_cpus, "num_gpus": task.num_gpus}
+        if task.memory > 0:
+            options["memory"] = int(task.memory)
+        ref = self._remote.options(**options, max_retries=0, name=f"run-{task.spec.run_key}").remote(
+            task.spec, task.sink_factory
+        )
         self._pending[ref] = task
 
     def wait(self, timeout: float) -> list[Completion]:

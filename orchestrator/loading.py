@@ -137,18 +137,23 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("resources.max_retries", "must be 0 or more")
     if study.resources.max_concurrent < 0:
         raise StudyError("resources.max_concurrent", "must be 0 (automatic) or more")
-    gpus = study.resources.gpus_per_run
-    if gpus != "auto":
-        try:
-            if float(gpus) < 0:
-                raise ValueError
-        except ValueError:
-            raise StudyError(
-                "resources.gpus_per_run", f"must be 'auto' or a non-negative number, got {gpus!r}"
-            ) from None
+    _auto_or_amount("resources.memory_per_run", study.resources.memory_per_run, "number of MB")
+    _auto_or_amount("resources.gpus_per_run", study.resources.gpus_per_run, "number")
     _validate_grid(study)
     _validate_names(study)
     _validate_selection(study)
+
+
+def _auto_or_amount(key: str, value: str, what: str) -> None:
+    """A resource given as ``auto`` or a non-negative number."""
+    if value == "auto":
+        return
+    try:
+        ok = float(value) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise StudyError(key, f"must be 'auto' or a non-negative {what}, got {value!r}")
 
 
 def _check_numbers(node: Any, prefix: str) -> None:

@@ -31,6 +31,7 @@ from orchestrator.tracking import (
 )
 from trainers import RunResult
 from trainers.base import RunPlan, RunSpec
+from trainers.memory import estimate_memory
 
 ROLE_TAG = "isoflop.role"
 KEY_TAG = "isoflop.run_key"
@@ -305,6 +306,7 @@ def run_params(spec: RunSpec, plan: RunPlan, budget: float | None) -> dict[str, 
     }
     if plan.shape is not None:
         params.update(n_layer=plan.shape.n_layer, d_model=plan.shape.d_model, n_head=plan.shape.n_head)
+        params["memory_budget_mb"] = round(estimate_memory(plan, spec.trainer).budget / 2**20, 1)
     params.update({f"law.{k}": v for k, v in law_inputs(plan, spec).items()})
     return {k: str(v) for k, v in params.items()}
 

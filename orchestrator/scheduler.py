@@ -88,6 +88,7 @@ class Scheduler:
         on_finished: Callable[[list[FinishedRun]], None] | None = None,
         proposer: Proposer | None = None,
         checkpoints: CheckpointPolicy | None = None,
+        memory: Callable[[PlannedRun], float] | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
@@ -117,6 +118,7 @@ class Scheduler:
         self._started = False
         self._stored: dict[str, FinishedRun] = {}
         self.checkpoints = checkpoints
+        self.memory = memory or (lambda run: 0.0)  # bytes each run reserves on its node
         self._needed = {dep for run in runs for dep in run.depends_on.values()}  # keys others depend on
         self._waiting: dict[str, list[PlannedRun]] = {}  # unfinished dependency -> runs parked on it
         self._failed: dict[str, str] = {}  # run key -> why it failed for good
@@ -290,6 +292,7 @@ class Scheduler:
             sink_factory=self.tracker.sink_factory(run_id),
             num_cpus=self.num_cpus,
             num_gpus=self.num_gpus,
+            memory=self.memory(run),
         )
         self._running[key] = run
         self.executor.submit(task)

@@ -22,6 +22,7 @@ from orchestrator.refit import OnlineRefitter, RefitState
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.selection import Selector, journal_storage
 from orchestrator.tracking import Tracker
+from trainers.memory import estimate_memory
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +59,22 @@ def checkpoint_policy(study: StudyConfig) -> CheckpointPolicy:
     return CheckpointPolicy(root=root.resolve(), all_runs=res.checkpoint_all, every=res.checkpoint_every)
 
 
+def memory_request(study: StudyConfig, runs: list[PlannedRun]) -> Callable[[PlannedRun], float]:
+    """Bytes each run reserves on its node (``resources.memory_per_run``)."""
+    setting = study.resources.memory_per_run
+    if setting != "auto":
+        fixed = float(setting) * 2**20
+        return lambda run: fixed
+    by_key = {r.key: r for r in runs}
+
+    def request(run: PlannedRun) -> float:
+        teacher = by_key.get(run.depends_on.get("teacher", ""))
+        estimate = estimate_memory(run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0)
+        return float(estimate.budget)
+
+    return request
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -77,11 +94,12 @@ def run_study(
     touched, so a rejected study leaves nothing behind.
     """
     candidates = runs if runs is not None else expand(study)
+    request = memory_request(study, candidates)
     num_cpus = study.resources.cpus_per_run
     if executor is None:
         ray = connect(study.cluster)
         num_gpus = gpus_per_run(study.resources, study.trainer, ray.cluster_resources().get("GPU", 0))
-        check_feasible(ray, num_cpus, num_gpus)
+        check_feasible(ray, num_cpus, num_gpus, max((request(r) for r in candidates), default=0.0))
         executor = RayExecutor(ray)
     else:
         num_gpus = 0.0 if study.resources.gpus_per_run == "auto" else float(study.resources.gpus_per_run)
@@ -117,6 +135,7 @@ def run_study(
         on_finished=refitter.submit,
         proposer=selector,
         checkpoints=checkpoint_policy(study),
+        memory=request,
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)
     try:

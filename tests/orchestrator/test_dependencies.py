@@ -392,3 +392,43 @@ def test_bad_branch_studies_name_the_key(label: str, change, key: str) -> None:
         study_from_dict(raw)
         expand(study_from_dict(raw))
     assert info.value.key == key, str(info.value)
+
+
+class _Nodes:
+    """The part of the ray module ``check_feasible`` reads."""
+
+    def __init__(self, *resources: dict) -> None:
+        self._nodes = [{"Alive": True, "Resources": r} for r in resources]
+
+    def nodes(self) -> list[dict]:
+        return self._nodes
+
+
+def test_runs_reserve_their_memory_budget_and_an_impossible_one_is_refused(tmp_path: Path) -> None:
+    from orchestrator.cluster import check_feasible
+    from orchestrator.study import memory_request
+    from trainers.memory import estimate_memory
+
+    study = study_from_dict(_distill_study())
+    runs = expand(study)
+    request = memory_request(study, runs)
+    student = next(r for r in runs if r.stage == "main")
+    teacher = next(r for r in runs if r.key == student.depends_on["teacher"])
+    # a student reserves room for its teacher too
+    assert request(student) == estimate_memory(student.plan, student.spec.trainer, teacher_params=teacher.plan.n_params).budget
+    assert request(student) > estimate_memory(student.plan, student.spec.trainer).budget
+    executor = FakeTrainingExecutor()
+    tasks = []
+    original = executor.submit
+    executor.submit = lambda task: (tasks.append(task), original(task))  # type: ignore[method-assign]
+    _scheduler(runs, tmp_path, executor, memory=request).run(timeout=0)
+    assert {t.spec.run_key: t.memory for t in tasks} == {r.key: request(r) for r in runs}
+    fixed = memory_request(study_from_dict({**_distill_study(), "resources": {"memory_per_run": "512"}}), runs)
+    assert fixed(student) == 512 * 2**20
+    check_feasible(_Nodes({"CPU": 2, "memory": 4 * 2**30}), 1, 0, 2**30)
+    with pytest.raises(StudyError) as info:
+        check_feasible(_Nodes({"CPU": 2, "memory": 2**29}, {"CPU": 0.5, "memory": 2**33}), 1, 0, 2**30)
+    assert info.value.key == "resources.memory_per_run" and "512 MB" in str(info.value)
+    with pytest.raises(StudyError) as info:
+        study_from_dict({**_distill_study(), "resources": {"memory_per_run": "lots"}})
+    assert info.value.key == "resources.memory_per_run"
