@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from orchestrator.executors import Completion, Executor, RunTask
-from orchestrator.grid import PlannedRun, branch_step
+from orchestrator.grid import PlannedRun, branch_step, trained_flops
 from orchestrator.tracking import STAGE_TAG, FinishedRun, Tracker
 from trainers.checkpoint import checkpoint_path, kept_checkpoint_path
 
@@ -306,7 +306,7 @@ class Scheduler:
             finished = self.tracker.finish_run(completion.task.run_id, completion.result, completion.leftover)
             self.finished[key] = finished
             self.stats.finished += 1
-            self.stats.flops_done += completion.result.plan.flops
+            self.stats.flops_done += trained_flops(run)  # a cooldown branch pays only for its cooldown
             self.on_event(Event(kind="finish", run=run, attempt=attempt, finished=finished))
             self._release(key)
             return finished

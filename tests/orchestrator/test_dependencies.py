@@ -338,6 +338,10 @@ def test_branches_start_from_their_own_branch_point(tmp_path: Path) -> None:
     executor = FakeTrainingExecutor()
     stats = _scheduler(runs, tmp_path, executor).run(timeout=0)
     assert stats.finished == len(runs)
+    # the trunks are paid in full, the branches only for their cooldowns
+    trunks = sum(r.plan.flops for r in runs if r.stage == "trunk")
+    cooldowns = sum(r.plan.flops * round(0.25 * r.plan.steps) / r.plan.steps for r in runs if r.stage == "main")
+    assert stats.flops_done == pytest.approx(trunks + cooldowns)
     for run in runs:
         if run.stage != "main":
             continue
