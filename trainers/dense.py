@@ -171,6 +171,11 @@ class _Loop:
     ema: ModelEMA | None = None
 
 
+def weighted_loss(losses: Mapping[str, float], weights: Sequence[float]) -> float:
+    """The mixture-weighted loss of per-domain ``losses`` (domain order = ``weights`` order)."""
+    return sum(w * loss for w, loss in zip(weights, losses.values(), strict=True))
+
+
 def ema_momentum(config: TrainerConfig) -> float:
     """The EMA momentum at this run's batch size: the EMA scaling rule (Busbridge et al. 2023),
     rho ** (B / B_ref), keeps the EMA's horizon in samples fixed when the batch size changes."""
@@ -343,7 +348,7 @@ class DenseTrainer(Trainer):
         def pretrain_loss(losses: Mapping[str, float]) -> dict[str, float]:
             if pretrain_weights is None:
                 return {}
-            return {"pretrain_loss": sum(w * losses[n] for w, n in zip(pretrain_weights, domains, strict=True))}
+            return {"pretrain_loss": weighted_loss(losses, pretrain_weights)}
 
         def log_eval(step: int) -> None:
             losses = evaluate_domains(scored, domains, config, device)
@@ -361,11 +366,11 @@ class DenseTrainer(Trainer):
         eval_losses = evaluate_domains(scored, domains, config, device)
         if not all(math.isfinite(v) for v in eval_losses.values()):
             raise TrainingDiverged(f"run {spec.run_key}: non-finite held-out loss {eval_losses}")
-        final_loss = sum(w * eval_losses[name] for w, name in zip(weights, domains, strict=True))
+        final_loss = weighted_loss(eval_losses, weights)
         extra = {**self.extra_metrics(spec, domains, weights, device), **pretrain_loss(eval_losses)}
         if ema is not None:  # what the EMA bought: the live model's loss next to it
             raw = evaluate_domains(model, domains, config, device)
-            extra["raw_eval_loss"] = sum(w * raw[name] for w, name in zip(weights, domains, strict=True))
+            extra["raw_eval_loss"] = weighted_loss(raw, weights)
         sink.log_metrics(
             {
                 "eval_loss": final_loss,

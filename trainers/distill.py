@@ -35,7 +35,7 @@ from trainers.base import RunPlan, RunPoint, RunSpec
 from trainers.checkpoint import load_model
 from trainers.config import DistillConfig, TrainerConfig
 from trainers.data import DomainText
-from trainers.dense import DenseTrainer, LossFn, evaluate_domains, plan_dense
+from trainers.dense import DenseTrainer, LossFn, evaluate_domains, plan_dense, weighted_loss
 from trainers.model import GPT, lm_loss
 
 
@@ -109,7 +109,7 @@ class DistillTrainer(DenseTrainer):
     ) -> dict[str, float]:
         """The teacher's held-out loss L_T, per domain and mixture-weighted."""
         losses = evaluate_domains(self._teacher(spec, device), domains, spec.trainer, device)
-        weighted = sum(w * losses[name] for w, name in zip(weights, domains, strict=True))
+        weighted = weighted_loss(losses, weights)
         return {
             "teacher_eval_loss": weighted,
             **{f"teacher_eval_loss/{name}": v for name, v in losses.items()},
