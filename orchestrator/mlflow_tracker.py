@@ -219,7 +219,7 @@ class MlflowTracker(Tracker):
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self._inputs[run_id] = law_inputs(plan, spec, inputs)
-        params = run_params(spec, plan, budget) | {f"law.{k}": str(v) for k, v in self._inputs[run_id].items()}
+        params = run_params(spec, plan, budget, self._inputs[run_id])
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self._stages[run_id] = (tags or {}).get(STAGE_TAG, "main")
         return run_id
@@ -283,8 +283,9 @@ def fit_metrics(law: str, document: Mapping[str, object]) -> dict[str, float]:
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def run_params(spec: RunSpec, plan: RunPlan, budget: float | None) -> dict[str, str]:
-    """A child run's params: every axis, the exact sizes and the conventions used."""
+def run_params(spec: RunSpec, plan: RunPlan, budget: float | None, inputs: Mapping[str, float]) -> dict[str, str]:
+    """A child run's params: every axis, the exact sizes, the conventions used and its law
+    ``inputs`` (:func:`~orchestrator.tracking.law_inputs`) as ``law.<name>``."""
     params: dict[str, object] = {
         "N_target": spec.point.n_params,
         "D_target": spec.point.tokens,
@@ -307,7 +308,7 @@ def run_params(spec: RunSpec, plan: RunPlan, budget: float | None) -> dict[str, 
     if plan.shape is not None:
         params.update(n_layer=plan.shape.n_layer, d_model=plan.shape.d_model, n_head=plan.shape.n_head)
         params["memory_budget_mb"] = round(estimate_memory(plan, spec.trainer).budget / 2**20, 1)
-    params.update({f"law.{k}": v for k, v in law_inputs(plan, spec).items()})
+    params.update({f"law.{k}": v for k, v in inputs.items()})
     return {k: str(v) for k, v in params.items()}
 
 
