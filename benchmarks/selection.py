@@ -11,11 +11,21 @@ the study's final full multi-start fit.
 their table; the reference is the law fitted to the whole table (the real truth is unknown), the
 target the loss and N_opt at 5.76e23 FLOPs.
 
-    python benchmarks/selection.py [--truth simulated|replay] [--fractions 0.01 0.05 0.1 0.25]
-                                   [--seeds 3] [--out PATH]
+Strategies: ``active`` (the default planned criterion), ``active@G`` (active with the cost exponent
+fixed at G), ``random``, ``cheapest``; the full grid is always run.
 
-Prints one row per (strategy, fraction) with the mean over seeds of |relative error| of the
-predicted target loss and of N_opt, and writes the raw rows as JSON when ``--out`` is given.
+Before the studies it prints the *attainable* floor at each budget fraction: for each target
+alone, the certified lower bound of the convex relaxation of the budgeted design problem at the
+reference law (:func:`orchestrator.selection.criteria.design_bound`), as a ratio to the full
+grid's standard deviation. No subset of the pool does better than this under the linearised
+model, whatever the strategy.
+
+    python benchmarks/selection.py [--truth simulated|replay] [--fractions 0.01 0.05 0.1 0.25]
+                                   [--seeds 3] [--strategies active random cheapest] [--out PATH]
+
+Prints one row per (strategy, fraction) with the mean (and standard error) over seeds of
+|relative error| of the predicted target loss and of |log| error of N_opt, and writes the raw rows
+as JSON when ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -32,7 +42,10 @@ import optuna
 
 import laws
 from orchestrator.executors import InlineExecutor
+from orchestrator.grid import expand
 from orchestrator.loading import study_from_dict
+from orchestrator.selection.criteria import design_bound, target_gradients, target_variances
+from orchestrator.selection.selector import make_pool, targets_of
 from orchestrator.study import run_study
 from orchestrator.tracking import MemoryTracker
 from trainers.config import REPLICATION_CHINCHILLA
@@ -62,30 +75,54 @@ def target_budget(kind: str) -> float:
     return REPLAY_TARGET if kind == "replay" else TARGET_BUDGET
 
 
-def truth(kind: str) -> tuple[float, float]:
-    """Reference loss and N_opt at the target budget: the simulated world's law, or the law fitted
-    to the whole replayed table."""
+def reference_fit(kind: str) -> laws.LawFit:
+    """The reference law: the simulated world's, or the law fitted to the whole replayed table."""
     if kind == "replay":
         fit_ = _outcome("replay", "grid", 1.0, 0).laws[0].fit
         assert fit_ is not None
-    else:
-        report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
-        fit_ = laws.LawFit(law="chinchilla", params=dict(REPLICATION_CHINCHILLA), objective=0.0, report=report)
-    a = laws.compute_optimal(fit_, [target_budget(kind)])[0]
+        return fit_
+    report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
+    return laws.LawFit(law="chinchilla", params=dict(REPLICATION_CHINCHILLA), objective=0.0, report=report)
+
+
+def truth(kind: str) -> tuple[float, float]:
+    """Reference loss and N_opt at the target budget."""
+    a = laws.compute_optimal(reference_fit(kind), [target_budget(kind)])[0]
     return a.loss, a.N_opt
+
+
+def attainable(kind: str, fractions: list[float]) -> dict[float, np.ndarray]:
+    """Per budget fraction and target (loss, N_opt), the certified floor on the target's standard
+    deviation over any design within that budget (the relaxed optimum for that target alone),
+    divided by the full grid's; linearised at the reference law."""
+    ref = reference_fit(kind)
+    config = study(kind, "active", 1.0, 0)
+    law = laws.get_law("chinchilla")
+    pool = make_pool(expand(config), law, config.selection, 0.0)
+    jac = laws.prediction_jacobian(law, law.from_natural(ref.params), pool.inputs)
+    g = target_gradients(law, ref, targets_of(config.selection))
+    full = target_variances(jac, g, sigma2=1.0, prior_precision=1e-8)
+    out = {}
+    for fraction in fractions:
+        budget = fraction * pool.cost.sum()
+        lower = [design_bound(jac, pool.cost, g[t : t + 1], sigma2=1.0, budget=budget).lower for t in range(len(g))]
+        out[fraction] = np.sqrt(np.array(lower) / full)
+    return out
 
 
 def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201 - StudyConfig
     selection: dict = {"mode": "grid", "refit_every": 1000}
     if strategy != "grid":
+        mode, _, exponent = strategy.partition("@")
         selection = {
-            "mode": strategy,
+            "mode": mode,
             "budget_fraction": fraction,
             "target": {"budget": target_budget(kind)},
             "refit_every": 5,
+            "cost_exponent": float(exponent) if exponent else None,
         }
     raw: dict = {
-        "name": f"bench-{kind}-{strategy}-{fraction}-{seed}",
+        "name": f"bench-{kind}-{strategy.replace('@', '-')}-{fraction}-{seed}",
         "seed": 1000 * seed,
         "laws": ["chinchilla"],
         "selection": selection,
@@ -136,6 +173,12 @@ def run_one(kind: str, strategy: str, fraction: float, seed: int, reference: tup
     }
 
 
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25])
@@ -147,18 +190,24 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     reference = truth(args.truth)
-    rows = [run_one(args.truth, "grid", 1.0, s, reference) for s in range(args.seeds)]
-    for fraction in args.fractions:
-        for strategy in args.strategies:
-            rows += [run_one(args.truth, strategy, fraction, s, reference) for s in range(args.seeds)]
-    print(f"{'strategy':10} {'fraction':>8} {'runs':>6} {'loss err':>10} {'N_opt err (log)':>16} {'s/study':>8}")
+    print("attainable (certified floor of any design), target sd / full grid's:")
+    for fraction, ratio in attainable(args.truth, args.fractions).items():
+        print(f"  {fraction:5.2f} of the grid's compute: loss x{ratio[0]:.2f}, N_opt x{ratio[1]:.2f}")
+    jobs = [("grid", 1.0)] + [(strategy, fraction) for fraction in args.fractions for strategy in args.strategies]
+    rows = []
+    for strategy, fraction in jobs:
+        for seed in range(args.seeds):
+            row = run_one(args.truth, strategy, fraction, seed, reference)
+            print(json.dumps(row, default=float), flush=True)  # progress, and the raw rows
+            rows.append(row)
+    print(f"{'strategy':12} {'fraction':>8} {'runs':>6} {'loss err':>18} {'N_opt err (log)':>18} {'s/study':>8}")
     keys = sorted({(r["fraction"], r["strategy"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for fraction, strategy in keys:
         sel = [r for r in rows if r["fraction"] == fraction and r["strategy"] == strategy]
+        le, ne = _mean_se([r["loss_error"] for r in sel]), _mean_se([r["n_opt_error"] for r in sel])
         print(
-            f"{strategy:10} {fraction:8.2f} {np.mean([r['runs'] for r in sel]):6.1f} "
-            f"{np.nanmean([r['loss_error'] for r in sel]):10.4%} {np.nanmean([r['n_opt_error'] for r in sel]):16.4f} "
-            f"{np.mean([r['seconds'] for r in sel]):8.1f}"
+            f"{strategy:12} {fraction:8.2f} {np.mean([r['runs'] for r in sel]):6.1f} "
+            f"{le[0]:9.3%} +- {le[1]:.3%} {ne[0]:9.4f} +- {ne[1]:.4f} {np.mean([r['seconds'] for r in sel]):8.1f}"
         )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))

@@ -140,7 +140,10 @@ class SelectionConfig:
     target: TargetConfig = field(default_factory=TargetConfig)
     tolerance: float = 0.0  # stop early once every target's 95% interval is within +-tolerance (relative)
     initial_runs: int = 0  # space-filling runs before the criterion takes over; 0 = 2 x law parameters
-    cost_exponent: float = 0.4  # score = information / cost^exponent (1 = pure information per FLOP)
+    # score = information / cost^exponent (1 = pure information per FLOP, 0 = information alone);
+    # null = plan the remaining budget for exponents 0 to 1 and follow the plan that leaves the
+    # targets least uncertain (re-planned after every run)
+    cost_exponent: float | None = None
     cost_overhead_flops: float = 0.0  # fixed cost added to every run (start-up, evaluation)
     refit_every: int = 10  # a full multi-start refit every this many updates (others are warm-started)
 
@@ -165,6 +168,9 @@ class ResourcesConfig:
     checkpoint_all: bool = False
     checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only the final one
     wait_timeout_s: float = 1.0  # how long one scheduler step waits for a result
+    # report a run that no node has started this many seconds after it was submitted (Ray keeps
+    # such a task pending without an error); 0 = never
+    pending_warn_s: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)

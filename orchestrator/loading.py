@@ -129,6 +129,8 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("trainer.optim.ema", f"must be in [0, 1) (0 = no EMA), got {t.optim.ema}")
     if t.optim.ema_batch_size < 0:
         raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
+    if study.resources.pending_warn_s < 0:
+        raise StudyError("resources.pending_warn_s", f"must be 0 (never) or more, got {study.resources.pending_warn_s}")
     if t.simulated.sleep_s < 0:
         raise StudyError("trainer.simulated.sleep_s", f"must be 0 or more, got {t.simulated.sleep_s}")
     if t.optim.lr <= 0:
@@ -347,7 +349,7 @@ def _validate_selection(study: StudyConfig) -> None:
     for key, value in {
         "selection.tolerance": sel.tolerance,
         "selection.initial_runs": sel.initial_runs,
-        "selection.cost_exponent": sel.cost_exponent,
+        "selection.cost_exponent": 0.0 if sel.cost_exponent is None else sel.cost_exponent,
         "selection.cost_overhead_flops": sel.cost_overhead_flops,
     }.items():
         if value < 0:

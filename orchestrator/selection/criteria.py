@@ -9,10 +9,19 @@ Sherman-Morrison amount
     Delta(x) = (g^T M^-1 j)^2 / (sigma^2 + j^T M^-1 j),   j = J(x)
 
 (the V-optimal / target-variance criterion; see e.g. Atkinson, Donev & Tobias 2007, "Optimum
-Experimental Designs", Ch. 10). Candidates are scored by sum_targets Delta(x) / cost(x)^gamma
-(cost-weighted as in budget-aware sequential design for scaling laws, gamma = 0.4 by default) and
-picked greedily, updating M after each pick as if the run were done: the linearised covariance
-does not depend on the observed losses, so a whole batch can be chosen before any of it finishes.
+Experimental Designs", Ch. 10). Each target's gain is taken relative to its current variance, so
+a loss (log L) and an N_opt target count alike whatever their scales. Candidates are scored by
+sum_targets Delta(x) / cost(x)^gamma and picked greedily, updating M after each pick as if the run
+were done: the linearised covariance does not depend on the observed losses, so a whole batch can
+be chosen before any of it finishes.
+
+No single gamma suits every budget: a small budget is best spent on many cheap runs, a large one
+on a few large runs (gamma near 0). :func:`planned_information` therefore plans the whole
+remaining budget greedily for several exponents and keeps the plan whose final target variance
+is lowest; its first pick is the one proposed, and the plan is made again after every run.
+:func:`design_bound` is the convex relaxation of the budgeted design problem (each candidate
+taken with a weight in [0, 1]): a lower bound on the target variance any subset of the pool can
+reach, which says how much better any selection could do.
 """
 
 from __future__ import annotations
@@ -106,6 +115,19 @@ def noise_variance(fit_: laws.LawFit, residuals: np.ndarray, *, prior: float = 1
     return float((np.sum(residuals**2) + prior_weight * prior) / (dof + prior_weight))
 
 
+def target_variances(j_rows: np.ndarray, g: np.ndarray, *, sigma2: float, prior_precision: float = 1e-6) -> np.ndarray:
+    """Linearised variances [T] of the targets after observing runs with Jacobian rows ``j_rows``."""
+    p = g.shape[1]
+    cov = np.linalg.pinv(j_rows.T @ j_rows / sigma2 + prior_precision * np.eye(p), hermitian=True)
+    return np.clip(np.einsum("tp,pq,tq->t", g, cov, g), 0.0, None)
+
+
+def normalised(g: np.ndarray, variances: np.ndarray) -> np.ndarray:
+    """Target gradients scaled so that each target's current variance is 1."""
+    scale = np.sqrt(np.where(variances > 0, variances, 1.0))
+    return g / scale[:, None]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Scores:
     """Greedy picks (indices into the candidate pool) and the per-pick criterion values."""
@@ -161,6 +183,132 @@ def greedy_information(
         cji = cj[i]
         cov = cov - np.outer(cji, cji) / denom[i]
     return Scores(picks=picks, gains=gains, target_sd=sd0)
+
+
+#: cost exponents a planned selection tries: 0 spends the budget on the most informative runs
+#: whatever they cost, 1 on the most information per FLOP
+PLAN_EXPONENTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """The best budget-filling plan: its picks in greedy order, the cost exponent that made it and
+    the final target variances relative to the current ones [T]."""
+
+    picks: list[int]
+    gains: list[float]
+    exponent: float
+    relative_variance: np.ndarray
+
+
+def planned_information(
+    j_pool: np.ndarray,
+    cost: np.ndarray,
+    j_done: np.ndarray,
+    g: np.ndarray,
+    *,
+    sigma2: float,
+    allowed: np.ndarray | None = None,
+    budget_left: float,
+    exponents: Sequence[float] = PLAN_EXPONENTS,
+    prior_precision: float = 1e-6,
+) -> Plan | None:
+    """Plan the whole remaining budget: for each cost exponent, fill ``budget_left`` greedily
+    (:func:`greedy_information`); return the plan whose summed relative target variance at the end
+    is lowest (None when nothing is affordable). Arguments as for :func:`greedy_information`."""
+    v0 = target_variances(j_done, g, sigma2=sigma2, prior_precision=prior_precision)
+    gn = normalised(g, v0)
+    best: Plan | None = None
+    for gamma in exponents:
+        s = greedy_information(
+            j_pool, cost, j_done, gn, sigma2=sigma2, k=len(cost), gamma=gamma, allowed=allowed,
+            budget_left=budget_left, prior_precision=prior_precision,
+        )
+        if not s.picks:
+            continue
+        rows = np.vstack([j_done, j_pool[s.picks]])
+        rel = target_variances(rows, gn, sigma2=sigma2, prior_precision=prior_precision)
+        if best is None or rel.sum() < best.relative_variance.sum():
+            best = Plan(picks=s.picks, gains=s.gains, exponent=float(gamma), relative_variance=rel)
+    return best
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bound:
+    """The relaxed optimal design: weights [n] in [0, 1], the target variances [T] they reach, and
+    a certified lower bound on the (scaled, summed) objective that no design can beat."""
+
+    weights: np.ndarray
+    variances: np.ndarray
+    objective: float  # sum_t variance_t / scale_t^2 at ``weights``
+    lower: float  # Frank-Wolfe duality bound: the relaxed optimum, hence every subset, is >= this
+
+
+def design_bound(
+    j_pool: np.ndarray,
+    cost: np.ndarray,
+    g: np.ndarray,
+    *,
+    sigma2: float,
+    budget: float,
+    j_done: np.ndarray | None = None,
+    target_scale: np.ndarray | None = None,
+    steps: int = 500,
+    prior_precision: float = 1e-8,
+) -> Bound:
+    """Lower bound on the summed target variance of any subset of the pool within ``budget``.
+
+    Minimises f(w) = sum_t g_t^T M(w)^-1 g_t / scale_t^2 with M(w) = (J_done^T J_done +
+    sum_i w_i j_i j_i^T) / sigma^2 over 0 <= w_i <= 1, sum_i w_i cost_i <= budget: the convex
+    relaxation of the budgeted c-/A-optimal design problem (Boyd & Vandenberghe 2004, Sec. 7.5);
+    every 0/1 subset is feasible for it. Solved by Frank-Wolfe, whose linear step over this
+    polytope is a fractional knapsack; its duality gap f(w) - min_s <grad f(w), s - w> certifies
+    ``lower`` <= the relaxed optimum (Jaggi 2013) however many ``steps`` were taken.
+    """
+    n, p = j_pool.shape
+    scale = np.ones(g.shape[0]) if target_scale is None else np.asarray(target_scale, dtype=np.float64)
+    gs = g / scale[:, None]
+    base = prior_precision * np.eye(p)
+    if j_done is not None and len(j_done):
+        base = base + j_done.T @ j_done / sigma2
+    outer = np.einsum("np,nq->npq", j_pool, j_pool) / sigma2  # [n, P, P]
+
+    def value_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        cov = np.linalg.inv(base + np.einsum("n,npq->pq", w, outer))
+        a = gs @ cov  # [T, P]
+        value = float(np.einsum("tp,tp->", a, gs))
+        return value, -((a @ j_pool.T) ** 2).sum(0) / sigma2
+
+    def knapsack(grad: np.ndarray) -> np.ndarray:
+        """The polytope's vertex minimising <grad, s>: best -grad per cost first, while it pays."""
+        s_ = np.zeros(n)
+        left = float(budget)
+        for i in np.argsort(grad / cost):
+            if grad[i] >= 0 or left <= 0:
+                break
+            s_[i] = min(1.0, left / cost[i])
+            left -= s_[i] * cost[i]
+        return s_
+
+    w = knapsack(value_and_grad(np.full(n, 1e-3))[1])
+    value, grad = value_and_grad(w)
+    lower = -np.inf
+    for _ in range(steps):
+        s_ = knapsack(grad)
+        gap = float(grad @ (w - s_))
+        lower = max(lower, value - gap)
+        if gap <= 1e-9 * value:
+            break
+        # exact line search on the convex segment w + eta (s - w)
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+            lo, hi = (lo, m2) if value_and_grad(w + m1 * (s_ - w))[0] < value_and_grad(w + m2 * (s_ - w))[0] else (m1, hi)
+        w = w + 0.5 * (lo + hi) * (s_ - w)
+        value, grad = value_and_grad(w)
+    rows = [j_pool * np.sqrt(w)[:, None]] + ([j_done] if j_done is not None and len(j_done) else [])
+    variances = target_variances(np.vstack(rows), g, sigma2=sigma2, prior_precision=prior_precision)
+    return Bound(weights=w, variances=variances, objective=value, lower=float(max(lower, 0.0)))
 
 
 def space_filling(

@@ -5,8 +5,8 @@ grid, in its stable order). Every sampler sees the trials already proposed (fini
 still in flight: ``RUNNING`` trials with a candidate) so parallel workers never get the same run,
 and only proposes runs that fit in the remaining compute budget.
 
-- :class:`InformationSampler`: target-variance reduction per FLOP^gamma
-  (:mod:`orchestrator.selection.criteria`), after a space-filling start;
+- :class:`InformationSampler`: target-variance reduction per FLOP^gamma, the whole remaining
+  budget planned (:mod:`orchestrator.selection.criteria`), after a space-filling start;
 - :class:`RandomPoolSampler`: uniformly at random (seeded), a baseline;
 - :class:`CheapestSampler`: cheapest first, a baseline.
 """
@@ -29,8 +29,11 @@ from orchestrator.selection.criteria import (
     Target,
     greedy_information,
     noise_variance,
+    normalised,
+    planned_information,
     space_filling,
     target_gradients,
+    target_variances,
 )
 
 PARAM = "candidate"
@@ -125,7 +128,10 @@ class InformationSampler(PoolSampler):
     Until the law is fitted on at least ``initial_runs`` runs, candidates come from a maximin
     space-filling design at the cheap end of the pool. Then each candidate is scored by the
     expected reduction of the targets' variance divided by cost^gamma, counting runs in flight as
-    if done (:func:`~orchestrator.selection.criteria.greedy_information`).
+    if done. With ``gamma=None`` the remaining budget is planned for several exponents and the
+    first pick of the plan that leaves the least target variance is proposed
+    (:func:`~orchestrator.selection.criteria.planned_information`); a number fixes the exponent
+    (:func:`~orchestrator.selection.criteria.greedy_information`).
     """
 
     def __init__(
@@ -136,7 +142,7 @@ class InformationSampler(PoolSampler):
         fit_provider: Callable[[], laws.LawFit | None],
         targets: Sequence[Target],
         initial_runs: int,
-        gamma: float = 0.4,
+        gamma: float | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(pool, seed)
@@ -147,6 +153,8 @@ class InformationSampler(PoolSampler):
         self.gamma = gamma
         self._cache: tuple[tuple[float, ...], np.ndarray, np.ndarray] | None = None
         self.last_scores: list[tuple[int, float]] = []  # (candidate, gain) of recent picks
+        self.last_exponent: float | None = None  # the cost exponent of the latest plan
+        self._planned_for: tuple[float, ...] | None = None  # the fit the latest plan was made on
 
     def _pool_state(self, fit_: laws.LawFit) -> tuple[np.ndarray, np.ndarray]:
         """Jacobians [n, P] and log-predictions [n] of the whole pool at the current fit."""
@@ -173,13 +181,25 @@ class InformationSampler(PoolSampler):
         residuals = np.array([log_pred[int(t.params[PARAM])] - np.log(t.value) for t in finished])
         sigma2 = noise_variance(fit_, residuals)
         g = target_gradients(self.law, fit_, self.targets)
-        scores = greedy_information(
-            jac, self.pool.cost, j_done, g, sigma2=sigma2, k=1, gamma=self.gamma, allowed=mask, budget_left=left
-        )
-        if not scores.picks:
+        fit_key = self._cache[0] if self._cache else None
+        if self.gamma is None and (fit_key != self._planned_for or self.last_exponent is None):
+            # a new fit: plan the remaining budget afresh; asks before the next fit (a batch
+            # filling several free slots) follow the same plan's exponent
+            plan = planned_information(jac, self.pool.cost, j_done, g, sigma2=sigma2, allowed=mask, budget_left=left)
+            picks, gains = (plan.picks, plan.gains) if plan else ([], [])
+            self.last_exponent = plan.exponent if plan else None
+            self._planned_for = fit_key
+        else:
+            gamma = self.gamma if self.gamma is not None else self.last_exponent
+            gn = normalised(g, target_variances(j_done, g, sigma2=sigma2))
+            scores = greedy_information(
+                jac, self.pool.cost, j_done, gn, sigma2=sigma2, k=1, gamma=gamma, allowed=mask, budget_left=left
+            )
+            picks, gains = scores.picks, scores.gains
+        if not picks:
             return int(np.flatnonzero(mask)[0])
-        self.last_scores = [*self.last_scores[-9:], (scores.picks[0], scores.gains[0])]
-        return scores.picks[0]
+        self.last_scores = [*self.last_scores[-9:], (picks[0], gains[0])]
+        return picks[0]
 
 
 _COUNTED = (TrialState.COMPLETE, TrialState.RUNNING)

@@ -21,7 +21,13 @@ from orchestrator.selection import (
     space_filling,
     target_gradients,
 )
-from orchestrator.selection.criteria import log_n_opt
+from orchestrator.selection.criteria import (
+    design_bound,
+    log_n_opt,
+    normalised,
+    planned_information,
+    target_variances,
+)
 from orchestrator.study import run_study
 from orchestrator.tracking import MemoryTracker
 from trainers.simulated import REPLICATION_CHINCHILLA
@@ -80,6 +86,91 @@ def test_greedy_respects_budget_and_mask() -> None:
     s = greedy_information(j_pool, cost, rng.normal(size=(5, 3)), g, sigma2=1.0, k=10, allowed=allowed, budget_left=7.0)
     assert 0 not in s.picks
     assert cost[s.picks].sum() <= 7.0
+
+
+def _chinchilla_pool() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Jacobians and costs of a 7-budget isoFLOP grid at the true law, and the gradients of the
+    loss and N_opt at the 1e22-FLOP optimum."""
+    study = _study("active")
+    grid = expand(study)
+    law = laws.get_law("chinchilla")
+    n = np.array([r.plan.n_params for r in grid], dtype=float)
+    cost = np.array([r.plan.flops for r in grid], dtype=float)
+    from orchestrator.tracking import law_inputs
+
+    rows = [law_inputs(r.plan, r.spec) for r in grid]
+    inputs = {k: np.array([row[k] for row in rows]) for k in law.inputs}
+    assert n.size == cost.size
+    jac = laws.prediction_jacobian(law, law.from_natural(REPLICATION_CHINCHILLA), inputs)
+    g = target_gradients(law, _true_fit(), [Target(kind="loss", budget=1e22), Target(kind="N_opt", budget=1e22)])
+    return jac, cost, g
+
+
+def test_planned_selection_leaves_less_variance_than_any_fixed_exponent() -> None:
+    jac, cost, g = _chinchilla_pool()
+    done = np.arange(0, len(cost), 4)[:6]  # a few runs already finished
+    allowed = np.ones(len(cost), dtype=bool)
+    allowed[done] = False
+    sigma2 = 1e-4
+    v0 = target_variances(jac[done], g, sigma2=sigma2)
+    for fraction in (0.02, 0.3):
+        left = fraction * cost.sum()
+        plan = planned_information(jac, cost, jac[done], g, sigma2=sigma2, allowed=allowed, budget_left=left)
+        assert plan is not None
+        assert cost[plan.picks].sum() <= left and not set(plan.picks) & set(done.tolist())
+        final = target_variances(np.vstack([jac[done], jac[plan.picks]]), g, sigma2=sigma2) / v0
+        np.testing.assert_allclose(final, plan.relative_variance, rtol=1e-6)
+        for gamma in (0.0, 0.5, 1.0):
+            fixed = greedy_information(jac, cost, jac[done], normalised(g, v0), sigma2=sigma2, k=len(cost),
+                                       gamma=gamma, allowed=allowed, budget_left=left)
+            other = target_variances(np.vstack([jac[done], jac[fixed.picks]]), g, sigma2=sigma2) / v0
+            assert plan.relative_variance.sum() <= other.sum() * (1 + 1e-9)
+    # nothing affordable: no plan
+    assert planned_information(jac, cost, jac[done], g, sigma2=sigma2, allowed=allowed, budget_left=0.5 * cost.min()) is None
+
+
+def test_design_bound_is_the_fractional_knapsack_for_one_parameter() -> None:
+    # one parameter, one target: variance = sigma^2 / sum_i w_i j_i^2, so the relaxed optimum fills
+    # the budget by information per cost, taking a fraction of the last candidate it reaches
+    j = np.array([[1.0], [2.0], [3.0], [0.5]])
+    cost = np.array([1.0, 2.0, 6.0, 0.1])
+    info = j[:, 0] ** 2
+    order = np.argsort(-info / cost)  # 3 (2.5/unit), 1 (2.0), 2 (1.5), 0 (1.0)
+    budget = 5.0
+    w, left = np.zeros(4), budget
+    for i in order:
+        w[i] = min(1.0, left / cost[i])
+        left -= w[i] * cost[i]
+    best = 1.0 / (w * info).sum()
+    b = design_bound(j, cost, np.array([[1.0]]), sigma2=1.0, budget=budget)
+    assert float(b.variances[0]) == pytest.approx(best, rel=1e-6)
+    assert b.lower == pytest.approx(best, rel=1e-6) and b.lower <= best
+    assert (b.weights >= 0).all() and (b.weights <= 1).all() and (b.weights * cost).sum() <= budget * (1 + 1e-9)
+
+
+def test_design_bound_is_below_every_affordable_subset() -> None:
+    jac, cost, g = _chinchilla_pool()
+    sigma2 = 1e-4
+    full = target_variances(jac, g, sigma2=sigma2)
+    scale = np.sqrt(full)
+    # the whole budget: the bound is the whole pool
+    everything = design_bound(jac, cost, g, sigma2=sigma2, budget=cost.sum(), target_scale=scale)
+    np.testing.assert_allclose(everything.variances, full, rtol=1e-6)
+    budget = 0.1 * cost.sum()
+    b = design_bound(jac, cost, g, sigma2=sigma2, budget=budget, target_scale=scale)
+    assert b.lower <= b.objective <= 1.01 * b.lower  # converged: the certificate is tight
+    bound = b.lower
+    assert bound > 2.0  # a tenth of the compute cannot match the full grid on this pool
+    plan = planned_information(jac, cost, np.zeros((0, jac.shape[1])), g, sigma2=sigma2, budget_left=budget,
+                               prior_precision=1e-2)
+    assert plan is not None
+    planned = (target_variances(jac[plan.picks], g, sigma2=sigma2) / full).sum()
+    assert bound <= planned <= 1.5 * bound  # the planned greedy design is close to the optimum
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        order = rng.permutation(len(cost))
+        subset = order[np.cumsum(cost[order]) <= budget]
+        assert (target_variances(jac[subset], g, sigma2=sigma2) / full).sum() >= bound
 
 
 def test_space_filling_spreads_over_the_cheap_end() -> None:
@@ -165,6 +256,30 @@ def test_active_prefers_informative_runs_over_cheap_ones() -> None:
     costs = sorted(r.plan.flops for r in grid)
     assert max(r.plan.flops for r in picks) > costs[5], "pure cheapest-first would have taken the 6 cheapest"
     assert len({r.spec.run_key for r in picks}) == 6
+
+
+def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch) -> None:
+    from orchestrator.selection import samplers
+
+    calls = []
+    real = samplers.planned_information
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        plan = real(*args, **kwargs)
+        calls.append(plan.exponent)
+        return plan
+
+    monkeypatch.setattr(samplers, "planned_information", counting)
+    study = _study("active", initial_runs=1)
+    grid = expand(study)
+    fit_ = _true_fit()
+    fit_ = laws.LawFit(law=fit_.law, params=fit_.params, objective=0.0, report=laws.FitReport(
+        n_points=20, n_starts=1, n_best=1, best_tol=0.0, grad_norm=0.0, converged=True))
+    sel = Selector(study, grid, fit_provider=lambda name: fit_, storage=optuna.storages.InMemoryStorage())
+    picks = sel.propose(4)
+    assert len({r.spec.run_key for r in picks}) == 4
+    assert len(calls) == 1  # the other three follow the plan's cost exponent
+    assert sel.sampler.last_exponent == calls[0]
 
 
 @pytest.mark.parametrize(
