@@ -2,10 +2,14 @@
 
 An executor takes ``RunTask`` objects and hands back ``Completion`` objects as they finish; the
 scheduler never touches Ray directly, so it can be stepped in tests with the inline executor.
+Executors also say which submitted tasks have not started yet (``waiting``), so a watchdog can
+report runs that no node picks up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections import deque
@@ -56,6 +60,27 @@ def execute(spec: RunSpec, sink_factory: SinkFactory) -> tuple[RunResult, tuple[
     return result, tuple(drain()) if drain is not None else ()
 
 
+class StartBoard:
+    """A Ray actor asking for no CPUs: each worker marks its attempt here as it starts, so the
+    driver can tell runs waiting for a node from runs training."""
+
+    def __init__(self) -> None:
+        self._started: set[str] = set()
+
+    def mark(self, token: str) -> None:
+        self._started.add(token)
+
+    def started(self, tokens: list[str]) -> list[str]:
+        """Those of ``tokens`` whose attempts have started."""
+        return [t for t in tokens if t in self._started]
+
+
+def execute_marked(spec: RunSpec, sink_factory: SinkFactory, board: Any, token: str) -> tuple[RunResult, tuple[MetricRow, ...]]:
+    """:func:`execute`, after telling ``board`` that attempt ``token`` has started."""
+    board.mark.remote(token)
+    return execute(spec, sink_factory)
+
+
 class Executor(ABC):
     """Runs tasks and reports completions."""
 
@@ -74,6 +99,10 @@ class Executor(ABC):
     def capacity(self, num_cpus: float, num_gpus: float) -> int:
         """How many tasks of this size can run at once (a hint for the concurrency cap)."""
         return 1
+
+    def waiting(self) -> list[tuple[RunTask, float]]:
+        """Tasks submitted but not started on any worker yet, with the seconds since submission."""
+        return []
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources; in-flight tasks are abandoned."""
@@ -110,21 +139,29 @@ def _describe(exc: BaseException) -> str:
 class RayExecutor(Executor):
     """Runs each task as a Ray task with its resource request; results collected by ``ray.wait``."""
 
-    def __init__(self, ray_module: Any | None = None) -> None:
+    def __init__(self, ray_module: Any | None = None, *, board_poll_s: float = 2.0) -> None:
         if ray_module is None:
             import ray as ray_module
         self._ray = ray_module
-        self._remote = self._ray.remote(execute)
+        self._remote = self._ray.remote(execute_marked)
         self._pending: dict[Any, RunTask] = {}
+        self._submitted: dict[str, float] = {}  # run id -> monotonic submission time
+        self._board: Any = None
+        self._board_poll_s = board_poll_s
+        self._started: set[str] = set()
+        self._polled = -float("inf")
 
     def submit(self, task: RunTask) -> None:
+        if self._board is None:
+            self._board = self._ray.remote(num_cpus=0)(StartBoard).remote()
         options: dict[str, Any] = {"num_cpus": task.num_cpus, "num_gpus": task.num_gpus}
         if task.memory > 0:
             options["memory"] = int(task.memory)
         ref = self._remote.options(**options, max_retries=0, name=f"run-{task.spec.run_key}").remote(
-            task.spec, task.sink_factory
+            task.spec, task.sink_factory, self._board, task.run_id
         )
         self._pending[ref] = task
+        self._submitted[task.run_id] = time.monotonic()
 
     def wait(self, timeout: float) -> list[Completion]:
         if not self._pending:
@@ -136,6 +173,8 @@ class RayExecutor(Executor):
         completions = []
         for ref in ready:
             task = self._pending.pop(ref)
+            self._submitted.pop(task.run_id, None)
+            self._started.discard(task.run_id)
             try:
                 result, leftover = self._ray.get(ref)
                 completions.append(Completion(task=task, result=result, leftover=leftover))
@@ -156,7 +195,25 @@ class RayExecutor(Executor):
             limits.append(int(total.get("GPU", 0) // num_gpus))
         return max(1, min(limits)) if limits else 1
 
+    def waiting(self) -> list[tuple[RunTask, float]]:
+        """Asks the start board (at most every ``board_poll_s`` seconds) which attempts started."""
+        now = time.monotonic()
+        unknown = [t.run_id for t in self._pending.values() if t.run_id not in self._started]
+        if unknown and self._board is not None and now - self._polled >= self._board_poll_s:
+            self._polled = now
+            with contextlib.suppress(Exception):  # a slow board only delays the report
+                self._started.update(self._ray.get(self._board.started.remote(unknown), timeout=10))
+        return [
+            (t, now - self._submitted[t.run_id])
+            for t in self._pending.values()
+            if t.run_id not in self._started and t.run_id in self._submitted
+        ]
+
     def shutdown(self) -> None:
         for ref in list(self._pending):
             self._ray.cancel(ref, force=True)
         self._pending.clear()
+        self._submitted.clear()
+        if self._board is not None:
+            self._ray.kill(self._board)
+            self._board = None

@@ -144,6 +144,9 @@ class LiveView:
                 self._done += 1
                 self._skipped += 1
                 self._flops += event.run.plan.flops
+            elif event.kind == "pending":
+                plan = event.run.plan
+                self._print_above(f"PENDING  N={plan.n_params:.3g} D={plan.tokens:.3g} ({key[:8]}): {_first_line(event.error)}")
             elif event.kind in ("fail", "retry"):
                 self._started.pop(key, None)
                 error = _first_line(event.error)

@@ -35,6 +35,8 @@ class Progress:
             line = f"{verb}  {where} loss={loss:.4f}" + (f" in {took:.1f}s" if event.kind == "finish" else " (already done)")
         elif event.kind == "retry":
             line = f"retrying  {where}: {_first_line(event.error)}"
+        elif event.kind == "pending":
+            line = f"PENDING   {where}: {_first_line(event.error)}"
         else:
             self.done += 1
             line = f"FAILED    {where}: {_first_line(event.error)}"

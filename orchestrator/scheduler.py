@@ -7,6 +7,7 @@ loops over it. Ray, MLflow and the refit hook are all injected.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -41,7 +42,7 @@ class CheckpointPolicy:
 class Event:
     """Something that happened to a run, for progress display."""
 
-    kind: str  # skip | start | finish | fail | retry
+    kind: str  # skip | start | finish | fail | retry | pending (submitted long ago, not started)
     run: PlannedRun
     attempt: int = 0
     finished: FinishedRun | None = None
@@ -59,6 +60,7 @@ class SchedulerStats:
     attempts_failed: int = 0
     flops_done: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)  # run key -> last reason
+    pending_reported: int = 0  # attempts the watchdog reported as waiting too long for a node
 
 
 class Proposer(Protocol):
@@ -89,6 +91,7 @@ class Scheduler:
         proposer: Proposer | None = None,
         checkpoints: CheckpointPolicy | None = None,
         memory: Callable[[PlannedRun], float] | None = None,
+        pending_warn_s: float = 0.0,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
@@ -123,6 +126,9 @@ class Scheduler:
         self._waiting: dict[str, list[PlannedRun]] = {}  # unfinished dependency -> runs parked on it
         self._failed: dict[str, str] = {}  # run key -> why it failed for good
         self._planned = {run.key: run for run in runs}
+        self.pending_warn_s = pending_warn_s  # report attempts not started after this long (0 = never)
+        self._submitted_at: dict[str, float] = {}  # run key -> monotonic time of its latest submission
+        self._reported: set[str] = set()  # run ids already reported as pending
 
     def start(self) -> None:
         """Skip runs the store already has as FINISHED; queue the rest.
@@ -174,7 +180,30 @@ class Scheduler:
             newly = [f for f in (self._record(c) for c in completions) if f is not None]
             if newly:
                 self.on_finished(newly)
+            self._watch()
         return not self.done
+
+    def _watch(self) -> None:
+        """Report every attempt that has waited ``pending_warn_s`` for a node without starting
+        (Ray leaves such a task pending silently, e.g. when the nodes able to hold it are busy
+        with other work or an autoscaler cannot add one); each attempt is reported once."""
+        if self.pending_warn_s <= 0 or not self._running:
+            return
+        oldest = min(self._submitted_at.get(k, float("inf")) for k in self._running)
+        if time.monotonic() - oldest < self.pending_warn_s:
+            return  # nothing has been in flight long enough to ask the executor
+        for task, age in self.executor.waiting():
+            run = self._running.get(task.spec.run_key)
+            if run is None or age < self.pending_warn_s or task.run_id in self._reported:
+                continue
+            self._reported.add(task.run_id)
+            self.stats.pending_reported += 1
+            memory = f", {task.memory / 2**20:.0f} MB" if task.memory > 0 else ""
+            self.on_event(Event(
+                kind="pending", run=run, attempt=self._attempts.get(run.key, 0),
+                error=f"not started after {age:.0f} s: waiting for a node with {task.num_cpus:g} CPUs, "
+                f"{task.num_gpus:g} GPUs{memory} free (check the cluster's nodes and autoscaler)",
+            ))
 
     def _fill(self) -> None:
         """Start runs until every slot is busy, asking the proposer when the queue is empty."""
@@ -295,6 +324,7 @@ class Scheduler:
             memory=self.memory(run),
         )
         self._running[key] = run
+        self._submitted_at[key] = time.monotonic()
         self.executor.submit(task)
         self.on_event(Event(kind="start", run=run, attempt=attempt))
 

@@ -136,6 +136,7 @@ def run_study(
         proposer=selector,
         checkpoints=checkpoint_policy(study),
         memory=request,
+        pending_warn_s=study.resources.pending_warn_s,
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)
     try:

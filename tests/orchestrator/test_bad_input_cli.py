@@ -28,6 +28,7 @@ MORE = [
     ("zero replicates", {**_SIM, "grid": {"N": [1e6], "D": [1e8], "replicates": 0}}, "grid.replicates"),
     ("zero cpus per run", {**_SIM, "resources": {"cpus_per_run": 0}}, "resources.cpus_per_run"),
     ("negative concurrency", {**_SIM, "resources": {"max_concurrent": -2}}, "resources.max_concurrent"),
+    ("negative pending watchdog", {**_SIM, "resources": {"pending_warn_s": -1}}, "resources.pending_warn_s"),
     ("slash in name", {**_SIM, "name": "a/b"}, "name"),
     ("budget too small for one step", DENSE_TINY, "grid.isoflop.budgets[0]"),
     ("unknown selection key", _sel(mode="active", budget_fraction=0.5, targett={}), "selection.targett"),
