@@ -332,3 +332,18 @@ def test_isoflop_run_picks_the_view_by_terminal(tty: bool, monkeypatch: pytest.M
     else:
         assert "[2/2] finished" in text
     assert "2 runs finished, 0 already done, 0 failed" in text
+
+
+def test_a_run_waiting_for_a_node_is_shown_above_the_block_and_changes_no_count() -> None:
+    clock = Clock()
+    runs = [fake_run("aaaaaaaaaa"), fake_run("bbbbbbbbbb")]
+    live, stream = view(runs, clock, min_interval_s=0.25)
+    live(ev("start", runs[0]))
+    live(ev("start", runs[1]))
+    before = live.snapshot()
+    live(ev("pending", runs[1], error="not started after 601 s: waiting for a node with 1 CPUs, 1 GPUs free"))
+    after = live.snapshot()
+    assert (after.pending, after.running, after.done, after.failed) == (before.pending, before.running, 0, 0)
+    live.close()
+    shown = screen(stream.getvalue())
+    assert shown[0].startswith("PENDING  N=1e+06 D=2e+07 (bbbbbbbb): not started after 601 s")
