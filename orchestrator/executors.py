@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.startboard import StartBoard
 from orchestrator.tracking import MetricRow, SinkFactory
 from trainers import RunResult, RunSpec, get_trainer
 
@@ -58,21 +59,6 @@ def execute(spec: RunSpec, sink_factory: SinkFactory) -> tuple[RunResult, tuple[
         raise
     drain = getattr(sink, "drain", None)
     return result, tuple(drain()) if drain is not None else ()
-
-
-class StartBoard:
-    """A Ray actor asking for no CPUs: each worker marks its attempt here as it starts, so the
-    driver can tell runs waiting for a node from runs training."""
-
-    def __init__(self) -> None:
-        self._started: set[str] = set()
-
-    def mark(self, token: str) -> None:
-        self._started.add(token)
-
-    def started(self, tokens: list[str]) -> list[str]:
-        """Those of ``tokens`` whose attempts have started."""
-        return [t for t in tokens if t in self._started]
 
 
 def execute_marked(spec: RunSpec, sink_factory: SinkFactory, board: Any, token: str) -> tuple[RunResult, tuple[MetricRow, ...]]:
