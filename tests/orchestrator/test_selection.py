@@ -244,14 +244,20 @@ def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
     assert not {r.spec.run_key for r in fresh} & {r.spec.run_key for r in proposed}
 
 
-def test_active_prefers_informative_runs_over_cheap_ones() -> None:
-    # with the true law known, the first criterion-driven picks are not simply the cheapest runs
+def _selector_on_the_true_law() -> tuple[object, list, Selector]:
+    """An active selector past its space-filling start whose fit is the true law (20 runs)."""
     study = _study("active", initial_runs=1)
     grid = expand(study)
-    fit_ = _true_fit()
-    fit_ = laws.LawFit(law=fit_.law, params=fit_.params, objective=0.0, report=laws.FitReport(
+    true = _true_fit()
+    fit_ = laws.LawFit(law=true.law, params=true.params, objective=0.0, report=laws.FitReport(
         n_points=20, n_starts=1, n_best=1, best_tol=0.0, grad_norm=0.0, converged=True))
     sel = Selector(study, grid, fit_provider=lambda name: fit_, storage=optuna.storages.InMemoryStorage())
+    return study, grid, sel
+
+
+def test_active_prefers_informative_runs_over_cheap_ones() -> None:
+    # with the true law known, the first criterion-driven picks are not simply the cheapest runs
+    study, grid, sel = _selector_on_the_true_law()
     picks = sel.propose(6)
     costs = sorted(r.plan.flops for r in grid)
     assert max(r.plan.flops for r in picks) > costs[5], "pure cheapest-first would have taken the 6 cheapest"
@@ -270,12 +276,7 @@ def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch) -> None:
         return plan
 
     monkeypatch.setattr(samplers, "planned_information", counting)
-    study = _study("active", initial_runs=1)
-    grid = expand(study)
-    fit_ = _true_fit()
-    fit_ = laws.LawFit(law=fit_.law, params=fit_.params, objective=0.0, report=laws.FitReport(
-        n_points=20, n_starts=1, n_best=1, best_tol=0.0, grad_norm=0.0, converged=True))
-    sel = Selector(study, grid, fit_provider=lambda name: fit_, storage=optuna.storages.InMemoryStorage())
+    study, grid, sel = _selector_on_the_true_law()
     picks = sel.propose(4)
     assert len({r.spec.run_key for r in picks}) == 4
     assert len(calls) == 1  # the other three follow the plan's cost exponent
