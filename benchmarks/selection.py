@@ -148,13 +148,7 @@ def _outcome(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN
 def run_one(kind: str, strategy: str, fraction: float, seed: int, reference: tuple[float, float]) -> dict:
     true_loss, true_n = reference
     t0 = time.perf_counter()
-    outcome = run_study(
-        study(kind, strategy, fraction, seed),
-        tracker=MemoryTracker(),
-        executor=InlineExecutor(),
-        optuna_storage=optuna.storages.InMemoryStorage(),
-        background_refit=False,
-    )
+    outcome = _outcome(kind, strategy, fraction, seed)
     fit_ = outcome.laws[0].fit
     row = {
         "strategy": strategy,

@@ -86,8 +86,9 @@ class Executor(ABC):
         """How many tasks of this size can run at once (a hint for the concurrency cap)."""
         return 1
 
-    def waiting(self) -> list[tuple[RunTask, float]]:
-        """Tasks submitted but not started on any worker yet, with the seconds since submission."""
+    def waiting(self, older_than: float = 0.0) -> list[tuple[RunTask, float]]:
+        """Tasks submitted at least ``older_than`` seconds ago and not started on any worker yet,
+        with the seconds since submission."""
         return []
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook, a no-op by default
@@ -181,19 +182,17 @@ class RayExecutor(Executor):
             limits.append(int(total.get("GPU", 0) // num_gpus))
         return max(1, min(limits)) if limits else 1
 
-    def waiting(self) -> list[tuple[RunTask, float]]:
-        """Asks the start board (at most every ``board_poll_s`` seconds) which attempts started."""
+    def waiting(self, older_than: float = 0.0) -> list[tuple[RunTask, float]]:
+        """Asks the start board (at most every ``board_poll_s`` seconds, and only while some task
+        not known to have started is ``older_than``) which attempts started."""
         now = time.monotonic()
-        unknown = [t.run_id for t in self._pending.values() if t.run_id not in self._started]
-        if unknown and self._board is not None and now - self._polled >= self._board_poll_s:
+        old = [(t, now - self._submitted[t.run_id]) for t in self._pending.values() if t.run_id in self._submitted]
+        old = [(t, age) for t, age in old if age >= older_than and t.run_id not in self._started]
+        if old and self._board is not None and now - self._polled >= self._board_poll_s:
             self._polled = now
             with contextlib.suppress(Exception):  # a slow board only delays the report
-                self._started.update(self._ray.get(self._board.started.remote(unknown), timeout=10))
-        return [
-            (t, now - self._submitted[t.run_id])
-            for t in self._pending.values()
-            if t.run_id not in self._started and t.run_id in self._submitted
-        ]
+                self._started.update(self._ray.get(self._board.started.remote([t.run_id for t, _ in old]), timeout=10))
+        return [(t, age) for t, age in old if t.run_id not in self._started]
 
     def shutdown(self) -> None:
         for ref in list(self._pending):

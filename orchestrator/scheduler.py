@@ -7,7 +7,6 @@ loops over it. Ray, MLflow and the refit hook are all injected.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -127,7 +126,6 @@ class Scheduler:
         self._failed: dict[str, str] = {}  # run key -> why it failed for good
         self._planned = {run.key: run for run in runs}
         self.pending_warn_s = pending_warn_s  # report attempts not started after this long (0 = never)
-        self._submitted_at: dict[str, float] = {}  # run key -> monotonic time of its latest submission
         self._reported: set[str] = set()  # run ids already reported as pending
 
     def start(self) -> None:
@@ -189,12 +187,9 @@ class Scheduler:
         with other work or an autoscaler cannot add one); each attempt is reported once."""
         if self.pending_warn_s <= 0 or not self._running:
             return
-        oldest = min(self._submitted_at.get(k, float("inf")) for k in self._running)
-        if time.monotonic() - oldest < self.pending_warn_s:
-            return  # nothing has been in flight long enough to ask the executor
-        for task, age in self.executor.waiting():
+        for task, age in self.executor.waiting(self.pending_warn_s):
             run = self._running.get(task.spec.run_key)
-            if run is None or age < self.pending_warn_s or task.run_id in self._reported:
+            if run is None or task.run_id in self._reported:
                 continue
             self._reported.add(task.run_id)
             self.stats.pending_reported += 1
@@ -324,7 +319,6 @@ class Scheduler:
             memory=self.memory(run),
         )
         self._running[key] = run
-        self._submitted_at[key] = time.monotonic()
         self.executor.submit(task)
         self.on_event(Event(kind="start", run=run, attempt=attempt))
 

@@ -273,11 +273,15 @@ def design_bound(
         base = base + j_done.T @ j_done / sigma2
     outer = np.einsum("np,nq->npq", j_pool, j_pool) / sigma2  # [n, P, P]
 
+    def scaled_cov(w: np.ndarray) -> np.ndarray:
+        return gs @ np.linalg.inv(base + np.einsum("n,npq->pq", w, outer))  # [T, P]
+
+    def value(w: np.ndarray) -> float:
+        return float(np.einsum("tp,tp->", scaled_cov(w), gs))
+
     def value_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-        cov = np.linalg.inv(base + np.einsum("n,npq->pq", w, outer))
-        a = gs @ cov  # [T, P]
-        value = float(np.einsum("tp,tp->", a, gs))
-        return value, -((a @ j_pool.T) ** 2).sum(0) / sigma2
+        a = scaled_cov(w)
+        return float(np.einsum("tp,tp->", a, gs)), -((a @ j_pool.T) ** 2).sum(0) / sigma2
 
     def knapsack(grad: np.ndarray) -> np.ndarray:
         """The polytope's vertex minimising <grad, s>: best -grad per cost first, while it pays."""
@@ -291,24 +295,24 @@ def design_bound(
         return s_
 
     w = knapsack(value_and_grad(np.full(n, 1e-3))[1])
-    value, grad = value_and_grad(w)
+    f, grad = value_and_grad(w)
     lower = -np.inf
     for _ in range(steps):
         s_ = knapsack(grad)
         gap = float(grad @ (w - s_))
-        lower = max(lower, value - gap)
-        if gap <= 1e-9 * value:
+        lower = max(lower, f - gap)
+        if gap <= 1e-9 * f:
             break
         # exact line search on the convex segment w + eta (s - w)
         lo, hi = 0.0, 1.0
         for _ in range(40):
             m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
-            lo, hi = (lo, m2) if value_and_grad(w + m1 * (s_ - w))[0] < value_and_grad(w + m2 * (s_ - w))[0] else (m1, hi)
+            lo, hi = (lo, m2) if value(w + m1 * (s_ - w)) < value(w + m2 * (s_ - w)) else (m1, hi)
         w = w + 0.5 * (lo + hi) * (s_ - w)
-        value, grad = value_and_grad(w)
+        f, grad = value_and_grad(w)
     rows = [j_pool * np.sqrt(w)[:, None]] + ([j_done] if j_done is not None and len(j_done) else [])
     variances = target_variances(np.vstack(rows), g, sigma2=sigma2, prior_precision=prior_precision)
-    return Bound(weights=w, variances=variances, objective=value, lower=float(max(lower, 0.0)))
+    return Bound(weights=w, variances=variances, objective=f, lower=float(max(lower, 0.0)))
 
 
 def space_filling(
