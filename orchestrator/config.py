@@ -144,6 +144,15 @@ class SelectionConfig:
     # null = plan the remaining budget for exponents 0 to 1 and follow the plan that leaves the
     # targets least uncertain (re-planned after every run)
     cost_exponent: float | None = None
+    # do not trust the law: split the fit's residuals into noise and a smooth misfit of the law,
+    # and pick runs by the targets' error against the full grid's fit, bias included (a misfit
+    # makes the extreme runs that pure variance reduction favours pull the fit away); false =
+    # variance reduction alone, as if the law were exact
+    discrepancy: bool = True
+    # the misfit assumed until the residuals show a larger one: standard deviation of a run's
+    # log-loss (0.02 = 2 %), smooth over the pool. The first, cheap runs rarely reveal how far
+    # the law is off at the large end; 0 = trust the residuals alone
+    misfit_prior: float = 0.02
     cost_overhead_flops: float = 0.0  # fixed cost added to every run (start-up, evaluation)
     refit_every: int = 10  # a full multi-start refit every this many updates (others are warm-started)
 

@@ -351,6 +351,7 @@ def _validate_selection(study: StudyConfig) -> None:
         "selection.initial_runs": sel.initial_runs,
         "selection.cost_exponent": 0.0 if sel.cost_exponent is None else sel.cost_exponent,
         "selection.cost_overhead_flops": sel.cost_overhead_flops,
+        "selection.misfit_prior": sel.misfit_prior,
     }.items():
         if value < 0:
             raise StudyError(key, f"must be 0 or more, got {value}")

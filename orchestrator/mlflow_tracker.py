@@ -260,6 +260,12 @@ class MlflowTracker(Tracker):
         for name, fig in figures.items():
             self.client.log_figure(self.parent_id, fig, f"plots/{name}")
 
+    def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(rows), _MAX_BATCH):
+            self.client.log_batch(self.parent_id, metrics=rows[i : i + _MAX_BATCH])
+
 
 def fit_metrics(law: str, document: Mapping[str, object]) -> dict[str, float]:
     """A law fit as parent-run metrics: ``law.<law>.<param>`` with ``.lo``/``.hi`` interval ends,

@@ -86,6 +86,10 @@ class OnlineRefitter:
         """Every finished run submitted so far."""
         return list(self._runs.values())
 
+    def behind(self) -> bool:
+        """Whether runs have finished that the current fits do not include yet."""
+        return self._dirty or self._job is not None
+
     def current(self, name: str) -> laws.LawFit | None:
         state = self.states.get(name)
         return state.fit if state else None

@@ -7,6 +7,7 @@ loops over it. Ray, MLflow and the refit hook are all injected.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -66,7 +67,12 @@ class Proposer(Protocol):
     """Supplies runs on demand (budgeted selection) instead of a fixed list."""
 
     def propose(self, k: int) -> list[PlannedRun]:
-        """Up to ``k`` runs to start now; an empty list means no more runs will come."""
+        """Up to ``k`` runs to start now; an empty list means no more runs will come, unless
+        :meth:`waiting` says they will once something else has happened."""
+
+    def waiting(self) -> bool:
+        """True while an empty proposal means "not yet" (e.g. until the law's fit catches up
+        with the finished runs): the scheduler asks again instead of winding down."""
 
     def observe(self, event: Event) -> None:
         """Called with every scheduler event (start, finish, fail, skip, retry)."""
@@ -179,6 +185,8 @@ class Scheduler:
             if newly:
                 self.on_finished(newly)
             self._watch()
+        elif not self._exhausted and not self._pending:
+            time.sleep(min(timeout, 0.05))  # the proposer is waiting (for a refit): don't spin
         return not self.done
 
     def _watch(self) -> None:
@@ -207,7 +215,7 @@ class Scheduler:
                 assert self.proposer is not None
                 proposed = self.proposer.propose(self.max_concurrent - len(self._running))
                 if not proposed:
-                    self._exhausted = True
+                    self._exhausted = not self.proposer.waiting()
                     break
                 self._pending.extend(self._admit(proposed))
                 continue  # all of them may have been finished already: ask again

@@ -118,10 +118,13 @@ def run_study(
             study,
             candidates,
             fit_provider=refitter.current,
+            refit_behind=refitter.behind,
             storage=optuna_storage or journal_storage(selection_journal(study)),
         )
     tracker = tracker or open_tracker(study)
     refitter.tracker = tracker
+    if selector is not None:
+        refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit)
     parent = tracker.open_study(study.name, to_yaml(study))
     scheduler = Scheduler(
         candidates if selector is None else [],
@@ -143,8 +146,6 @@ def run_study(
         while scheduler.step(study.resources.wait_timeout_s):
             if refitter.poll():
                 figures.maybe_log()
-                if selector is not None:
-                    selector.check_stop(refitter.current(selector.law.name))
         refitter.drain()
     except BaseException:
         executor.shutdown()
@@ -165,6 +166,21 @@ def run_study(
         laws=outcomes,
         stopped=selector.stopped if selector is not None else None,
     )
+
+
+def _selection_hook(
+    selector: Selector, tracker: Tracker, then: Callable[[RefitState], None]
+) -> Callable[[RefitState], None]:
+    """After each refit of the selection's law: apply the stopping rule and log what the
+    selection believes (on the driver thread, where the refitter reports its fits)."""
+
+    def hook(state: RefitState) -> None:
+        if state.law == selector.law_name:
+            selector.check_stop(state.fit)
+            tracker.log_study_metrics(selector.diagnostics(), step=state.n_runs)
+        then(state)
+
+    return hook
 
 
 class FigureLogger:

@@ -118,6 +118,10 @@ class Tracker(ABC):
     def log_figures(self, figures: Mapping[str, Any]) -> None:  # noqa: B027 - optional
         """Attach figures (matplotlib, by file name) to the parent run; replaces earlier ones."""
 
+    def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:  # noqa: B027 - optional
+        """Log study-level metrics (e.g. the selection's noise and misfit estimates) on the parent
+        run; ``step`` is the number of finished runs."""
+
 
 def final_metrics(result: RunResult) -> dict[str, float]:
     """The end-of-run metrics a tracker records for a finished run (laws read their loss here)."""
@@ -150,6 +154,7 @@ class MemoryTracker(Tracker):
         self.fits: list[tuple[str, int, Mapping[str, object]]] = []
         self.closed: bool | None = None
         self.figures: dict[str, str] = {}
+        self.study_metrics: list[tuple[int, dict[str, float]]] = []
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -227,3 +232,6 @@ class MemoryTracker(Tracker):
 
     def log_figures(self, figures: Mapping[str, Any]) -> None:
         self.figures.update({name: type(fig).__name__ for name, fig in figures.items()})
+
+    def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
+        self.study_metrics.append((step, dict(metrics)))

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import laws
 from orchestrator.selection.criteria import (
+    PLAN_EXPONENTS,
     Target,
     greedy_information,
     noise_variance,
@@ -34,6 +35,13 @@ from orchestrator.selection.criteria import (
     space_filling,
     target_gradients,
     target_variances,
+)
+from orchestrator.selection.discrepancy import (
+    Discrepancy,
+    bias_aware_plan,
+    estimate_discrepancy,
+    floor,
+    standardised,
 )
 
 PARAM = "candidate"
@@ -132,6 +140,13 @@ class InformationSampler(PoolSampler):
     first pick of the plan that leaves the least target variance is proposed
     (:func:`~orchestrator.selection.criteria.planned_information`); a number fixes the exponent
     (:func:`~orchestrator.selection.criteria.greedy_information`).
+
+    With ``discrepancy=True`` (the default) the law is not trusted: the fit's residuals are split
+    into noise and a smooth misfit of the law (REML), and candidates are scored by how much they
+    lower the targets' mean squared error against the full grid's fit, bias included
+    (:mod:`orchestrator.selection.discrepancy`); a misfit of ``misfit_prior`` (standard deviation
+    of the log-loss) is assumed where the residuals show less. With no misfit, found or assumed,
+    this is the variance criterion again.
     """
 
     def __init__(
@@ -143,6 +158,8 @@ class InformationSampler(PoolSampler):
         targets: Sequence[Target],
         initial_runs: int,
         gamma: float | None = None,
+        discrepancy: bool = True,
+        misfit_prior: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__(pool, seed)
@@ -155,6 +172,12 @@ class InformationSampler(PoolSampler):
         self.last_scores: list[tuple[int, float]] = []  # (candidate, gain) of recent picks
         self.last_exponent: float | None = None  # the cost exponent of the latest plan
         self._planned_for: tuple[float, ...] | None = None  # the fit the latest plan was made on
+        self.discrepancy = discrepancy
+        self.misfit_prior = misfit_prior
+        self.last_found: Discrepancy | None = None  # noise and misfit the latest fit's residuals show
+        self.last_discrepancy: Discrepancy | None = None  # ... and what the criterion assumes
+        self._discrepancy_for: tuple[float, ...] | None = None
+        self._z = standardised(pool.space)
 
     def _pool_state(self, fit_: laws.LawFit) -> tuple[np.ndarray, np.ndarray]:
         """Jacobians [n, P] and log-predictions [n] of the whole pool at the current fit."""
@@ -176,30 +199,46 @@ class InformationSampler(PoolSampler):
             )[0]
         jac, log_pred = self._pool_state(fit_)
         done = [t for t in study.get_trials(deepcopy=False) if PARAM in t.params and t.state in _COUNTED]
-        j_done = jac[[int(t.params[PARAM]) for t in done]]
-        finished = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
-        residuals = np.array([log_pred[int(t.params[PARAM])] - np.log(t.value) for t in finished])
-        sigma2 = noise_variance(fit_, residuals)
+        done_idx = np.array([int(t.params[PARAM]) for t in done], dtype=int)
+        finished = np.array(
+            [int(t.params[PARAM]) for t in done if t.state == TrialState.COMPLETE and t.value is not None], dtype=int
+        )
+        values = np.array([t.value for t in done if t.state == TrialState.COMPLETE and t.value is not None])
+        residuals = log_pred[finished] - np.log(values) if finished.size else np.empty(0)
         g = target_gradients(self.law, fit_, self.targets)
         fit_key = self._cache[0] if self._cache else None
-        if self.gamma is None and (fit_key != self._planned_for or self.last_exponent is None):
-            # a new fit: plan the remaining budget afresh; asks before the next fit (a batch
-            # filling several free slots) follow the same plan's exponent
-            plan = planned_information(jac, self.pool.cost, j_done, g, sigma2=sigma2, allowed=mask, budget_left=left)
-            picks, gains = (plan.picks, plan.gains) if plan else ([], [])
+        # a new fit: plan the remaining budget afresh; asks before the next fit (a batch filling
+        # several free slots) follow the same plan's exponent
+        replan = self.gamma is None and (fit_key != self._planned_for or self.last_exponent is None)
+        exponents = PLAN_EXPONENTS if replan else (self.gamma if self.gamma is not None else self.last_exponent,)
+        if self.discrepancy:
+            if fit_key != self._discrepancy_for or self.last_discrepancy is None:
+                self.last_found = estimate_discrepancy(self._z[finished], residuals, jac[finished])
+                self.last_discrepancy = floor(self.last_found, self.misfit_prior)
+                self._discrepancy_for = fit_key
+            plan = bias_aware_plan(
+                jac, self.pool.cost, done_idx, g, self._z, self.last_discrepancy, budget_left=left,
+                allowed=mask, exponents=exponents, k=None if replan else 1,
+            )
+        else:
+            sigma2 = noise_variance(fit_, residuals)
+            if replan:
+                plan = planned_information(
+                    jac, self.pool.cost, jac[done_idx], g, sigma2=sigma2, allowed=mask, budget_left=left
+                )
+            else:
+                gn = normalised(g, target_variances(jac[done_idx], g, sigma2=sigma2))
+                plan = greedy_information(
+                    jac, self.pool.cost, jac[done_idx], gn, sigma2=sigma2, k=1, gamma=exponents[0], allowed=mask,
+                    budget_left=left,
+                )
+        if replan:
             self.last_exponent = plan.exponent if plan else None
             self._planned_for = fit_key
-        else:
-            gamma = self.gamma if self.gamma is not None else self.last_exponent
-            gn = normalised(g, target_variances(j_done, g, sigma2=sigma2))
-            scores = greedy_information(
-                jac, self.pool.cost, j_done, gn, sigma2=sigma2, k=1, gamma=gamma, allowed=mask, budget_left=left
-            )
-            picks, gains = scores.picks, scores.gains
-        if not picks:
+        if plan is None or not plan.picks:
             return int(np.flatnonzero(mask)[0])
-        self.last_scores = [*self.last_scores[-9:], (picks[0], gains[0])]
-        return picks[0]
+        self.last_scores = [*self.last_scores[-9:], (plan.picks[0], plan.gains[0])]
+        return plan.picks[0]
 
 
 _COUNTED = (TrialState.COMPLETE, TrialState.RUNNING)

@@ -88,6 +88,7 @@ class Selector:
         *,
         fit_provider: Callable[[str], laws.LawFit | None],
         storage: optuna.storages.BaseStorage | str | None = None,
+        refit_behind: Callable[[], bool] = lambda: False,
     ) -> None:
         sel = study.selection
         if sel.mode == "grid":
@@ -97,6 +98,7 @@ class Selector:
         self.index = {r.spec.run_key: i for i, r in enumerate(self.candidates)}
         chosen = selection_law(study)
         law_name = chosen.name
+        self.law_name = law_name  # the study's name for the law (its family is self.law.name)
         self.law = chosen.law
         grid_cost = float(sum(r.plan.flops for r in self.candidates))
         self.pool = make_pool(self.candidates, self.law, sel, selection_budget(sel, grid_cost))
@@ -114,6 +116,8 @@ class Selector:
             direction="minimize",
             load_if_exists=True,
         )
+        self._fit = lambda: fit_provider(law_name)
+        self._refit_behind = refit_behind
         self._trials: dict[str, int] = {}  # run key -> trial number, for runs of this invocation
         self.stopped: str | None = None  # why no more runs are proposed
         self._requeue = self._resume()
@@ -131,6 +135,8 @@ class Selector:
             targets=self.targets,
             initial_runs=sel.initial_runs or 2 * self.law.n_params,
             gamma=sel.cost_exponent,
+            discrepancy=sel.discrepancy,
+            misfit_prior=sel.misfit_prior,
             seed=study.seed,
         )
 
@@ -154,6 +160,8 @@ class Selector:
         while self._requeue and len(out) < k:
             out.append(self._tagged(self._requeue.pop(0)))
         while len(out) < k and self.stopped is None:
+            if self.waiting():
+                break
             if not available(self.study, self.pool).any():
                 self.stopped = f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)"
                 break
@@ -162,6 +170,21 @@ class Selector:
             self._trials[run.spec.run_key] = trial.number
             out.append(self._tagged(run))
         return out
+
+    def waiting(self) -> bool:
+        """True when active selection has proposed its space-filling start and waits for a fit
+        of those runs (which is on its way: runs in flight, or a refit behind) before the
+        criterion takes over. Without this, runs that finish in an instant (a replayed table)
+        would all be proposed from the space-filling design before the first fit arrives."""
+        if not isinstance(self.sampler, InformationSampler) or self.stopped is not None:
+            return False
+        fit_ = self._fit()
+        if fit_ is not None and fit_.report.n_points >= self.sampler.initial_runs:
+            return False
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if sum(PARAM in t.params for t in trials) < self.sampler.initial_runs:
+            return False
+        return self._refit_behind() or any(t.state == TrialState.RUNNING for t in trials)
 
     def observe(self, event: Event) -> None:
         """Tell Optuna how a proposed run ended."""
@@ -181,6 +204,23 @@ class Selector:
         widths = target_widths(fit_, self.targets)
         if widths and max(widths.values()) <= tol:
             self.stopped = f"target intervals within +-{tol:g} ({', '.join(f'{k}: {v:.3g}' for k, v in widths.items())})"
+
+    def diagnostics(self) -> dict[str, float]:
+        """What the selection has spent and, for active selection, what it currently believes:
+        the noise and the law's misfit the residuals show (standard deviations of a run's
+        log-loss; the misfit's length-scale in standard deviations of the pool's log-inputs) and
+        the cost exponent of the current plan. Logged on the parent run as ``selection.*``."""
+        out = {"selection.spent_flops": self.spent(), "selection.budget_flops": self.pool.budget}
+        sampler = self.sampler
+        if isinstance(sampler, InformationSampler):
+            if sampler.last_found is not None:
+                d = sampler.last_found
+                out["selection.noise_sd"] = float(np.sqrt(d.noise))
+                out["selection.misfit_sd"] = float(np.sqrt(d.scale))
+                out["selection.misfit_length"] = float(d.length)
+            if sampler.last_exponent is not None:
+                out["selection.cost_exponent"] = float(sampler.last_exponent)
+        return out
 
     # -- helpers ----------------------------------------------------------------------------------
     def spent(self) -> float:

@@ -45,6 +45,10 @@ MORE = [
     ("selection law not fitted", _sel(mode="active", budget_fraction=0.5, law="chinchilla_gamma", target={"budget": 1e21}),
      "selection.law"),
     ("refit every zero", _sel(refit_every=0), "selection.refit_every"),
+    ("negative misfit prior", _sel(mode="active", budget_fraction=0.5, misfit_prior=-0.02, target={"budget": 1e21}),
+     "selection.misfit_prior"),
+    ("discrepancy not a boolean", _sel(mode="active", budget_fraction=0.5, discrepancy="maybe", target={"budget": 1e21}),
+     "selection.discrepancy"),
     ("bad selection mode", _sel(mode="bayes"), "selection.mode"),
 ]
 

@@ -136,3 +136,34 @@ def test_a_custom_law_named_in_the_study_is_fitted_and_logged_under_its_name() -
     # the same formula as chinchilla, written by hand: the same optimum
     assert by_name["power"].params == pytest.approx(truth, rel=1e-3)
     assert {law for law, _, _ in tracker.fits} == {"chinchilla", "power"}
+
+
+class _WaitingProposer:
+    """Proposes two runs, then has nothing for a few asks while it waits (for a refit, say),
+    then one more run, then nothing for good."""
+
+    def __init__(self, runs: list) -> None:
+        self.batches = [runs[:2], [], [], [], runs[2:3], []]
+        self.asks = 0
+
+    def propose(self, k: int) -> list:
+        self.asks += 1
+        return self.batches.pop(0) if self.batches else []
+
+    def waiting(self) -> bool:
+        return len(self.batches) > 1  # the final empty batch means "no more"
+
+    def observe(self, event) -> None:  # noqa: ANN001
+        pass
+
+
+def test_a_waiting_proposer_is_asked_again_instead_of_ending_the_study() -> None:
+    study = _study()
+    runs = expand(study)
+    executor, tracker = ScriptedExecutor(), MemoryTracker()
+    tracker.open_study(study.name, "")
+    proposer = _WaitingProposer(runs)
+    sched = Scheduler([], executor=executor, tracker=tracker, max_concurrent=4, max_retries=0, proposer=proposer)
+    stats = sched.run(timeout=0)
+    assert stats.finished == 3  # the run proposed after the waits ran too
+    assert proposer.asks == 6 and not proposer.batches

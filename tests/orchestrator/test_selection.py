@@ -244,9 +244,9 @@ def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
     assert not {r.spec.run_key for r in fresh} & {r.spec.run_key for r in proposed}
 
 
-def _selector_on_the_true_law() -> tuple[object, list, Selector]:
+def _selector_on_the_true_law(**selection) -> tuple[object, list, Selector]:
     """An active selector past its space-filling start whose fit is the true law (20 runs)."""
-    study = _study("active", initial_runs=1)
+    study = _study("active", initial_runs=1, **selection)
     grid = expand(study)
     true = _true_fit()
     fit_ = laws.LawFit(law=true.law, params=true.params, objective=0.0, report=laws.FitReport(
@@ -255,28 +255,31 @@ def _selector_on_the_true_law() -> tuple[object, list, Selector]:
     return study, grid, sel
 
 
-def test_active_prefers_informative_runs_over_cheap_ones() -> None:
+@pytest.mark.parametrize("discrepancy", [True, False])
+def test_active_prefers_informative_runs_over_cheap_ones(discrepancy: bool) -> None:
     # with the true law known, the first criterion-driven picks are not simply the cheapest runs
-    study, grid, sel = _selector_on_the_true_law()
+    study, grid, sel = _selector_on_the_true_law(discrepancy=discrepancy)
     picks = sel.propose(6)
     costs = sorted(r.plan.flops for r in grid)
     assert max(r.plan.flops for r in picks) > costs[5], "pure cheapest-first would have taken the 6 cheapest"
     assert len({r.spec.run_key for r in picks}) == 6
 
 
-def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch) -> None:
+@pytest.mark.parametrize(("discrepancy", "planner"), [(True, "bias_aware_plan"), (False, "planned_information")])
+def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch, discrepancy: bool, planner: str) -> None:
     from orchestrator.selection import samplers
 
     calls = []
-    real = samplers.planned_information
+    real = getattr(samplers, planner)
 
     def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         plan = real(*args, **kwargs)
-        calls.append(plan.exponent)
+        if kwargs.get("k") is None:  # a whole-budget plan over every exponent, not a single pick
+            calls.append(plan.exponent)
         return plan
 
-    monkeypatch.setattr(samplers, "planned_information", counting)
-    study, grid, sel = _selector_on_the_true_law()
+    monkeypatch.setattr(samplers, planner, counting)
+    study, grid, sel = _selector_on_the_true_law(discrepancy=discrepancy)
     picks = sel.propose(4)
     assert len({r.spec.run_key for r in picks}) == 4
     assert len(calls) == 1  # the other three follow the plan's cost exponent
@@ -297,6 +300,8 @@ def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch) -> None:
          "selection.law"),
         ({"mode": "active", "budget_fraction": 0.1, "cost_exponent": -1, "target": {"budget": 1e22}},
          "selection.cost_exponent"),
+        ({"mode": "active", "budget_fraction": 0.1, "misfit_prior": -0.01, "target": {"budget": 1e22}},
+         "selection.misfit_prior"),
         ({"mode": "bayes"}, "selection.mode"),
     ],
 )
@@ -354,3 +359,10 @@ def test_active_selection_on_the_replayed_table_spends_a_tenth() -> None:
     spent = sum(r["plan"].flops for r in tracker.runs.values() if r["status"] == "FINISHED")
     assert 0.05 * total < spent <= 0.1 * total
     assert outcome.laws[0].fit is not None and outcome.stats.finished < 240
+    # the selection's beliefs are logged on the parent run as the runs finish: on real runs the
+    # law's misfit (a smooth departure of a few per cent) outweighs the seed noise
+    steps = [step for step, _ in tracker.study_metrics]
+    assert steps == sorted(steps) and len(steps) >= 2
+    last = tracker.study_metrics[-1][1]
+    assert last["selection.spent_flops"] <= last["selection.budget_flops"] == pytest.approx(0.1 * total)
+    assert last["selection.misfit_sd"] > 2 * last["selection.noise_sd"] > 0
