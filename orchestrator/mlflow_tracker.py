@@ -31,7 +31,6 @@ from orchestrator.tracking import (
 )
 from trainers import RunResult
 from trainers.base import RunPlan, RunSpec
-from trainers.memory import estimate_memory
 
 ROLE_TAG = "isoflop.role"
 KEY_TAG = "isoflop.run_key"
@@ -206,6 +205,7 @@ class MlflowTracker(Tracker):
         budget: float | None,
         tags: Mapping[str, str] | None = None,
         inputs: Mapping[str, float] | None = None,
+        memory: float = 0.0,
     ) -> str:
         tags = {
             PARENT_TAG: self.parent_id,
@@ -219,7 +219,7 @@ class MlflowTracker(Tracker):
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self._inputs[run_id] = law_inputs(plan, spec, inputs)
-        params = run_params(spec, plan, budget, self._inputs[run_id])
+        params = run_params(spec, plan, budget, self._inputs[run_id], memory=memory)
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self._stages[run_id] = (tags or {}).get(STAGE_TAG, "main")
         return run_id
@@ -289,7 +289,9 @@ def fit_metrics(law: str, document: Mapping[str, object]) -> dict[str, float]:
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
-def run_params(spec: RunSpec, plan: RunPlan, budget: float | None, inputs: Mapping[str, float]) -> dict[str, str]:
+def run_params(
+    spec: RunSpec, plan: RunPlan, budget: float | None, inputs: Mapping[str, float], *, memory: float = 0.0
+) -> dict[str, str]:
     """A child run's params: every axis, the exact sizes, the conventions used and its law
     ``inputs`` (:func:`~orchestrator.tracking.law_inputs`) as ``law.<name>``."""
     params: dict[str, object] = {
@@ -313,7 +315,8 @@ def run_params(spec: RunSpec, plan: RunPlan, budget: float | None, inputs: Mappi
     }
     if plan.shape is not None:
         params.update(n_layer=plan.shape.n_layer, d_model=plan.shape.d_model, n_head=plan.shape.n_head)
-        params["memory_budget_mb"] = round(estimate_memory(plan, spec.trainer).budget / 2**20, 1)
+    if memory > 0:  # what the scheduler reserved for it (a teacher's weights included)
+        params["memory_budget_mb"] = round(memory / 2**20, 1)
     params.update({f"law.{k}": v for k, v in inputs.items()})
     return {k: str(v) for k, v in params.items()}
 

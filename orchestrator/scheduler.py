@@ -315,8 +315,9 @@ class Scheduler:
         attempt = self._attempts.get(key, 0) + 1
         self._attempts[key] = attempt
         run, inputs = self._resolve(run)
+        memory = self.memory(run)
         run_id = self.tracker.start_run(
-            run.spec, run.plan, attempt=attempt, budget=run.budget, tags=self._tags(run), inputs=inputs
+            run.spec, run.plan, attempt=attempt, budget=run.budget, tags=self._tags(run), inputs=inputs, memory=memory
         )
         task = RunTask(
             spec=run.spec,
@@ -324,7 +325,7 @@ class Scheduler:
             sink_factory=self.tracker.sink_factory(run_id),
             num_cpus=self.num_cpus,
             num_gpus=self.num_gpus,
-            memory=self.memory(run),
+            memory=memory,
         )
         self._running[key] = run
         self.executor.submit(task)

@@ -91,9 +91,11 @@ class Tracker(ABC):
         budget: float | None,
         tags: Mapping[str, str] | None = None,
         inputs: Mapping[str, float] | None = None,
+        memory: float = 0.0,
     ) -> str:
         """Create a child run for one attempt (with extra ``tags``, and extra law ``inputs``
-        recorded next to those of :func:`law_inputs`); returns its id."""
+        recorded next to those of :func:`law_inputs`; ``memory``: the bytes it reserves on its
+        node, 0 for none); returns its id."""
 
     @abstractmethod
     def sink_factory(self, run_id: str) -> SinkFactory:
@@ -182,6 +184,7 @@ class MemoryTracker(Tracker):
         budget: float | None,
         tags: Mapping[str, str] | None = None,
         inputs: Mapping[str, float] | None = None,
+        memory: float = 0.0,
     ) -> str:
         with self._lock:
             run_id = f"run-{next(self._ids)}"
@@ -193,6 +196,7 @@ class MemoryTracker(Tracker):
             "plan": plan,
             "tags": dict(tags or {}),
             "inputs": dict(inputs or {}),
+            "memory": memory,
             "metrics": [],
         }
         return run_id

@@ -425,8 +425,17 @@ def test_runs_reserve_their_memory_budget_and_an_impossible_one_is_refused(tmp_p
     tasks = []
     original = executor.submit
     executor.submit = lambda task: (tasks.append(task), original(task))  # type: ignore[method-assign]
-    _scheduler(runs, tmp_path, executor, memory=request).run(timeout=0)
+    tracker = MemoryTracker()
+    _scheduler(runs, tmp_path, executor, tracker, memory=request).run(timeout=0)
     assert {t.spec.run_key: t.memory for t in tasks} == {r.key: request(r) for r in runs}
+    # the run records what it reserved (the student its teacher's weights too), and MLflow's
+    # parameters say the same
+    recorded = {r["run_key"]: r["memory"] for r in tracker.runs.values()}
+    assert recorded == {r.key: request(r) for r in runs}
+    from orchestrator.mlflow_tracker import run_params
+
+    params = run_params(student.spec, student.plan, None, {}, memory=request(student))
+    assert float(params["memory_budget_mb"]) == pytest.approx(request(student) / 2**20, abs=0.05)
     fixed = memory_request(study_from_dict({**_distill_study(), "resources": {"memory_per_run": "512"}}), runs)
     assert fixed(student) == 512 * 2**20
     check_feasible(_Nodes({"CPU": 2, "memory": 4 * 2**30}), 1, 0, 2**30)
