@@ -317,15 +317,19 @@ def design_bound(
 
 def space_filling(
     points: np.ndarray, cost: np.ndarray, k: int, *, taken: np.ndarray, allowed: np.ndarray,
-    budget_left: float, cheap_quantile: float = 0.5, rng: np.random.Generator,
+    budget_left: float, cheap_quantile: float = 0.5, max_cost: float = np.inf, rng: np.random.Generator,
 ) -> list[int]:
     """A maximin design at the cheap end: up to ``k`` candidates among the cheapest
-    ``cheap_quantile`` of the pool, each as far as possible (in standardised coordinates,
-    e.g. log N and log D) from everything taken or already picked."""
+    ``cheap_quantile`` of the pool that cost at most ``max_cost`` (or the cheapest ``k`` allowed
+    when none does), each as far as possible (in standardised coordinates, e.g. log N and log D)
+    from everything taken or already picked."""
     z = (points - points.mean(0)) / np.maximum(points.std(0), 1e-12)
     mask = allowed.copy()
     if mask.any():
-        mask &= cost <= np.quantile(cost[mask], cheap_quantile)
+        cap = min(float(np.quantile(cost[mask], cheap_quantile)), max_cost)
+        if not (mask & (cost <= cap)).any():
+            cap = float(np.sort(cost[mask])[min(k, mask.sum()) - 1])
+        mask &= cost <= cap
     chosen: list[int] = []
     ref = z[taken] if taken.size else np.empty((0, z.shape[1]))
     left = float(budget_left)

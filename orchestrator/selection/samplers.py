@@ -194,8 +194,11 @@ class InformationSampler(PoolSampler):
         fit_ = self.fit_provider()
         left = budget_left(study, self.pool)
         if fit_ is None or fit_.report.n_points < self.initial_runs:
+            # the start spends at most half of the budget, so a small budget is not gone before
+            # the criterion takes over
             return space_filling(
-                self.pool.space, self.pool.cost, 1, taken=taken, allowed=mask, budget_left=left, rng=self.rng
+                self.pool.space, self.pool.cost, 1, taken=taken, allowed=mask, budget_left=left, rng=self.rng,
+                max_cost=0.5 * self.pool.budget / max(self.initial_runs, 1),
             )[0]
         jac, log_pred = self._pool_state(fit_)
         done = [t for t in study.get_trials(deepcopy=False) if PARAM in t.params and t.state in _COUNTED]

@@ -187,6 +187,17 @@ def test_space_filling_spreads_over_the_cheap_end() -> None:
     assert min_dist >= 3.0  # a maximin design, not a clump
 
 
+def test_space_filling_keeps_within_a_cost_cap() -> None:
+    x = np.array([[a, b] for a in range(10) for b in range(10)], dtype=float)
+    cost = x.sum(1) + 1
+    start = dict(taken=np.array([], dtype=int), allowed=np.ones(100, dtype=bool), budget_left=np.inf)
+    picks = space_filling(x, cost, 4, **start, max_cost=4.0, rng=np.random.default_rng(0))
+    assert len(set(picks)) == 4 and all(cost[i] <= 4.0 for i in picks)
+    # a cap below every candidate falls back to the cheapest ones
+    picks = space_filling(x, cost, 3, **start, max_cost=0.5, rng=np.random.default_rng(0))
+    assert sorted(cost[picks]) == sorted(np.sort(cost)[:3])
+
+
 def test_n_opt_gradient_matches_finite_differences() -> None:
     law = laws.get_law("chinchilla")
     fit_ = _true_fit()
