@@ -41,13 +41,35 @@ def connect(config: ClusterConfig) -> Any:
     return ray
 
 
+#: the GPU shares ``gpus_per_run: auto`` hands out (Ray schedules fractions of a GPU)
+GPU_SHARES = (0.125, 0.25, 0.5, 1.0)
+
+
 def gpus_per_run(resources: ResourcesConfig, trainer: TrainerConfig, cluster_gpus: float) -> float:
     """Resolve ``resources.gpus_per_run`` (``auto``: one GPU per real training when there are any)."""
     if resources.gpus_per_run != "auto":
         return float(resources.gpus_per_run)
-    if trainer.kind == "simulated" or trainer.device == "cpu" or cluster_gpus < 1:
+    if trainer.kind in ("simulated", "replay") or trainer.device == "cpu" or cluster_gpus < 1:
         return 0.0
     return 1.0
+
+
+def gpu_share(whole: float, budget_bytes: float, gpu_memory_mb: float) -> float:
+    """The GPUs one run asks for under ``gpus_per_run: auto``: ``whole`` (0 or 1, from
+    :func:`gpus_per_run`) unless ``gpu_memory_mb`` is known, then the smallest share of
+    :data:`GPU_SHARES` whose part of the GPU's memory holds the run's memory budget. A run that
+    needs more than one GPU's memory is refused: runs train on one device."""
+    if whole <= 0 or gpu_memory_mb <= 0:
+        return whole
+    need = budget_bytes / (gpu_memory_mb * 2**20)
+    for share in GPU_SHARES:
+        if need <= share:
+            return share
+    raise StudyError(
+        "resources.gpu_memory_mb",
+        f"a run needs {budget_bytes / 2**20:.0f} MB, more than one GPU's {gpu_memory_mb:g} MB: runs train on "
+        "one device; use smaller models or GPUs with more memory",
+    )
 
 
 def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0.0) -> None:

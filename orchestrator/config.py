@@ -162,7 +162,12 @@ class ResourcesConfig:
     """What each run asks the cluster for, and how the scheduler treats failures."""
 
     cpus_per_run: float = 1.0
-    gpus_per_run: str = "auto"  # auto (1 GPU for real models when the cluster has GPUs, else 0) or a number
+    # auto: real trainings on a cluster with GPUs get one GPU each, or with gpu_memory_mb set
+    # the share of a GPU their memory budget needs (1/8, 1/4, 1/2 or 1, so small models pack
+    # several to a GPU); simulated and replayed runs none. Or a number for every run
+    gpus_per_run: str = "auto"
+    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = a whole GPU per run
+    gpu_memory_mb: float = 0.0
     # memory each run asks Ray for: auto (its budget from trainers.memory: model state,
     # activations and runtime, with 50 % headroom; nothing for simulated and replayed runs), a
     # number of MB, or 0 to ask for none. Ray places runs only where their memory fits

@@ -141,6 +141,8 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("resources.max_concurrent", "must be 0 (automatic) or more")
     _auto_or_amount("resources.memory_per_run", study.resources.memory_per_run, "number of MB")
     _auto_or_amount("resources.gpus_per_run", study.resources.gpus_per_run, "number")
+    if study.resources.gpu_memory_mb < 0:
+        raise StudyError("resources.gpu_memory_mb", f"must be 0 (a whole GPU per run) or more, got {study.resources.gpu_memory_mb}")
     _validate_grid(study)
     _validate_names(study)
     _validate_selection(study)

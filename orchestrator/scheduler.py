@@ -96,6 +96,7 @@ class Scheduler:
         proposer: Proposer | None = None,
         checkpoints: CheckpointPolicy | None = None,
         memory: Callable[[PlannedRun], float] | None = None,
+        gpus: Callable[[PlannedRun], float] | None = None,
         pending_warn_s: float = 0.0,
     ) -> None:
         if max_concurrent < 1:
@@ -127,6 +128,7 @@ class Scheduler:
         self._stored: dict[str, FinishedRun] = {}
         self.checkpoints = checkpoints
         self.memory = memory or (lambda run: 0.0)  # bytes each run reserves on its node
+        self.gpus = gpus or (lambda run: self.num_gpus)  # GPUs (or a share of one) each run asks for
         self._needed = {dep for run in runs for dep in run.depends_on.values()}  # keys others depend on
         self._waiting: dict[str, list[PlannedRun]] = {}  # unfinished dependency -> runs parked on it
         self._failed: dict[str, str] = {}  # run key -> why it failed for good
@@ -324,7 +326,7 @@ class Scheduler:
             run_id=run_id,
             sink_factory=self.tracker.sink_factory(run_id),
             num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
+            num_gpus=self.gpus(run),
             memory=memory,
         )
         self._running[key] = run

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 
 import laws
 from laws.export import law_entry
-from orchestrator.cluster import check_feasible, connect, gpus_per_run
+from orchestrator.cluster import check_feasible, connect, gpu_share, gpus_per_run
 from orchestrator.config import StudyConfig
 from orchestrator.executors import Executor, RayExecutor
 from orchestrator.fitting import LawOutcome, fit_laws, study_laws
@@ -75,6 +76,23 @@ def memory_request(study: StudyConfig, runs: list[PlannedRun]) -> Callable[[Plan
     return request
 
 
+def gpu_request(study: StudyConfig, runs: list[PlannedRun], whole: float) -> Callable[[PlannedRun], float]:
+    """GPUs each run asks Ray for: ``whole`` (see :func:`~orchestrator.cluster.gpus_per_run`),
+    or under ``gpus_per_run: auto`` with ``resources.gpu_memory_mb`` set, the share of a GPU its
+    memory budget needs (a student's teacher weights included)."""
+    if study.resources.gpus_per_run != "auto" or whole <= 0 or study.resources.gpu_memory_mb <= 0:
+        return lambda run: whole
+    by_key = {r.key: r for r in runs}
+    memory_mb = study.resources.gpu_memory_mb
+
+    def share(run: PlannedRun) -> float:
+        teacher = by_key.get(run.depends_on.get("teacher", ""))
+        budget = estimate_memory(run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0).budget
+        return gpu_share(whole, float(budget), memory_mb)
+
+    return share
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -98,11 +116,15 @@ def run_study(
     num_cpus = study.resources.cpus_per_run
     if executor is None:
         ray = connect(study.cluster)
-        num_gpus = gpus_per_run(study.resources, study.trainer, ray.cluster_resources().get("GPU", 0))
-        check_feasible(ray, num_cpus, num_gpus, max((request(r) for r in candidates), default=0.0))
+        whole = gpus_per_run(study.resources, study.trainer, ray.cluster_resources().get("GPU", 0))
+        gpus = gpu_request(study, candidates, whole)
+        shares = [gpus(r) for r in candidates] or [whole]
+        check_feasible(ray, num_cpus, max(shares), max((request(r) for r in candidates), default=0.0))
+        num_gpus = float(np.median(shares))  # sizes the concurrency cap
         executor = RayExecutor(ray)
     else:
         num_gpus = 0.0 if study.resources.gpus_per_run == "auto" else float(study.resources.gpus_per_run)
+        gpus = lambda run: num_gpus  # noqa: E731
     fitted = study_laws(study)
     refitter = OnlineRefitter(
         fitted,
@@ -139,6 +161,7 @@ def run_study(
         proposer=selector,
         checkpoints=checkpoint_policy(study),
         memory=request,
+        gpus=gpus,
         pending_warn_s=study.resources.pending_warn_s,
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)

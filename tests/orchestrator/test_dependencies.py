@@ -445,3 +445,39 @@ def test_runs_reserve_their_memory_budget_and_an_impossible_one_is_refused(tmp_p
     with pytest.raises(StudyError) as info:
         study_from_dict({**_distill_study(), "resources": {"memory_per_run": "lots"}})
     assert info.value.key == "resources.memory_per_run"
+
+
+def test_auto_gpus_are_a_share_sized_by_each_runs_memory(tmp_path: Path) -> None:
+    from orchestrator.cluster import GPU_SHARES, gpu_share
+    from orchestrator.study import gpu_request
+    from trainers.memory import estimate_memory
+
+    raw = _distill_study()
+    runs = expand(study_from_dict(raw))
+    student = next(r for r in runs if r.stage == "main")
+    teacher = next(r for r in runs if r.key == student.depends_on["teacher"])
+    need = estimate_memory(student.plan, student.spec.trainer, teacher_params=teacher.plan.n_params).budget
+    # a GPU with room for exactly 3 students: each gets half of it (the smallest share that holds it)
+    gpu_mb = 3 * need / 2**20
+    gpus = gpu_request(study_from_dict({**raw, "resources": {"gpu_memory_mb": gpu_mb}}), runs, 1.0)
+    assert gpus(student) == 0.5
+    for run in runs:
+        assert gpus(run) in GPU_SHARES and gpus(run) * gpu_mb * 2**20 >= 0.999 * estimate_memory(
+            run.plan, run.spec.trainer,
+            teacher_params=next((t.plan.n_params for t in runs if t.key == run.depends_on.get("teacher")), 0),
+        ).budget
+    # the scheduler hands each run its own share
+    executor, tasks = FakeTrainingExecutor(), []
+    original = executor.submit
+    executor.submit = lambda task: (tasks.append(task), original(task))  # type: ignore[method-assign]
+    _scheduler(runs, tmp_path, executor, gpus=gpus).run(timeout=0)
+    assert {t.spec.run_key: t.num_gpus for t in tasks} == {r.key: gpus(r) for r in runs}
+    # without a GPU memory, or with no GPUs or a fixed number, every run gets the same
+    assert gpu_request(study_from_dict(raw), runs, 1.0)(student) == 1.0
+    assert gpu_request(study_from_dict({**raw, "resources": {"gpu_memory_mb": gpu_mb}}), runs, 0.0)(student) == 0.0
+    fixed = study_from_dict({**raw, "resources": {"gpu_memory_mb": gpu_mb, "gpus_per_run": "2"}})
+    assert gpu_request(fixed, runs, 2.0)(student) == 2.0
+    # a run too large for one GPU is refused before anything starts, naming the key
+    with pytest.raises(StudyError) as info:
+        gpu_share(1.0, need, 0.5 * need / 2**20)
+    assert info.value.key == "resources.gpu_memory_mb" and "one device" in str(info.value)
