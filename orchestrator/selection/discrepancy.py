@@ -58,11 +58,11 @@ class Discrepancy:
     scale: float = 0.0
     length: float = 1.0
 
-    def covariance(self, z: np.ndarray) -> np.ndarray:
-        """tau^2 K over points ``z`` [n, d] (without the noise)."""
+    def rows(self, za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+        """tau^2 k(za_i, zb_j) [len(za), len(zb)] (the discrepancy's covariance, no noise)."""
         if self.scale <= 0:
-            return np.zeros((len(z), len(z)))
-        d2 = np.sum((z[:, None, :] - z[None, :, :]) ** 2, axis=-1)
+            return np.zeros((len(za), len(zb)))
+        d2 = np.clip((za**2).sum(1)[:, None] + (zb**2).sum(1)[None, :] - 2.0 * za @ zb.T, 0.0, None)
         return self.scale * np.exp(-0.5 * d2 / self.length**2)
 
 
@@ -79,6 +79,7 @@ def estimate_discrepancy(
     prior_weight: float = 4.0,
     lengths: Sequence[float] = LENGTHS,
     shares: Sequence[float] = SHARES,
+    max_points: int = 400,
 ) -> Discrepancy:
     """REML estimate of noise and discrepancy from a fit's residuals.
 
@@ -87,8 +88,11 @@ def estimate_discrepancy(
     (s^2 = r^T Pi r / (n - p), shrunk towards ``prior`` with ``prior_weight`` pseudo-observations
     as in :func:`~orchestrator.selection.criteria.noise_variance`); the pair with the highest
     restricted likelihood wins. With too few residuals to tell the two apart, all of the
-    variance is noise.
+    variance is noise. Beyond ``max_points`` residuals a seeded subsample of them is used.
     """
+    if len(residuals) > max_points:  # O(n^3) per grid point: a seeded subsample is plenty
+        keep = np.sort(np.random.default_rng(0).choice(len(residuals), max_points, replace=False))
+        z, residuals, jac = z[keep], residuals[keep], jac[keep]
     n, p = jac.shape
     dof = n - p
     if dof < 3:
@@ -159,14 +163,15 @@ class _Design:
     """Incremental state of the MSE of a growing design S (see the module docstring)."""
 
     def __init__(
-        self, j_pool: np.ndarray, done: np.ndarray, g: np.ndarray, q: np.ndarray, r: np.ndarray,
-        const: np.ndarray, *, noise: float, ridge: float,
+        self, j_pool: np.ndarray, done: np.ndarray, g: np.ndarray, z: np.ndarray, discrepancy: Discrepancy,
+        r: np.ndarray, const: np.ndarray, *, ridge: float,
     ) -> None:
-        self.j, self.g, self.q, self.r, self.const, self.noise = j_pool, g, q, r, const, noise
+        self.j, self.g, self.z, self.disc, self.r, self.const = j_pool, g, z, discrepancy, r, const
         js = j_pool[done]
+        k_done = discrepancy.rows(z[done], z)  # tau^2 K_S. [|S|, n]: rows only, never n x n
         self.cov = np.linalg.pinv(js.T @ js + ridge * np.eye(j_pool.shape[1]), hermitian=True)  # M_S^-1
-        self.phi = js.T @ q[np.ix_(done, done)] @ js  # J_S^T tau^2 K_SS J_S [p, p]
-        self.v = js.T @ q[done]  # J_S^T tau^2 K_S. [p, n]
+        self.phi = js.T @ k_done[:, done] @ js  # J_S^T tau^2 K_SS J_S [p, p]
+        self.v = js.T @ k_done  # J_S^T tau^2 K_S. [p, n]
         self.psi = js.T @ r[done]  # J_S^T R_S [p, T]
 
     def mse(self) -> np.ndarray:
@@ -175,7 +180,7 @@ class _Design:
             np.einsum("pt,pq,qt->t", u, self.phi, u)
             - 2 * np.einsum("pt,pt->t", u, self.psi)
             + self.const
-            + self.noise * np.einsum("tp,pt->t", self.g, u)
+            + self.disc.noise * np.einsum("tp,pt->t", self.g, u)
         )
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,27 +195,28 @@ class _Design:
         h_phi_h = np.einsum("np,pq,nq->n", h, self.phi, h)
         new_phi = u_phi_u[None, :] - 2 * beta * (h @ phi_u) + beta**2 * h_phi_h[:, None]
         u_v = self.v.T @ u - beta * np.einsum("np,pn->n", h, self.v)[:, None]
-        new_phi = new_phi + 2 * beta * u_v + np.diag(self.q)[:, None] * beta**2
+        new_phi = new_phi + 2 * beta * u_v + self.disc.scale * beta**2  # k(x, x) = 1
         u_psi = np.einsum("pt,pt->t", u, self.psi)[None, :] - beta * (h @ self.psi) + beta * self.r
         g_u = np.einsum("tp,pt->t", self.g, u)[None, :] - beta * (h @ self.g.T)
-        return new_phi - 2 * u_psi + self.const[None, :] + self.noise * g_u, h, beta
+        return new_phi - 2 * u_psi + self.const[None, :] + self.disc.noise * g_u, h, beta
 
     def add(self, c: int, h_c: np.ndarray) -> None:
         j_c = self.j[c]
         v_c = self.v[:, c].copy()
         self.cov = self.cov - np.outer(h_c, h_c) / (1.0 + h_c @ j_c)
-        self.phi = self.phi + np.outer(j_c, v_c) + np.outer(v_c, j_c) + self.q[c, c] * np.outer(j_c, j_c)
-        self.v = self.v + np.outer(j_c, self.q[c])
+        self.phi = self.phi + np.outer(j_c, v_c) + np.outer(v_c, j_c) + self.disc.scale * np.outer(j_c, j_c)
+        self.v = self.v + np.outer(j_c, self.disc.rows(self.z[c : c + 1], self.z)[0])
         self.psi = self.psi + np.outer(j_c, self.r[c])
 
 
 def reference_terms(
-    j_pool: np.ndarray, g: np.ndarray, k: np.ndarray, *, ridge: float
+    j_pool: np.ndarray, g: np.ndarray, z: np.ndarray, discrepancy: Discrepancy, *, ridge: float, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """R = tau^2 K b [n, T] and tau^2 b^T K b [T] of the whole pool's fit (b = J_P M_P^-1 g)."""
+    """R = tau^2 K b [n, T] and tau^2 b^T K b [T] of the whole pool's fit (b = J_P M_P^-1 g),
+    ``chunk`` kernel rows at a time (memory O(chunk n), not O(n^2))."""
     p = j_pool.shape[1]
     b = j_pool @ np.linalg.pinv(j_pool.T @ j_pool + ridge * np.eye(p), hermitian=True) @ g.T  # [n, T]
-    r = k @ b
+    r = np.vstack([discrepancy.rows(z[i : i + chunk], z) @ b for i in range(0, len(z), chunk)])
     return r, np.einsum("nt,nt->t", b, r)
 
 
@@ -239,14 +245,13 @@ def bias_aware_plan(
     grid's) is scored as its increase times cost^exponent, so the least harmful comes first.
     """
     n = len(cost)
-    kern = discrepancy.covariance(z)
-    r, const = reference_terms(j_pool, g, kern, ridge=ridge)
+    r, const = reference_terms(j_pool, g, z, discrepancy, ridge=ridge)
     done = np.asarray(done, dtype=int)
-    state = {"noise": discrepancy.noise, "ridge": ridge}
-    mse0 = np.maximum(_Design(j_pool, done, g, kern, r, const, **state).mse(), 1e-300)
+    state = (j_pool, done, g, z, discrepancy, r, const)
+    mse0 = np.maximum(_Design(*state, ridge=ridge).mse(), 1e-300)
     best: BiasAwarePlan | None = None
     for gamma in exponents:
-        design = _Design(j_pool, done, g, kern, r, const, **state)
+        design = _Design(*state, ridge=ridge)
         mask = np.ones(n, dtype=bool) if allowed is None else allowed.copy()
         mask[done] = False
         left = float(budget_left)
@@ -282,8 +287,8 @@ def design_mse(
     """MSE [T] of the targets for the fit on the runs ``design`` (indices), computed directly
     from the formula in the module docstring (the reference for the incremental updates)."""
     p = j_pool.shape[1]
-    kern = discrepancy.covariance(z)
-    r, const = reference_terms(j_pool, g, kern, ridge=ridge)
+    kern = discrepancy.rows(z, z)
+    r, const = reference_terms(j_pool, g, z, discrepancy, ridge=ridge)
     js = j_pool[design]
     u = np.linalg.pinv(js.T @ js + ridge * np.eye(p), hermitian=True) @ g.T  # [P, T]
     a = js @ u  # [|S|, T]

@@ -119,3 +119,16 @@ def test_the_assumed_misfit_applies_only_where_the_residuals_show_less() -> None
     large = Discrepancy(noise=1e-5, scale=1e-3, length=0.5)
     assert floor(large, 0.02) == large
     assert floor(small, 0.0) == small
+
+
+def test_the_pool_terms_are_built_from_kernel_rows_without_an_n_by_n_matrix() -> None:
+    from orchestrator.selection.discrepancy import reference_terms
+
+    j, _, g, z = _random_problem(2, n=50)
+    disc = Discrepancy(noise=1e-4, scale=3e-4, length=0.7)
+    r, const = reference_terms(j, g, z, disc, ridge=1e-6, chunk=7)  # uneven chunks
+    b = j @ np.linalg.pinv(j.T @ j + 1e-6 * np.eye(j.shape[1])) @ g.T
+    dense = disc.rows(z, z)
+    np.testing.assert_allclose(r, dense @ b, rtol=1e-10)
+    np.testing.assert_allclose(const, np.einsum("nt,nm,mt->t", b, dense, b), rtol=1e-10)
+    assert np.allclose(np.diag(dense), disc.scale)
