@@ -149,7 +149,9 @@ def _run(study) -> int:  # noqa: ANN001
     progress = make_progress(study, runs)  # live block on a terminal, plain lines otherwise
     start = time.monotonic()
     try:
-        outcome = run_study(study, on_event=progress, on_fit=progress.on_fit, runs=runs)
+        outcome = run_study(
+            study, on_event=progress, on_fit=progress.on_fit, on_selection=progress.on_selection, runs=runs
+        )
     finally:
         progress.close()
     s = outcome.stats
@@ -202,6 +204,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"study {st.name!r} (parent run {st.parent_run_id}): {counts}; {st.flops_done:.3g} FLOPs done")
     for law, params in st.fits.items():
         print(f"  {law}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    if st.selection:
+        from orchestrator.selection.selector import SelectionView
+
+        print(f"  {SelectionView(metrics=st.selection, next_runs=()).summary()}")
     return EXIT_OK
 
 

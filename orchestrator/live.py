@@ -25,6 +25,7 @@ from orchestrator.grid import PlannedRun
 from orchestrator.progress import FitPrinter, Progress
 from orchestrator.refit import RefitState, fit_summary
 from orchestrator.scheduler import Event
+from orchestrator.selection.selector import SelectionView
 
 PLAIN_ENV = "ISOFLOP_PLAIN"
 
@@ -102,6 +103,7 @@ class LiveView:
         self.clock = clock
         self.width = width
         self.fits: dict[str, RefitState] = {}
+        self.selection: SelectionView | None = None
         self.redraws = 0
         self._t0 = clock()
         self._last_draw = -float("inf")
@@ -167,6 +169,13 @@ class LiveView:
         with self._lock:
             self._active = True
             self.fits[state.law] = state
+            self._maybe_draw(self.clock())
+
+    def on_selection(self, view: SelectionView) -> None:
+        """Record the budgeted selection's state (spent, estimates, next choices) and redraw."""
+        with self._lock:
+            self._active = True
+            self.selection = view
             self._maybe_draw(self.clock())
 
     def close(self) -> None:
@@ -251,6 +260,8 @@ class LiveView:
         timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not self._closed else ""
         out = [runs, flops + timing]
         out += [f"  {fit_summary(state)}" for _, state in sorted(self.fits.items())]
+        if self.selection is not None:
+            out.append(f"  {self.selection.summary()}")
         if self._last_error and s.failed:
             out.append(f"  last failure: {self._last_error}")
         return out
@@ -294,12 +305,22 @@ class PlainProgress:
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.events = Progress(total=total, stream=stream)
         self.fits = FitPrinter(stream=stream)
+        self._selection_line = ""
+        self._selection_at = -float("inf")
 
     def __call__(self, event: Event) -> None:
         self.events(event)
 
     def on_fit(self, state: RefitState) -> None:
         self.fits(state)
+
+    def on_selection(self, view: SelectionView) -> None:
+        """A line per change of the selection's plan or estimates, at most every 10 s."""
+        line = view.summary()
+        now = time.monotonic()
+        if line != self._selection_line and now - self._selection_at >= 10.0:
+            print(f"          {line}", file=self.events.stream, flush=True)
+            self._selection_line, self._selection_at = line, now
 
     def close(self) -> None:
         """Nothing to finish: every line is already printed."""

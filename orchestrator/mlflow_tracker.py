@@ -353,7 +353,10 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "law":  # law.<law>.<param>; intervals have 4 parts
             fits.setdefault(parts[1], {})[parts[2]] = float(value)
-    return StudyStatus(name=name, parent_run_id=parent, counts=counts, flops_done=flops, fits=fits)
+    selection = {k: float(v) for k, v in parent_metrics.items() if k.startswith("selection.")}
+    return StudyStatus(
+        name=name, parent_run_id=parent, counts=counts, flops_done=flops, fits=fits, selection=selection
+    )
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from orchestrator.mlflow_tracker import MlflowTracker, default_tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.selection import Selector, journal_storage
+from orchestrator.selection.selector import SelectionView
 from orchestrator.tracking import Tracker
 from trainers.memory import estimate_memory
 
@@ -100,6 +101,7 @@ def run_study(
     executor: Executor | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_fit: Callable[[RefitState], None] | None = None,
+    on_selection: Callable[[SelectionView], None] | None = None,
     runs: list[PlannedRun] | None = None,
     optuna_storage: optuna.storages.BaseStorage | None = None,
     background_refit: bool = True,
@@ -146,7 +148,7 @@ def run_study(
     tracker = tracker or open_tracker(study)
     refitter.tracker = tracker
     if selector is not None:
-        refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit)
+        refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit, on_selection or (lambda view: None))
     parent = tracker.open_study(study.name, to_yaml(study))
     scheduler = Scheduler(
         candidates if selector is None else [],
@@ -192,16 +194,18 @@ def run_study(
 
 
 def _selection_hook(
-    selector: Selector, tracker: Tracker, then: Callable[[RefitState], None]
+    selector: Selector, tracker: Tracker, then: Callable[[RefitState], None], show: Callable[[SelectionView], None]
 ) -> Callable[[RefitState], None]:
-    """After each refit of the selection's law: apply the stopping rule and log what the
-    selection believes (on the driver thread, where the refitter reports its fits)."""
+    """After each refit of the selection's law: apply the stopping rule, log what the selection
+    believes and show it (on the driver thread, where the refitter reports its fits)."""
 
     def hook(state: RefitState) -> None:
+        then(state)
         if state.law == selector.law_name:
             selector.check_stop(state.fit)
-            tracker.log_study_metrics(selector.diagnostics(), step=state.n_runs)
-        then(state)
+            view = selector.view()
+            tracker.log_study_metrics(view.metrics, step=state.n_runs)
+            show(view)
 
     return hook
 

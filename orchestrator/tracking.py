@@ -48,6 +48,7 @@ class StudyStatus:
     counts: Mapping[str, int]
     flops_done: float
     fits: Mapping[str, Mapping[str, float]]
+    selection: Mapping[str, float] = field(default_factory=dict)  # latest ``selection.*`` metrics
 
 
 def law_inputs(plan: RunPlan, spec: RunSpec, extra: Mapping[str, float] | None = None) -> dict[str, float]:

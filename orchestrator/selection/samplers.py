@@ -171,6 +171,7 @@ class InformationSampler(PoolSampler):
         self._cache: tuple[tuple[float, ...], np.ndarray, np.ndarray] | None = None
         self.last_scores: list[tuple[int, float]] = []  # (candidate, gain) of recent picks
         self.last_exponent: float | None = None  # the cost exponent of the latest plan
+        self.upcoming: list[int] = []  # the latest plan's picks, in order (the next choices)
         self._planned_for: tuple[float, ...] | None = None  # the fit the latest plan was made on
         self.discrepancy = discrepancy
         self.misfit_prior = misfit_prior
@@ -238,6 +239,7 @@ class InformationSampler(PoolSampler):
         if replan:
             self.last_exponent = plan.exponent if plan else None
             self._planned_for = fit_key
+            self.upcoming = list(plan.picks) if plan else []
         if plan is None or not plan.picks:
             return int(np.flatnonzero(mask)[0])
         self.last_scores = [*self.last_scores[-9:], (plan.picks[0], plan.gains[0])]

@@ -9,8 +9,8 @@ again first. Each MLflow child run carries its trial number (tag ``isoflop.trial
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,34 @@ from orchestrator.selection.samplers import (
 from orchestrator.tracking import law_inputs
 
 TRIAL_TAG = "isoflop.trial"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionView:
+    """A budgeted selection as a monitor shows it: ``selection.*`` metrics (spent and budget
+    FLOPs; for active selection the noise and misfit estimates and the plan's cost exponent),
+    the runs the plan would propose next, and why proposing stopped, if it did."""
+
+    metrics: Mapping[str, float]
+    next_runs: Sequence[PlannedRun]
+    stopped: str | None = None
+
+    def summary(self) -> str:
+        """One line: ``selection: 3.1e+20 of 1e+21 FLOPs (31%), noise 0.4%, misfit 2.1%,
+        cost exponent 0.8; next N=1.2e+08 D=2.4e+09, ...``."""
+        m = self.metrics
+        spent, budget = m.get("selection.spent_flops", 0.0), m.get("selection.budget_flops", 0.0)
+        parts = [f"{spent:.3g} of {budget:.3g} FLOPs" + (f" ({100 * spent / budget:.0f}%)" if budget > 0 else "")]
+        if "selection.noise_sd" in m:
+            parts.append(f"noise {100 * m['selection.noise_sd']:.2g}%, misfit {100 * m['selection.misfit_sd']:.2g}%")
+        if "selection.cost_exponent" in m:
+            parts.append(f"cost exponent {m['selection.cost_exponent']:g}")
+        line = "selection: " + ", ".join(parts)
+        if self.stopped:
+            return f"{line}; stopped: {self.stopped}"
+        if self.next_runs:
+            line += "; next " + ", ".join(f"N={r.plan.n_params:.2g} D={r.plan.tokens:.2g}" for r in self.next_runs)
+        return line
 
 
 def selection_law(study: StudyConfig) -> StudyLaw:
@@ -204,6 +232,18 @@ class Selector:
         widths = target_widths(fit_, self.targets)
         if widths and max(widths.values()) <= tol:
             self.stopped = f"target intervals within +-{tol:g} ({', '.join(f'{k}: {v:.3g}' for k, v in widths.items())})"
+
+    def next_choices(self, k: int = 3) -> list[PlannedRun]:
+        """The next ``k`` runs the latest plan would propose (active selection; empty before
+        the criterion takes over, and for the baselines)."""
+        if not isinstance(self.sampler, InformationSampler):
+            return []
+        taken = {int(t.params[PARAM]) for t in self.study.get_trials(deepcopy=False) if PARAM in t.params}
+        return [self.candidates[i] for i in self.sampler.upcoming if i not in taken][:k]
+
+    def view(self) -> SelectionView:
+        """What a monitor shows of the selection now."""
+        return SelectionView(metrics=self.diagnostics(), next_runs=self.next_choices(), stopped=self.stopped)
 
     def diagnostics(self) -> dict[str, float]:
         """What the selection has spent and, for active selection, what it currently believes:

@@ -182,3 +182,41 @@ def test_dependency_stages_and_inputs_survive_the_store(store, tmp_path: Path) -
     assert all("L_T" in r.inputs for r in back.values() if r.stage == "main")
     tags = {c.data.tags[STAGE_TAG] for c in _children(MlflowClient(tracking_uri=store), parent)}
     assert tags == {"teacher", "main"}
+
+
+def test_an_active_study_logs_its_selection_and_status_shows_it(store, capsys) -> None:
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.mlflow_tracker import MlflowTracker
+
+    raw = {
+        "name": "integration-active",
+        "tracking": {"uri": store},
+        "trainer": {"kind": "simulated", "simulated": {"noise": 0.01}},
+        "grid": {"isoflop": {"budgets": [1e17, 1e18, 1e19], "points_per_budget": 6}},
+        "selection": {"mode": "active", "budget_fraction": 0.5, "target": {"budget": 1e21}, "initial_runs": 6},
+    }
+    study = study_from_dict(raw)
+    views, started = [], []
+    outcome = run_study(
+        study,
+        tracker=MlflowTracker(store, study.name),
+        executor=InlineExecutor(),
+        background_refit=False,
+        on_event=lambda e: started.append(e.run.spec.run_key) if e.kind == "start" else None,
+        on_selection=lambda v: views.append((v, set(started))),
+    )
+    assert outcome.stats.finished > 6
+    planned = [(v, seen) for v, seen in views if v.next_runs]
+    assert planned, "the criterion's next choices are shown once it takes over"
+    for v, seen in planned:  # what is shown next has not been started yet
+        assert not {r.spec.run_key for r in v.next_runs} & seen
+    assert views[-1][0].metrics["selection.spent_flops"] <= views[-1][0].metrics["selection.budget_flops"]
+    # ... and `isoflop status` reads the same from the store
+    path = Path(store.removeprefix("sqlite:///")).parent.parent / "active.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    line = next(s for s in capsys.readouterr().out.splitlines() if "selection:" in s)
+    assert "FLOPs" in line and "misfit" in line and "cost exponent" in line

@@ -347,3 +347,37 @@ def test_a_run_waiting_for_a_node_is_shown_above_the_block_and_changes_no_count(
     live.close()
     shown = screen(stream.getvalue())
     assert shown[0].startswith("PENDING  N=1e+06 D=2e+07 (bbbbbbbb): not started after 601 s")
+
+
+def _selection_view(**metrics: float) -> Any:
+    from orchestrator.selection.selector import SelectionView
+
+    base = {"selection.spent_flops": 2.5e19, "selection.budget_flops": 1e20}
+    return SelectionView(metrics={**base, **metrics}, next_runs=[fake_run("cccccccc"), fake_run("dddddddd")])
+
+
+def test_the_selection_line_shows_spend_estimates_and_next_choices() -> None:
+    line = _selection_view(**{
+        "selection.noise_sd": 0.004, "selection.misfit_sd": 0.021, "selection.cost_exponent": 0.8,
+    }).summary()
+    assert line == (
+        "selection: 2.5e+19 of 1e+20 FLOPs (25%), noise 0.4%, misfit 2.1%, cost exponent 0.8; "
+        "next N=1e+06 D=2e+07, N=1e+06 D=2e+07"
+    )
+    # before the criterion takes over there are no estimates; a stopped selection says why
+    from dataclasses import replace
+
+    assert _selection_view().summary().startswith("selection: 2.5e+19 of 1e+20 FLOPs (25%); next ")
+    assert replace(_selection_view(), stopped="budget spent").summary().endswith("; stopped: budget spent")
+
+
+def test_the_live_block_and_the_plain_lines_show_the_selection() -> None:
+    clock = Clock()
+    live, stream = view([fake_run("aaaaaaaa")], clock)
+    live.on_selection(_selection_view(**{"selection.cost_exponent": 0.4}))
+    assert any(line.strip().startswith("selection: 2.5e+19 of 1e+20") for line in screen(stream.getvalue()))
+    pipe = io.StringIO()
+    plain = PlainProgress(total=1, stream=pipe)
+    plain.on_selection(_selection_view())
+    plain.on_selection(_selection_view())  # the same state is not printed twice
+    assert pipe.getvalue().count("selection: ") == 1
