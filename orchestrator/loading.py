@@ -146,6 +146,33 @@ def validate(study: StudyConfig) -> None:
     _validate_grid(study)
     _validate_names(study)
     _validate_selection(study)
+    if t.kind == "simulated":
+        _validate_simulated(study)
+
+
+def _validate_simulated(study: StudyConfig) -> None:
+    """The simulated trainer's ground truth: a known law family whose inputs a simulated run
+    has (N, D, S, mixture weights), with exactly that family's parameters when they are given."""
+    from laws import LAW_NAMES, get_law
+
+    sim = study.trainer.simulated
+    if sim.law not in LAW_NAMES:
+        raise StudyError("trainer.simulated.law", f"unknown law {sim.law!r}; valid laws: {', '.join(LAW_NAMES)}")
+    k = len(study.grid.mixture[0]) if study.grid.mixture else 0
+    try:
+        law = get_law(sim.law, k=k) if k and sim.law.startswith("mixture") else get_law(sim.law)
+    except (TypeError, ValueError) as exc:
+        raise StudyError("trainer.simulated.law", str(exc)) from None
+    have = {"N", "D", "S", *(f"h{i + 1}" for i in range(k))}
+    if missing := [name for name in law.inputs if name not in have]:
+        raise StudyError("trainer.simulated.law", f"{sim.law!r} needs inputs {missing} that a simulated run does not have")
+    if sim.params and set(sim.params) != set(law.param_names):
+        raise StudyError(
+            "trainer.simulated.params",
+            f"{sim.law!r} takes parameters {list(law.param_names)}, got {sorted(sim.params)}",
+        )
+    if not sim.params and sim.law != "chinchilla":
+        raise StudyError("trainer.simulated.params", f"give the parameters of the {sim.law!r} ground truth")
 
 
 def _auto_or_amount(key: str, value: str, what: str) -> None:

@@ -11,8 +11,13 @@ For a run at (N, D) with seed s, ``z_0, z_1, ...`` are standard normal draws fro
     curve_i    = L(N, D_i) * exp(noise * z_i),  D_i = D * i / K  for i = 1 .. K - 1
     curve_K    = final_loss
 
-with K = ``curve_points``. The cost model reports ``overhead_s + 6 N D / flops_per_second``
+with K = ``curve_points``. The cost model reports ``overhead_s + C / flops_per_second``
 seconds of wall time without spending them.
+
+The law may take more than N and D: a run's sparsity S (``simulated.law: sparsity``) and mixture
+weights h1 .. hk come from its grid point. A simulated mixture-of-experts keeps every parameter in
+its experts, so a run of total size N at sparsity S computes with N (1 - S) active parameters:
+C = 6 N (1 - S) D, the convention of :func:`laws.optimal_sparsity`.
 """
 
 from __future__ import annotations
@@ -54,18 +59,28 @@ def plan_simulated(point: RunPoint, config: TrainerConfig) -> RunPlan:
         raise ValueError(
             f"simulated.curve_points: must be >= 1, got {config.simulated.curve_points}"
         )
-    per_token = 6.0 * point.n_params
+    active = point.n_params * (1.0 - point.sparsity)
+    per_token = 6.0 * active
     return RunPlan(
         shape=None,
         n_params=point.n_params,
         n_params_non_embedding=point.n_params,
-        n_params_active=point.n_params,
+        n_params_active=int(round(active)),
         flops_per_token=per_token,
         tokens=point.tokens,
         steps=config.simulated.curve_points,
         flops=per_token * point.tokens,
-        flop_convention="6N",
+        flop_convention="6N(1-S)" if point.sparsity > 0 else "6N",
     )
+
+
+def law_point(point: RunPoint, n: float, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The law's inputs along a run's curve: N, D and, for laws that take them, S and h1 .. hk."""
+    k = tokens.shape[0]
+    inputs = {"N": np.full(k, float(n)), "D": tokens.astype(np.float64), "S": np.full(k, float(point.sparsity))}
+    for i, w in enumerate(point.mixture):
+        inputs[f"h{i + 1}"] = np.full(k, float(w))
+    return inputs
 
 
 def law_params(config: TrainerConfig) -> Mapping[str, float]:
@@ -93,13 +108,12 @@ class SimulatedTrainer(Trainer):
         # D_i = D * i / K (whole tokens, at least 1); the last point is the run's end, D.
         tokens_k = np.maximum(1, (d * np.arange(1, k + 1)) // k).astype(np.int64)
         tokens_k[-1] = d
+        point_k = law_point(spec.point, n, tokens_k)
+        missing = [name for name in law.inputs if name not in point_k]
+        if missing:
+            raise ValueError(f"simulated.law: {sim.law!r} needs inputs {missing} that a simulated run does not have")
         clean_k = np.asarray(
-            law.predict(
-                law_params(config),
-                N=np.full(k, float(n)),
-                D=tokens_k.astype(np.float64),
-            ),
-            dtype=np.float64,
+            law.predict(law_params(config), **{name: point_k[name] for name in law.inputs}), dtype=np.float64
         ).reshape(k)
         rng = np.random.default_rng(noise_seed(spec))
         z_k = rng.standard_normal(k)

@@ -99,3 +99,46 @@ def test_sleep_paces_a_run_without_changing_its_result(chinchilla_law: object) -
     paced = SimulatedTrainer(slow.trainer).train(slow, NullSink())
     assert time.perf_counter() - t0 >= 0.29
     assert paced.final_loss == SimulatedTrainer(fast.trainer).train(fast, NullSink()).final_loss
+
+
+SPARSE_TRUTH = {"a": 400.0, "b": 410.0, "c": 0.1, "d": 50.0, "e": 1.7, "alpha": 0.34, "beta": 0.28,
+                "gamma": 0.25, "lambda": -0.3, "delta": 0.5}
+
+
+def test_a_sparsity_truth_takes_each_runs_sparsity_and_counts_active_flops() -> None:
+    import laws
+
+    config = TrainerConfig(kind="simulated", simulated=SimulatedConfig(law="sparsity", params=SPARSE_TRUTH, noise=0.0))
+    trainer = SimulatedTrainer(config)
+    law = laws.get_law("sparsity")
+    losses = {}
+    for s in (0.0, 0.75):
+        point = RunPoint(n_params=10**9, tokens=2 * 10**10, sparsity=s)
+        plan = trainer.plan(point)
+        assert plan.n_params == 10**9 and plan.n_params_active == round(10**9 * (1 - s))
+        assert plan.flops == pytest.approx(6.0 * 10**9 * (1 - s) * 2 * 10**10)
+        spec = RunSpec(run_key=f"moe-{s}", study="test", seed=0, point=point, trainer=config)
+        losses[s] = trainer.train(spec, NullSink()).final_loss
+        truth = law.predict(SPARSE_TRUTH, N=np.array([1e9]), D=np.array([2e10]), S=np.array([s]))[0]
+        assert losses[s] == pytest.approx(float(truth), rel=1e-12)
+    assert losses[0.0] != losses[0.75]
+    assert trainer.plan(RunPoint(n_params=10**9, tokens=10**9, sparsity=0.5)).flop_convention == "6N(1-S)"
+
+
+@pytest.mark.parametrize(
+    ("simulated", "key"),
+    [
+        ({"law": "kaplan"}, "trainer.simulated.law"),
+        ({"law": "distillation", "params": {"x": 1.0}}, "trainer.simulated.law"),  # needs L_T
+        ({"law": "sparsity"}, "trainer.simulated.params"),
+        ({"law": "sparsity", "params": {"a": 1.0}}, "trainer.simulated.params"),
+    ],
+)
+def test_a_bad_ground_truth_names_the_key(simulated: dict, key: str) -> None:
+    from orchestrator.errors import StudyError
+    from orchestrator.loading import study_from_dict
+
+    with pytest.raises(StudyError) as info:
+        study_from_dict({"name": "s", "trainer": {"kind": "simulated", "simulated": simulated},
+                         "grid": {"N": [1e6], "D": [1e8]}})
+    assert info.value.key == key
