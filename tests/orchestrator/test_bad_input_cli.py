@@ -30,6 +30,8 @@ MORE = [
     ("negative concurrency", {**_SIM, "resources": {"max_concurrent": -2}}, "resources.max_concurrent"),
     ("negative pending watchdog", {**_SIM, "resources": {"pending_warn_s": -1}}, "resources.pending_warn_s"),
     ("negative GPU memory", {**_SIM, "resources": {"gpu_memory_mb": -1}}, "resources.gpu_memory_mb"),
+    ("simulated truth without parameters", {**_SIM, "trainer": {"kind": "simulated", "simulated": {"law": "sparsity"}}},
+     "trainer.simulated.params"),
     ("slash in name", {**_SIM, "name": "a/b"}, "name"),
     ("budget too small for one step", DENSE_TINY, "grid.isoflop.budgets[0]"),
     ("unknown selection key", _sel(mode="active", budget_fraction=0.5, targett={}), "selection.targett"),
