@@ -115,8 +115,10 @@ class DistillConfig:
 class SimulatedConfig:
     """The simulated trainer: a ground-truth law plus noise, with a cost model."""
 
-    law: str = "chinchilla"  # name of a law family in laws/
-    params: dict[str, float] = field(default_factory=dict)  # empty = the replication's fit
+    # name of a law family in laws/ taking N, D and optionally S (the run's sparsity; a simulated
+    # MoE computes with N(1-S) active parameters) and mixture weights h1..hk
+    law: str = "chinchilla"
+    params: dict[str, float] = field(default_factory=dict)  # empty = the replication's Chinchilla fit (chinchilla only)
     noise: float = 0.01  # std of multiplicative log-normal noise on the final loss
     flops_per_second: float = 1e13  # simulated sustained throughput of one worker
     overhead_s: float = 2.0  # simulated fixed cost per run (start-up, evaluation)
