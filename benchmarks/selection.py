@@ -29,7 +29,7 @@ grid's standard deviation. No subset of the pool does better than this under the
 model, whatever the strategy.
 
     python benchmarks/selection.py [--truth simulated|replay] [--fractions 0.01 0.05 0.1 0.25]
-                                   [--seeds 3] [--strategies active random cheapest] [--no-grid]
+                                   [--seeds 3] [--first-seed 0] [--strategies active random cheapest] [--no-grid]
                                    [--out PATH]
 
 Prints one row per (strategy, fraction) with the mean (and standard error) over seeds of
@@ -209,6 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.25])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--strategies", nargs="+", default=["active", "random", "cheapest"])
     ap.add_argument("--truth", choices=["simulated", "replay", "sparsity"], default="simulated")
     ap.add_argument("--no-grid", action="store_true", help="skip the full-grid studies (to rerun one strategy)")
@@ -225,7 +226,7 @@ def main() -> None:
     jobs += [(strategy, fraction) for fraction in args.fractions for strategy in args.strategies]
     rows = []
     for strategy, fraction in jobs:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             row = run_one(args.truth, strategy, fraction, seed, reference)
             print(json.dumps(row, default=float), flush=True)  # progress, and the raw rows
             rows.append(row)
