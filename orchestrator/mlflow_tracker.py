@@ -251,9 +251,7 @@ class MlflowTracker(Tracker):
         self.client.set_terminated(run_id, status="FAILED")
 
     def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
-        metrics = [Metric(k, v, int(time.time() * 1000), step) for k, v in fit_metrics(law, fit_document).items()]
-        for i in range(0, len(metrics), _MAX_BATCH):
-            self.client.log_batch(self.parent_id, metrics=metrics[i : i + _MAX_BATCH])
+        self.log_study_metrics(fit_metrics(law, fit_document), step=step)
         self.client.log_text(self.parent_id, json.dumps(fit_document, indent=2), f"fits/{law}.json")
 
     def log_figures(self, figures: Mapping[str, object]) -> None:

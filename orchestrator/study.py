@@ -61,20 +61,25 @@ def checkpoint_policy(study: StudyConfig) -> CheckpointPolicy:
     return CheckpointPolicy(root=root.resolve(), all_runs=res.checkpoint_all, every=res.checkpoint_every)
 
 
+def memory_budget(runs: list[PlannedRun]) -> Callable[[PlannedRun], float]:
+    """Bytes each run's training needs (``trainers.memory``, a student's teacher weights included)."""
+    by_key = {r.key: r for r in runs}
+
+    def budget(run: PlannedRun) -> float:
+        teacher = by_key.get(run.depends_on.get("teacher", ""))
+        estimate = estimate_memory(run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0)
+        return float(estimate.budget)
+
+    return budget
+
+
 def memory_request(study: StudyConfig, runs: list[PlannedRun]) -> Callable[[PlannedRun], float]:
     """Bytes each run reserves on its node (``resources.memory_per_run``)."""
     setting = study.resources.memory_per_run
     if setting != "auto":
         fixed = float(setting) * 2**20
         return lambda run: fixed
-    by_key = {r.key: r for r in runs}
-
-    def request(run: PlannedRun) -> float:
-        teacher = by_key.get(run.depends_on.get("teacher", ""))
-        estimate = estimate_memory(run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0)
-        return float(estimate.budget)
-
-    return request
+    return memory_budget(runs)
 
 
 def gpu_request(study: StudyConfig, runs: list[PlannedRun], whole: float) -> Callable[[PlannedRun], float]:
@@ -83,15 +88,8 @@ def gpu_request(study: StudyConfig, runs: list[PlannedRun], whole: float) -> Cal
     memory budget needs (a student's teacher weights included)."""
     if study.resources.gpus_per_run != "auto" or whole <= 0 or study.resources.gpu_memory_mb <= 0:
         return lambda run: whole
-    by_key = {r.key: r for r in runs}
-    memory_mb = study.resources.gpu_memory_mb
-
-    def share(run: PlannedRun) -> float:
-        teacher = by_key.get(run.depends_on.get("teacher", ""))
-        budget = estimate_memory(run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0).budget
-        return gpu_share(whole, float(budget), memory_mb)
-
-    return share
+    budget, memory_mb = memory_budget(runs), study.resources.gpu_memory_mb
+    return lambda run: gpu_share(whole, budget(run), memory_mb)
 
 
 def run_study(

@@ -108,12 +108,10 @@ class SimulatedTrainer(Trainer):
         # D_i = D * i / K (whole tokens, at least 1); the last point is the run's end, D.
         tokens_k = np.maximum(1, (d * np.arange(1, k + 1)) // k).astype(np.int64)
         tokens_k[-1] = d
-        point_k = law_point(spec.point, n, tokens_k)
-        missing = [name for name in law.inputs if name not in point_k]
-        if missing:
-            raise ValueError(f"simulated.law: {sim.law!r} needs inputs {missing} that a simulated run does not have")
+        point_k = law_point(spec.point, n, tokens_k)  # the law rejects inputs it lacks, naming them
         clean_k = np.asarray(
-            law.predict(law_params(config), **{name: point_k[name] for name in law.inputs}), dtype=np.float64
+            law.predict(law_params(config), **{name: x for name, x in point_k.items() if name in law.inputs}),
+            dtype=np.float64,
         ).reshape(k)
         rng = np.random.default_rng(noise_seed(spec))
         z_k = rng.standard_normal(k)

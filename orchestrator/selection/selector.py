@@ -136,7 +136,8 @@ class Selector:
                 key, f"a budget of {self.pool.budget:.3g} FLOPs cannot pay for even the cheapest run ({self.pool.cost.min():.3g})"
             )
         self.targets = targets_of(sel)
-        self.sampler = self._sampler(study, law_name, fit_provider)
+        self._fit = lambda: fit_provider(law_name)
+        self.sampler = self._sampler(study)
         self.study = optuna.create_study(
             study_name=study.name,
             storage=storage,
@@ -144,13 +145,12 @@ class Selector:
             direction="minimize",
             load_if_exists=True,
         )
-        self._fit = lambda: fit_provider(law_name)
         self._refit_behind = refit_behind
         self._trials: dict[str, int] = {}  # run key -> trial number, for runs of this invocation
         self.stopped: str | None = None  # why no more runs are proposed
         self._requeue = self._resume()
 
-    def _sampler(self, study: StudyConfig, law_name: str, fit_provider: Callable[[str], laws.LawFit | None]) -> PoolSampler:
+    def _sampler(self, study: StudyConfig) -> PoolSampler:
         sel = study.selection
         if sel.mode == "random":
             return RandomPoolSampler(self.pool, seed=study.seed)
@@ -159,7 +159,7 @@ class Selector:
         return InformationSampler(
             self.pool,
             law=self.law,
-            fit_provider=lambda: fit_provider(law_name),
+            fit_provider=self._fit,
             targets=self.targets,
             initial_runs=sel.initial_runs or 2 * self.law.n_params,
             gamma=sel.cost_exponent,
