@@ -204,11 +204,9 @@ class InformationSampler(PoolSampler):
         jac, log_pred = self._pool_state(fit_)
         done = [t for t in study.get_trials(deepcopy=False) if PARAM in t.params and t.state in _COUNTED]
         done_idx = np.array([int(t.params[PARAM]) for t in done], dtype=int)
-        finished = np.array(
-            [int(t.params[PARAM]) for t in done if t.state == TrialState.COMPLETE and t.value is not None], dtype=int
-        )
-        values = np.array([t.value for t in done if t.state == TrialState.COMPLETE and t.value is not None])
-        residuals = log_pred[finished] - np.log(values) if finished.size else np.empty(0)
+        complete = [t for t in done if t.state == TrialState.COMPLETE and t.value is not None]
+        finished = np.array([int(t.params[PARAM]) for t in complete], dtype=int)
+        residuals = log_pred[finished] - np.log([t.value for t in complete]) if complete else np.empty(0)
         g = target_gradients(self.law, fit_, self.targets)
         fit_key = self._cache[0] if self._cache else None
         # a new fit: plan the remaining budget afresh; asks before the next fit (a batch filling
