@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator.config import ClusterConfig, ResourcesConfig, TrainerConfig
@@ -54,27 +55,56 @@ def gpus_per_run(resources: ResourcesConfig, trainer: TrainerConfig, cluster_gpu
     return 1.0
 
 
-def gpu_share(whole: float, budget_bytes: float, gpu_memory_mb: float) -> float:
+#: the most data-parallel workers ``gpus_per_run: auto`` gives one run
+MAX_WORKERS = 64
+
+
+def gpu_share(
+    whole: float, budget_bytes: Callable[[int], float], gpu_memory_mb: float, batch_size: int
+) -> float:
     """The GPUs one run asks for under ``gpus_per_run: auto``: ``whole`` (0 or 1, from
-    :func:`gpus_per_run`) unless ``gpu_memory_mb`` is known, then the smallest share of
-    :data:`GPU_SHARES` whose part of the GPU's memory holds the run's memory budget. A run that
-    needs more than one GPU's memory is refused: runs train on one device."""
+    :func:`gpus_per_run`) unless ``gpu_memory_mb`` is known. Then the smallest share of
+    :data:`GPU_SHARES` whose part of the GPU's memory holds the run's memory budget
+    (``budget_bytes(1)``), or, when one GPU cannot hold it, the fewest whole GPUs k (one
+    data-parallel worker each, k dividing ``batch_size``) whose per-worker budget
+    ``budget_bytes(k)`` fits one GPU. Data parallelism only splits the batch: a run whose model
+    state alone overflows a GPU is refused, naming the key."""
     if whole <= 0 or gpu_memory_mb <= 0:
         return whole
-    need = budget_bytes / (gpu_memory_mb * 2**20)
+    gpu = gpu_memory_mb * 2**20
+    need = budget_bytes(1) / gpu
     for share in GPU_SHARES:
         if need <= share:
             return share
+    splits = [k for k in range(2, min(batch_size, MAX_WORKERS) + 1) if batch_size % k == 0]
+    for k in splits:
+        if budget_bytes(k) <= gpu:
+            return float(k)
+    most = splits[-1] if splits else 1
     raise StudyError(
         "resources.gpu_memory_mb",
-        f"a run needs {budget_bytes / 2**20:.0f} MB, more than one GPU's {gpu_memory_mb:g} MB: runs train on "
-        "one device; use smaller models or GPUs with more memory",
+        f"a run needs {budget_bytes(1) / 2**20:.0f} MB on one GPU and still "
+        f"{budget_bytes(most) / 2**20:.0f} MB on each of {most} data-parallel workers, more than one GPU's "
+        f"{gpu_memory_mb:g} MB: data parallelism replicates the model state; use smaller models or GPUs "
+        "with more memory",
     )
 
 
-def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0.0) -> None:
+def worker_slots(node: dict[str, float], num_cpus: float, num_gpus: float, memory: float) -> int:
+    """How many workers of this size a node's resources hold at once."""
+    limits = [node.get("CPU", 0) // num_cpus if num_cpus > 0 else float("inf")]
+    if num_gpus > 0:
+        limits.append(node.get("GPU", 0) // num_gpus)
+    if memory > 0 and "memory" in node:
+        limits.append(node["memory"] // memory)
+    slots = min(limits)
+    return MAX_WORKERS if slots == float("inf") else int(slots)
+
+
+def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0.0, workers: int = 1) -> None:
     """Fail now, with the numbers, if no node could ever run one of the study's tasks
-    (``memory``: the largest memory request of any run, in bytes)."""
+    (``memory``: the largest memory request of any run, in bytes), or, for runs of ``workers``
+    data-parallel workers of that size each, if the whole cluster could never hold them all."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits = [
         n
@@ -97,4 +127,12 @@ def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0
             key,
             f"each run asks for {num_cpus:g} CPUs and {num_gpus:g} GPUs, but the largest node has "
             f"{best_cpu:g} CPUs and {best_gpu:g} GPUs: no run could ever start",
+        )
+    slots = sum(worker_slots(n["Resources"], num_cpus, num_gpus, memory) for n in nodes)
+    if slots < workers:
+        key = "resources.workers_per_run" if num_gpus == 0 else "resources.gpus_per_run"
+        raise StudyError(
+            key,
+            f"a run trains on {workers} data-parallel workers of {num_cpus:g} CPUs and {num_gpus:g} GPUs each, "
+            f"but the whole cluster holds {slots}: it could never start",
         )

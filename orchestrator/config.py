@@ -166,8 +166,13 @@ class ResourcesConfig:
     # the share of a GPU their memory budget needs (1/8, 1/4, 1/2 or 1, so small models pack
     # several to a GPU); simulated and replayed runs none. Or a number for every run
     gpus_per_run: str = "auto"
-    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = a whole GPU per run
+    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = a whole GPU per run.
+    # A run whose budget one GPU cannot hold gets several, one data-parallel worker on each
     gpu_memory_mb: float = 0.0
+    # data-parallel workers per run (DistributedDataParallel through Ray Train, one placement
+    # group per run): auto = one per GPU when a run gets more than one, else 1; or a number
+    # (each worker then has cpus_per_run CPUs and its part of the run's GPUs)
+    workers_per_run: str = "auto"
     # memory each run asks Ray for: auto (its budget from trainers.memory: model state,
     # activations and runtime, with 50 % headroom; nothing for simulated and replayed runs), a
     # number of MB, or 0 to ask for none. Ray places runs only where their memory fits

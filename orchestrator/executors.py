@@ -31,6 +31,9 @@ class RunTask:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     memory: float = 0.0  # bytes of memory to reserve on the node (0 = no reservation)
+    # data-parallel workers (``orchestrator.parallel``); the figures above are then per worker
+    workers: int = 1
+    storage: str = ""  # with several workers: where Ray Train keeps its state (shared by nodes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,7 +99,9 @@ class Executor(ABC):
 
 
 class InlineExecutor(Executor):
-    """Runs each task synchronously inside ``wait``: deterministic, no Ray, for tests."""
+    """Runs each task synchronously inside ``wait``: deterministic, no Ray, for tests. A task of
+    several data-parallel workers trains in this one process (the same run, up to summation
+    order)."""
 
     def __init__(self) -> None:
         self._queue: deque[RunTask] = deque()
@@ -131,6 +136,7 @@ class RayExecutor(Executor):
             import ray as ray_module
         self._ray = ray_module
         self._remote = self._ray.remote(execute_marked)
+        self._remote_parallel: Any = None
         self._pending: dict[Any, RunTask] = {}
         self._submitted: dict[str, float] = {}  # run id -> monotonic submission time
         self._board: Any = None
@@ -141,14 +147,37 @@ class RayExecutor(Executor):
     def submit(self, task: RunTask) -> None:
         if self._board is None:
             self._board = self._ray.remote(num_cpus=0)(StartBoard).remote()
-        options: dict[str, Any] = {"num_cpus": task.num_cpus, "num_gpus": task.num_gpus}
-        if task.memory > 0:
-            options["memory"] = int(task.memory)
-        ref = self._remote.options(**options, max_retries=0, name=f"run-{task.spec.run_key}").remote(
-            task.spec, task.sink_factory, self._board, task.run_id
-        )
+        name = f"run-{task.spec.run_key}"
+        if task.workers > 1:
+            ref = self._submit_parallel(task, name)
+        else:
+            options: dict[str, Any] = {"num_cpus": task.num_cpus, "num_gpus": task.num_gpus}
+            if task.memory > 0:
+                options["memory"] = int(task.memory)
+            ref = self._remote.options(**options, max_retries=0, name=name).remote(
+                task.spec, task.sink_factory, self._board, task.run_id
+            )
         self._pending[ref] = task
         self._submitted[task.run_id] = time.monotonic()
+
+    def _submit_parallel(self, task: RunTask, name: str) -> Any:
+        """A data-parallel run: a task holding no resources drives Ray Train, whose placement
+        group reserves the workers."""
+        if self._remote_parallel is None:
+            from orchestrator.parallel import execute_parallel
+
+            self._remote_parallel = self._ray.remote(execute_parallel)
+        return self._remote_parallel.options(num_cpus=0, max_retries=0, name=name).remote(
+            task.spec,
+            task.sink_factory,
+            workers=task.workers,
+            num_cpus=task.num_cpus,
+            num_gpus=task.num_gpus,
+            memory=task.memory,
+            storage=task.storage,
+            board=self._board,
+            token=task.run_id,
+        )
 
     def wait(self, timeout: float) -> list[Completion]:
         if not self._pending:

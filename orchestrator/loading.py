@@ -141,6 +141,7 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("resources.max_concurrent", "must be 0 (automatic) or more")
     _auto_or_amount("resources.memory_per_run", study.resources.memory_per_run, "number of MB")
     _auto_or_amount("resources.gpus_per_run", study.resources.gpus_per_run, "number")
+    _validate_workers(study)
     if study.resources.gpu_memory_mb < 0:
         raise StudyError("resources.gpu_memory_mb", f"must be 0 (a whole GPU per run) or more, got {study.resources.gpu_memory_mb}")
     _validate_grid(study)
@@ -173,6 +174,30 @@ def _validate_simulated(study: StudyConfig) -> None:
         )
     if not sim.params and sim.law != "chinchilla":
         raise StudyError("trainer.simulated.params", f"give the parameters of the {sim.law!r} ground truth")
+
+
+def _validate_workers(study: StudyConfig) -> None:
+    """Data-parallel workers: a whole number of them, each with a whole GPU or none, and an equal
+    share of every batch."""
+    res, batch = study.resources, study.trainer.batch_size
+    gpus = None if res.gpus_per_run == "auto" else float(res.gpus_per_run)
+    if res.workers_per_run == "auto":
+        if gpus is not None and gpus > 1 and not gpus.is_integer():
+            raise StudyError("resources.gpus_per_run", f"more than one GPU per run must be a whole number (one data-parallel worker each), got {res.gpus_per_run}")
+        workers = int(gpus) if gpus is not None and gpus > 1 else 1
+    else:
+        try:
+            workers = int(res.workers_per_run)
+        except ValueError:
+            workers = 0
+        if workers < 1 or str(workers) != res.workers_per_run.strip():
+            raise StudyError("resources.workers_per_run", f"must be 'auto' or a whole number of at least 1, got {res.workers_per_run!r}")
+        if gpus is not None and workers > 1 and gpus > 0 and not (gpus / workers).is_integer():
+            raise StudyError("resources.workers_per_run", f"{workers} workers cannot share {res.gpus_per_run} GPUs one or more whole GPUs each")
+    if workers > 1 and study.trainer.kind in ("simulated", "replay"):
+        raise StudyError("resources.workers_per_run", f"{study.trainer.kind!r} runs train nothing to split among workers")
+    if workers > 1 and batch % workers:
+        raise StudyError("resources.workers_per_run", f"trainer.batch_size {batch} cannot be split evenly among {workers} workers")
 
 
 def _auto_or_amount(key: str, value: str, what: str) -> None:

@@ -23,6 +23,10 @@ from trainers.checkpoint import checkpoint_path, kept_checkpoint_path
 DEPENDENCY_INPUTS = {"teacher": "L_T", "init": "L_pt0"}
 
 
+#: tag of a run trained by several data-parallel workers: how many
+WORKERS_TAG = "isoflop.workers"
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckpointPolicy:
     """Where runs keep checkpoints: ``root/<run key>``. Runs others depend on always do (their
@@ -97,6 +101,7 @@ class Scheduler:
         checkpoints: CheckpointPolicy | None = None,
         memory: Callable[[PlannedRun], float] | None = None,
         gpus: Callable[[PlannedRun], float] | None = None,
+        workers: Callable[[PlannedRun], int] | None = None,
         pending_warn_s: float = 0.0,
     ) -> None:
         if max_concurrent < 1:
@@ -127,8 +132,11 @@ class Scheduler:
         self._started = False
         self._stored: dict[str, FinishedRun] = {}
         self.checkpoints = checkpoints
-        self.memory = memory or (lambda run: 0.0)  # bytes each run reserves on its node
+        self.memory = memory or (lambda run: 0.0)  # bytes each run (each of its workers) reserves
         self.gpus = gpus or (lambda run: self.num_gpus)  # GPUs (or a share of one) each run asks for
+        # data-parallel workers of each run (orchestrator.parallel); num_cpus and memory are per
+        # worker, the run's GPUs are split evenly among them
+        self.workers = workers or (lambda run: 1)
         self._needed = {dep for run in runs for dep in run.depends_on.values()}  # keys others depend on
         self._waiting: dict[str, list[PlannedRun]] = {}  # unfinished dependency -> runs parked on it
         self._failed: dict[str, str] = {}  # run key -> why it failed for good
@@ -204,9 +212,10 @@ class Scheduler:
             self._reported.add(task.run_id)
             self.stats.pending_reported += 1
             memory = f", {task.memory / 2**20:.0f} MB" if task.memory > 0 else ""
+            where = "a node" if task.workers == 1 else f"{task.workers} workers, each"
             self.on_event(Event(
                 kind="pending", run=run, attempt=self._attempts.get(run.key, 0),
-                error=f"not started after {age:.0f} s: waiting for a node with {task.num_cpus:g} CPUs, "
+                error=f"not started after {age:.0f} s: waiting for {where} with {task.num_cpus:g} CPUs, "
                 f"{task.num_gpus:g} GPUs{memory} free (check the cluster's nodes and autoscaler)",
             ))
 
@@ -318,16 +327,21 @@ class Scheduler:
         self._attempts[key] = attempt
         run, inputs = self._resolve(run)
         memory = self.memory(run)
+        workers = self.workers(run)
+        tags = self._tags(run) | ({WORKERS_TAG: str(workers)} if workers > 1 else {})
         run_id = self.tracker.start_run(
-            run.spec, run.plan, attempt=attempt, budget=run.budget, tags=self._tags(run), inputs=inputs, memory=memory
+            run.spec, run.plan, attempt=attempt, budget=run.budget, tags=tags, inputs=inputs, memory=memory
         )
+        storage = self.checkpoints.root / "_workers" if self.checkpoints is not None else None
         task = RunTask(
             spec=run.spec,
             run_id=run_id,
             sink_factory=self.tracker.sink_factory(run_id),
             num_cpus=self.num_cpus,
-            num_gpus=self.gpus(run),
+            num_gpus=self.gpus(run) / workers,
             memory=memory,
+            workers=workers,
+            storage=str(storage) if storage is not None and workers > 1 else "",
         )
         self._running[key] = run
         self.executor.submit(task)

@@ -61,35 +61,54 @@ def checkpoint_policy(study: StudyConfig) -> CheckpointPolicy:
     return CheckpointPolicy(root=root.resolve(), all_runs=res.checkpoint_all, every=res.checkpoint_every)
 
 
-def memory_budget(runs: list[PlannedRun]) -> Callable[[PlannedRun], float]:
-    """Bytes each run's training needs (``trainers.memory``, a student's teacher weights included)."""
+def memory_budget(runs: list[PlannedRun]) -> Callable[[PlannedRun, int], float]:
+    """Bytes each run's training needs on each of its ``workers`` data-parallel workers
+    (``trainers.memory``, a student's teacher weights included)."""
     by_key = {r.key: r for r in runs}
 
-    def budget(run: PlannedRun) -> float:
+    def budget(run: PlannedRun, workers: int = 1) -> float:
         teacher = by_key.get(run.depends_on.get("teacher", ""))
-        estimate = estimate_memory(run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0)
+        estimate = estimate_memory(
+            run.plan, run.spec.trainer, teacher_params=teacher.plan.n_params if teacher else 0, workers=workers
+        )
         return float(estimate.budget)
 
     return budget
 
 
-def memory_request(study: StudyConfig, runs: list[PlannedRun]) -> Callable[[PlannedRun], float]:
-    """Bytes each run reserves on its node (``resources.memory_per_run``)."""
+def gpu_request(study: StudyConfig, runs: list[PlannedRun], whole: float) -> Callable[[PlannedRun], float]:
+    """GPUs each run asks Ray for: ``whole`` (see :func:`~orchestrator.cluster.gpus_per_run`),
+    or under ``gpus_per_run: auto`` with ``resources.gpu_memory_mb`` set, the share of a GPU its
+    memory budget needs (a student's teacher weights included), or several whole GPUs when one
+    cannot hold it (:func:`~orchestrator.cluster.gpu_share`)."""
+    if study.resources.gpus_per_run != "auto" or whole <= 0 or study.resources.gpu_memory_mb <= 0:
+        return lambda run: whole
+    budget, memory_mb = memory_budget(runs), study.resources.gpu_memory_mb
+    return lambda run: gpu_share(whole, lambda k: budget(run, k), memory_mb, run.spec.trainer.batch_size)
+
+
+def worker_request(study: StudyConfig, gpus: Callable[[PlannedRun], float]) -> Callable[[PlannedRun], int]:
+    """Data-parallel workers of each run (``resources.workers_per_run``; auto: one per GPU when a
+    run has more than one)."""
+    setting = study.resources.workers_per_run
+    if setting != "auto":
+        fixed = int(setting)
+        return lambda run: fixed
+    return lambda run: int(gpus(run)) if gpus(run) > 1 else 1
+
+
+def memory_request(
+    study: StudyConfig, runs: list[PlannedRun], workers: Callable[[PlannedRun], int] | None = None
+) -> Callable[[PlannedRun], float]:
+    """Bytes each run reserves on its node, or each of its ``workers`` on theirs
+    (``resources.memory_per_run``)."""
     setting = study.resources.memory_per_run
     if setting != "auto":
         fixed = float(setting) * 2**20
         return lambda run: fixed
-    return memory_budget(runs)
-
-
-def gpu_request(study: StudyConfig, runs: list[PlannedRun], whole: float) -> Callable[[PlannedRun], float]:
-    """GPUs each run asks Ray for: ``whole`` (see :func:`~orchestrator.cluster.gpus_per_run`),
-    or under ``gpus_per_run: auto`` with ``resources.gpu_memory_mb`` set, the share of a GPU its
-    memory budget needs (a student's teacher weights included)."""
-    if study.resources.gpus_per_run != "auto" or whole <= 0 or study.resources.gpu_memory_mb <= 0:
-        return lambda run: whole
-    budget, memory_mb = memory_budget(runs), study.resources.gpu_memory_mb
-    return lambda run: gpu_share(whole, budget(run), memory_mb)
+    budget = memory_budget(runs)
+    count = workers or (lambda run: 1)
+    return lambda run: budget(run, count(run))
 
 
 def run_study(
@@ -112,19 +131,26 @@ def run_study(
     touched, so a rejected study leaves nothing behind.
     """
     candidates = runs if runs is not None else expand(study)
-    request = memory_request(study, candidates)
     num_cpus = study.resources.cpus_per_run
     if executor is None:
         ray = connect(study.cluster)
         whole = gpus_per_run(study.resources, study.trainer, ray.cluster_resources().get("GPU", 0))
         gpus = gpu_request(study, candidates, whole)
+        workers = worker_request(study, gpus)
+        request = memory_request(study, candidates, workers)
         shares = [gpus(r) for r in candidates] or [whole]
-        check_feasible(ray, num_cpus, max(shares), max((request(r) for r in candidates), default=0.0))
+        counts = [workers(r) for r in candidates] or [1]
+        per_worker = max(g / w for g, w in zip(shares, counts, strict=True)) if candidates else whole
+        check_feasible(ray, num_cpus, per_worker, max((request(r) for r in candidates), default=0.0), max(counts))
         num_gpus = float(np.median(shares))  # sizes the concurrency cap
+        cap_cpus = num_cpus * float(np.median(counts))
         executor = RayExecutor(ray)
     else:
         num_gpus = 0.0 if study.resources.gpus_per_run == "auto" else float(study.resources.gpus_per_run)
         gpus = lambda run: num_gpus  # noqa: E731
+        workers = worker_request(study, gpus)
+        request = memory_request(study, candidates, workers)
+        cap_cpus = num_cpus
     fitted = study_laws(study)
     refitter = OnlineRefitter(
         fitted,
@@ -152,7 +178,7 @@ def run_study(
         candidates if selector is None else [],
         executor=executor,
         tracker=tracker,
-        max_concurrent=study.resources.max_concurrent or executor.capacity(num_cpus, num_gpus),
+        max_concurrent=study.resources.max_concurrent or executor.capacity(cap_cpus, num_gpus),
         max_retries=study.resources.max_retries,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -162,6 +188,7 @@ def run_study(
         checkpoints=checkpoint_policy(study),
         memory=request,
         gpus=gpus,
+        workers=workers,
         pending_warn_s=study.resources.pending_warn_s,
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)

@@ -6,6 +6,13 @@ with AdamW on the run's domain mixture (``trainers.data``) under the configured 
 synchronisation between log points, so it runs as fast as a bare PyTorch loop
 (``benchmarks/trainer_throughput.py``).
 
+Data parallelism: when ``torch.distributed`` is initialised (``orchestrator.parallel`` starts
+the workers through Ray Train), every worker draws the same global batch, trains on its share of
+the rows through ``DistributedDataParallel`` (gradients averaged), and only rank 0 writes
+checkpoints; a dense run ends as the single-process run does, up to floating-point summation
+order (an MoE run's load-balancing loss is each worker's own share's, as per device in Switch
+Transformer, so it differs slightly).
+
 Options of every run: checkpoints and exact resume (``RunSpec.checkpoint_dir``,
 ``trainers.checkpoint``); held-out evaluation of every domain along the way
 (``TrainerConfig.eval_every``); and finetuning, starting from the weights of a finished run
@@ -94,6 +101,28 @@ def plan_for_shape(shape: ModelShape, point: RunPoint, config: TrainerConfig, n_
     )
 
 
+def data_parallel() -> tuple[int, int]:
+    """This process's rank and the number of data-parallel workers (0, 1 without
+    ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def check_divisible(batch_size: int, workers: int) -> None:
+    """Every data-parallel worker trains an equal share of each batch."""
+    if workers > 1 and batch_size % workers:
+        raise ValueError(
+            f"trainer.batch_size: {batch_size} sequences cannot be split evenly among {workers} "
+            "data-parallel workers"
+        )
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` is CUDA when available, else CPU."""
     if device == "auto":
@@ -151,6 +180,15 @@ def evaluate(model: GPT, windows_nt: torch.Tensor, device: torch.device) -> floa
     return float(total) / count
 
 
+def _global_mean(loss: torch.Tensor, workers: int) -> float:
+    """The batch's mean loss over all data-parallel workers (each holds its share's mean)."""
+    if workers == 1:
+        return loss.item()
+    total = loss.detach().double().clone()
+    torch.distributed.all_reduce(total)
+    return total.item() / workers
+
+
 #: A training objective: (model, inputs_bt, targets_bt) -> scalar loss to minimise.
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -169,6 +207,11 @@ class _Loop:
     sink: MetricSink
     log_eval: Callable[[int], None]  # scores every domain's held-out split and logs it
     ema: ModelEMA | None = None
+    # data parallelism: the module the loss runs through (a DistributedDataParallel wrapper of
+    # ``model``), this worker's rank and the number of workers
+    net: torch.nn.Module | None = None
+    rank: int = 0
+    workers: int = 1
 
 
 def weighted_loss(losses: Mapping[str, float], weights: Sequence[float]) -> float:
@@ -311,6 +354,8 @@ class DenseTrainer(Trainer):
     ) -> RunResult:
         started = time.perf_counter()
         plan = self.plan_run(spec.point, config)
+        rank, workers = data_parallel()
+        check_divisible(config.batch_size, workers)
         domains = load_domains(config.data)
         weights = mixture_weights(spec.point.mixture, len(domains))
 
@@ -342,6 +387,10 @@ class DenseTrainer(Trainer):
             ema.load(state.ema, state.ema_steps)
         # held-out losses are the EMA's when the run keeps one
         scored = ema.module if ema is not None else model
+        net = None
+        if workers > 1:  # the same initial weights everywhere (same seed), gradients averaged
+            ids = [device] if device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
         pretrain_weights = mixture_weights(spec.init_mixture, len(domains)) if spec.init_mixture else None
 
@@ -357,7 +406,7 @@ class DenseTrainer(Trainer):
         if state is None and config.eval_every > 0:
             log_eval(0)  # where the run starts from (the pretrained model when finetuning)
         curve, train_seconds = self._loop(
-            _Loop(model, optimizer, sampler, loss_fn, plan, config, device, sink, log_eval, ema),
+            _Loop(model, optimizer, sampler, loss_fn, plan, config, device, sink, log_eval, ema, net, rank, workers),
             state,
             spec,
             ckpt,
@@ -400,6 +449,10 @@ class DenseTrainer(Trainer):
         """
         model, optimizer, config, plan = run.model, run.optimizer, run.config, run.plan
         assert plan.shape is not None  # real models only
+        forward = run.net if run.net is not None else model
+        share = config.batch_size // run.workers
+        rows = slice(run.rank * share, (run.rank + 1) * share)
+        writer = run.rank == 0  # one worker writes the checkpoints
         params = [p for p in model.parameters() if p.requires_grad]
         batches = iter(run.sampler)
         tokens_per_step = config.batch_size * config.seq_len
@@ -416,11 +469,11 @@ class DenseTrainer(Trainer):
             lr = lr_at(step, plan.steps, config.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs_bt, targets_bt = next(batches)
-            inputs_bt = inputs_bt.to(run.device, non_blocking=True)
-            targets_bt = targets_bt.to(run.device, non_blocking=True)
+            inputs_bt, targets_bt = next(batches)  # the global batch; this worker's rows
+            inputs_bt = inputs_bt[rows].to(run.device, non_blocking=True)
+            targets_bt = targets_bt[rows].to(run.device, non_blocking=True)
             with _autocast(run.device):
-                loss = run.loss_fn(model, inputs_bt, targets_bt)
+                loss = run.loss_fn(forward, inputs_bt, targets_bt)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip > 0:
@@ -434,8 +487,8 @@ class DenseTrainer(Trainer):
             log_now = done % log_every == 0 or done == plan.steps
             save_now = ckpt is not None and (done % save_every == 0 or done == plan.steps)
             keep_now = ckpt is not None and done in spec.keep_steps
-            if log_now or save_now or keep_now:
-                value = loss.item()
+            if log_now or save_now or keep_now:  # the same steps on every worker
+                value = _global_mean(loss, run.workers)
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"training loss {value} at step {done}")
                 if log_now:
@@ -444,7 +497,7 @@ class DenseTrainer(Trainer):
                     run.sink.log_metrics(
                         {"train_loss": value, "lr": lr, "tokens": tokens}, step=done
                     )
-                if save_now or keep_now:
+                if writer and (save_now or keep_now):
                     assert ckpt is not None
                     seconds = earlier_seconds + time.perf_counter() - started
                     train_state = TrainState(

@@ -62,16 +62,21 @@ class MemoryEstimate:
         return int(self.total * HEADROOM)
 
 
-def estimate_memory(plan: RunPlan, config: TrainerConfig, *, teacher_params: int = 0) -> MemoryEstimate:
-    """The memory a run of ``plan`` needs (see the module doc); 0 for runs without a model."""
+def estimate_memory(
+    plan: RunPlan, config: TrainerConfig, *, teacher_params: int = 0, workers: int = 1
+) -> MemoryEstimate:
+    """The memory a run of ``plan`` needs (see the module doc); 0 for runs without a model.
+    With ``workers`` data-parallel workers, what each one needs: the whole model state (data
+    parallelism replicates it) and the activations of its share of the batch."""
     shape = plan.shape
     if shape is None:  # simulated and replayed runs train nothing
         return MemoryEstimate(model_state=0, activations=0, head=0)
     per_param = 16 + (4 if config.optim.ema > 0 else 0)
-    tokens = config.batch_size * config.seq_len
+    batch = max(1, config.batch_size // workers)
+    tokens = batch * config.seq_len
     d, f, v = shape.d_model, shape.d_ff, shape.vocab_size
     mlp = 2 * f * shape.top_k + shape.n_experts if shape.n_experts else 2 * f
-    attention_probs = 2 * config.batch_size * shape.n_head * config.seq_len**2
+    attention_probs = 2 * batch * shape.n_head * config.seq_len**2
     per_layer = tokens * (10 * d + mlp) + attention_probs
     model_state = per_param * plan.n_params
     if config.model.sigma_reparam:

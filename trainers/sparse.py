@@ -17,7 +17,7 @@ import torch
 from trainers.base import RunPlan, RunPoint, RunSpec
 from trainers.config import TrainerConfig
 from trainers.data import domains_of, mixture_weights
-from trainers.dense import DenseTrainer, LossFn, plan_for_shape
+from trainers.dense import DenseTrainer, LossFn, plan_for_shape, unwrap
 from trainers.model import GPT, lm_loss
 from trainers.shapes import count_active_params, derive_shape
 
@@ -63,7 +63,9 @@ class MoETrainer(DenseTrainer):
         def loss(
             model: torch.nn.Module, inputs_bt: torch.Tensor, targets_bt: torch.Tensor
         ) -> torch.Tensor:
-            assert isinstance(model, GPT)
-            return lm_loss(model(inputs_bt), targets_bt) + coef * model.aux_loss()
+            logits_btv = model(inputs_bt)  # through the data-parallel wrapper, if any
+            inner = unwrap(model)
+            assert isinstance(inner, GPT)
+            return lm_loss(logits_btv, targets_bt) + coef * inner.aux_loss()
 
         return loss

@@ -477,7 +477,49 @@ def test_auto_gpus_are_a_share_sized_by_each_runs_memory(tmp_path: Path) -> None
     assert gpu_request(study_from_dict({**raw, "resources": {"gpu_memory_mb": gpu_mb}}), runs, 0.0)(student) == 0.0
     fixed = study_from_dict({**raw, "resources": {"gpu_memory_mb": gpu_mb, "gpus_per_run": "2"}})
     assert gpu_request(fixed, runs, 2.0)(student) == 2.0
-    # a run too large for one GPU is refused before anything starts, naming the key
+    # a run whose model state alone overflows a GPU is refused before anything starts, naming
+    # the key: data parallelism replicates the state
     with pytest.raises(StudyError) as info:
-        gpu_share(1.0, need, 0.5 * need / 2**20)
-    assert info.value.key == "resources.gpu_memory_mb" and "one device" in str(info.value)
+        gpu_share(1.0, lambda workers: need, 0.5 * need / 2**20, 8)
+    assert info.value.key == "resources.gpu_memory_mb" and "replicates the model state" in str(info.value)
+
+
+def test_a_run_one_gpu_cannot_hold_gets_data_parallel_workers(tmp_path: Path) -> None:
+    from orchestrator.cluster import check_feasible, gpu_share
+    from orchestrator.study import gpu_request, memory_budget, memory_request, worker_request
+
+    raw = _distill_study()
+    runs = expand(study_from_dict(raw))
+    student = next(r for r in runs if r.stage == "main")
+    budget = memory_budget(runs)
+    assert budget(student, 2) < budget(student, 1)  # each worker holds half the activations
+    # a GPU between the two: the student trains on two GPUs, one worker each
+    gpu_mb = (budget(student, 1) + budget(student, 2)) / 2 / 2**20
+    study = study_from_dict({**raw, "resources": {"gpu_memory_mb": gpu_mb}})
+    gpus = gpu_request(study, runs, 1.0)
+    workers = worker_request(study, gpus)
+    request = memory_request(study, runs, workers)
+    assert gpus(student) == 2.0 and workers(student) == 2
+    assert request(student) == budget(student, 2) <= gpu_mb * 2**20
+    for run in runs:  # every run, on every worker, fits its GPU (or its share of one)
+        assert workers(run) == max(1, int(gpus(run)))
+        assert request(run) == budget(run, workers(run)) <= min(1.0, gpus(run)) * gpu_mb * 2**20
+    # the scheduler ships it as two workers of one GPU each, and tags the run
+    executor, tasks, tracker = FakeTrainingExecutor(), [], MemoryTracker()
+    original = executor.submit
+    executor.submit = lambda task: (tasks.append(task), original(task))  # type: ignore[method-assign]
+    _scheduler(runs, tmp_path, executor, tracker, gpus=gpus, workers=workers, memory=request).run(timeout=0)
+    shipped = next(t for t in tasks if t.spec.run_key == student.key)
+    assert (shipped.workers, shipped.num_gpus, shipped.memory) == (2, 1.0, request(student))
+    assert shipped.storage.endswith("_workers")
+    assert next(r for r in tracker.runs.values() if r["run_key"] == student.key)["tags"]["isoflop.workers"] == "2"
+    # the worker count must split the batch: 8 sequences go to 2, 4 or 8 GPUs, never 3
+    assert gpu_share(1.0, lambda k: 4.0 if k < 4 else 1.0, 3 / 2**20, 8) == 4.0
+    # a cluster must hold every worker of the largest run at once
+    check_feasible(_Nodes({"CPU": 2, "GPU": 1}, {"CPU": 2, "GPU": 1}), 1, 1, 0, 2)
+    with pytest.raises(StudyError) as info:
+        check_feasible(_Nodes({"CPU": 2, "GPU": 1}, {"CPU": 2, "GPU": 1}), 1, 1, 0, 4)
+    assert info.value.key == "resources.gpus_per_run" and "holds 2" in str(info.value)
+    with pytest.raises(StudyError) as info:
+        check_feasible(_Nodes({"CPU": 3}), 2, 0, 0, 2)
+    assert info.value.key == "resources.workers_per_run"

@@ -123,6 +123,32 @@ def test_real_dense_runs_train_through_ray(ray_local, store) -> None:
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 2
 
 
+def test_a_run_trains_on_data_parallel_workers_through_ray_train(ray_local, store, tmp_path: Path) -> None:
+    from orchestrator.grid import expand
+    from trainers import get_trainer
+    from trainers.base import NullSink
+
+    study = study_from_dict(
+        {
+            "name": "integration-ddp",
+            "tracking": {"uri": store},
+            "trainer": {"seq_len": 32, "batch_size": 4, "log_every": 2, "data": {"eval_tokens": 1024}},
+            "grid": {"N": [3e4], "D": [8192]},
+            "resources": {"workers_per_run": "2", "checkpoint_dir": str(tmp_path / "ckpt")},
+        }
+    )
+    outcome = run_study(study)
+    assert outcome.stats.finished == 1 and outcome.stats.failed == 0
+    client = MlflowClient(tracking_uri=store)
+    (child,) = _children(client, outcome.parent_run_id)
+    assert child.data.tags["isoflop.workers"] == "2"
+    assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 2  # rank 0 logged
+    # two workers on half a batch each trained the run one process trains
+    (run,) = expand(study)
+    alone = get_trainer(run.spec.trainer).train(run.spec, NullSink())
+    assert child.data.metrics["final_loss"] == pytest.approx(alone.final_loss, rel=1e-4)
+
+
 def test_cli_bad_study_exits_2_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"
