@@ -43,6 +43,16 @@ class IsoflopConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SimplexConfig:
+    """Every domain mixture on a simplex grid: weights ``min_weight + j * step`` (whole j >= 0)
+    summing to 1, one weight per domain of trainer.data (Shukor et al. 2025 use step 0.1 with
+    every weight at least 0.1 for their mixture laws)."""
+
+    step: float = MISSING  # spacing of the grid
+    min_weight: float = 0.0  # every domain's weight is at least this
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeacherGridConfig:
     """Teachers of a distillation study: dense runs trained first, crossed with the students.
 
@@ -54,6 +64,10 @@ class TeacherGridConfig:
     N: list[float] = field(default_factory=list)  # teacher sizes
     D: list[float] = field(default_factory=list)  # teacher training tokens (crossed with N)
     tokens_per_param: list[float] = field(default_factory=list)  # or D = ratio * N
+    # other studies in the same tracking store (and resources.checkpoint_dir) whose finished runs
+    # stand in for these teachers: a teacher with the same run key (same size, tokens, mixture,
+    # seed and trainer settings) is not trained again but read from there
+    from_studies: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +93,7 @@ class GridConfig:
     tokens_per_param: list[float] = field(default_factory=list)  # D = ratio * N (crossed with N)
     isoflop: IsoflopConfig | None = None  # compute budgets x sizes per budget
     mixture: list[list[float]] = field(default_factory=list)  # domain weight vectors (crossed)
+    simplex: SimplexConfig | None = None  # or every mixture of a simplex grid (crossed)
     # MoE sparsities S = (E - K) / E (crossed; trainer kind moe). With isoflop budgets, each
     # point's D comes from its own FLOPs per token, which depend on S through the active parameters
     sparsity: list[float] = field(default_factory=list)

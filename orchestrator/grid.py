@@ -59,12 +59,28 @@ def run_key(point: RunPoint, trainer_config: object, seed: int, plan: RunPlan | 
     if plan is not None:
         resolved["n_params"] = plan.n_params
         resolved["shape"] = None if plan.shape is None else asdict(plan.shape)
+    trainer = asdict(trainer_config)  # type: ignore[call-overload]
+    trainer.pop("compile", None)  # how the run executes, not what it trains
     payload = json.dumps(
-        {"point": resolved, "trainer": asdict(trainer_config), "seed": seed},  # type: ignore[call-overload]
+        {"point": resolved, "trainer": trainer, "seed": seed},
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def grid_mixtures(study: StudyConfig) -> list[tuple[float, ...]]:
+    """The mixtures the grid crosses: ``grid.mixture`` as given, or every point of the
+    ``grid.simplex`` grid over the trainer's domains; empty when the study names none."""
+    simplex = study.grid.simplex
+    if simplex is None:
+        return [tuple(m) for m in study.grid.mixture]
+    from trainers.data import domains_of, simplex_grid
+
+    try:
+        return simplex_grid(len(domains_of(study.trainer.data)), simplex.step, simplex.min_weight)
+    except ValueError as exc:
+        raise StudyError("grid.simplex", str(exc).removeprefix("mixture: ")) from None
 
 
 def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRun]:
@@ -74,7 +90,7 @@ def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRu
     """
     trainer = trainer or get_trainer(study.trainer)
     base_points = _base_points(study, trainer)
-    mixtures: list[tuple[float, ...]] = [tuple(m) for m in study.grid.mixture] or [()]
+    mixtures: list[tuple[float, ...]] = grid_mixtures(study) or [()]
     runs: dict[str, PlannedRun] = {}
     upstream: dict[str, PlannedRun] = {}
     for (point, budget), mixture, rep in itertools.product(

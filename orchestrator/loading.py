@@ -159,7 +159,10 @@ def _validate_simulated(study: StudyConfig) -> None:
     sim = study.trainer.simulated
     if sim.law not in LAW_NAMES:
         raise StudyError("trainer.simulated.law", f"unknown law {sim.law!r}; valid laws: {', '.join(LAW_NAMES)}")
-    k = len(study.grid.mixture[0]) if study.grid.mixture else 0
+    from orchestrator.grid import grid_mixtures
+
+    mixtures = grid_mixtures(study)
+    k = len(mixtures[0]) if mixtures else 0
     try:
         law = get_law(sim.law, k=k) if k and sim.law.startswith("mixture") else get_law(sim.law)
     except (TypeError, ValueError) as exc:
@@ -268,6 +271,12 @@ def _validate_grid(study: StudyConfig) -> None:
     if any(sp > 0 for sp in g.sparsity) and study.trainer.kind not in ("moe", "simulated"):
         raise StudyError("grid.sparsity", f"sparsity above 0 needs trainer.kind moe, not {study.trainer.kind!r}")
     domains = study.trainer.data.domains or {"code": None, "prose": None}
+    if g.simplex is not None:
+        from orchestrator.grid import grid_mixtures
+
+        if g.mixture:
+            raise StudyError("grid.simplex", "give grid.mixture (explicit weights) or grid.simplex, not both")
+        grid_mixtures(study)  # a grid that cannot be laid out names grid.simplex
     for i, weights in enumerate(g.mixture):
         key = f"grid.mixture[{i}]"
         if len(weights) != len(domains):
@@ -308,6 +317,9 @@ def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:
             for i, value in enumerate(getattr(t, axis)):
                 if value <= 0:
                     raise StudyError(f"grid.teachers.{axis}[{i}]", f"must be positive, got {value}")
+        for i, name in enumerate(g.teachers.from_studies):
+            if name == study.name:
+                raise StudyError(f"grid.teachers.from_studies[{i}]", f"{name!r} is this study; name other studies")
     elif kind == "distill":
         raise StudyError("grid.teachers", "trainer.kind distill needs teachers: give grid.teachers")
     if g.finetune is not None:
@@ -316,8 +328,8 @@ def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:
             raise StudyError("grid.finetune", f"finetuning runs need trainer.kind dense, not {kind!r}")
         if g.isoflop is not None:
             raise StudyError("grid.finetune", "finetuning takes grid.N with grid.D or grid.tokens_per_param (finetuning tokens), not isoflop")
-        if g.mixture:
-            raise StudyError("grid.mixture", "a finetuning study's mixtures come from grid.finetune (target domain and injection)")
+        if g.mixture or g.simplex is not None:
+            raise StudyError("grid.simplex" if g.simplex is not None else "grid.mixture", "a finetuning study's mixtures come from grid.finetune (target domain and injection)")
         if ft.domain not in domains:
             raise StudyError("grid.finetune.domain", f"no domain {ft.domain!r}; the study's domains are {', '.join(domains)}")
         if len(domains) < 2:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -103,6 +103,7 @@ class Scheduler:
         gpus: Callable[[PlannedRun], float] | None = None,
         workers: Callable[[PlannedRun], int] | None = None,
         pending_warn_s: float = 0.0,
+        adopted: Mapping[str, FinishedRun] | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
@@ -131,6 +132,8 @@ class Scheduler:
         self._running: dict[str, PlannedRun] = {}
         self._started = False
         self._stored: dict[str, FinishedRun] = {}
+        # finished runs of other studies that stand in for the runs others here depend on
+        self._adopted = dict(adopted or {})
         self.checkpoints = checkpoints
         self.memory = memory or (lambda run: 0.0)  # bytes each run (each of its workers) reserves
         self.gpus = gpus or (lambda run: self.num_gpus)  # GPUs (or a share of one) each run asks for
@@ -154,7 +157,8 @@ class Scheduler:
         self._started = True
         if self._needed and self.checkpoints is None:
             raise ValueError("runs depend on other runs' checkpoints: the scheduler needs a CheckpointPolicy")
-        done = self._stored = self.tracker.finished_runs()
+        adopted = {k: r for k, r in self._adopted.items() if k in self._needed}
+        done = self._stored = {**adopted, **self.tracker.finished_runs()}
         known = {run.key for run in self.runs}
         for run in self.runs:
             unknown = [k for k in run.depends_on.values() if k not in known and k not in done]

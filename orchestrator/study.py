@@ -14,6 +14,7 @@ import laws
 from laws.export import law_entry
 from orchestrator.cluster import check_feasible, connect, gpu_share, gpus_per_run
 from orchestrator.config import StudyConfig
+from orchestrator.errors import StudyError
 from orchestrator.executors import Executor, RayExecutor
 from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
@@ -23,7 +24,7 @@ from orchestrator.refit import OnlineRefitter, RefitState
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.selection import Selector, journal_storage
 from orchestrator.selection.selector import SelectionView
-from orchestrator.tracking import Tracker
+from orchestrator.tracking import FinishedRun, Tracker
 from trainers.memory import estimate_memory
 
 
@@ -111,6 +112,24 @@ def memory_request(
     return lambda run: budget(run, count(run))
 
 
+def adopted_runs(study: StudyConfig) -> dict[str, FinishedRun]:
+    """Finished runs of the studies ``grid.teachers.from_studies`` names (same tracking store),
+    by run key: the scheduler reads a teacher from them instead of training it again."""
+    teachers = study.grid.teachers
+    adopted: dict[str, FinishedRun] = {}
+    for name in teachers.from_studies if teachers is not None else []:
+        from orchestrator.store import load_stored_study
+
+        try:
+            other = load_stored_study(name, tracking_uri(study))
+            tracker = MlflowTracker(tracking_uri(study), other.tracking.experiment or other.name)
+            tracker.attach(name)
+        except LookupError as exc:
+            raise StudyError("grid.teachers.from_studies", str(exc)) from None
+        adopted.update(tracker.finished_runs())
+    return adopted
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -131,6 +150,7 @@ def run_study(
     touched, so a rejected study leaves nothing behind.
     """
     candidates = runs if runs is not None else expand(study)
+    adopted = adopted_runs(study)
     num_cpus = study.resources.cpus_per_run
     if executor is None:
         ray = connect(study.cluster)
@@ -190,6 +210,7 @@ def run_study(
         gpus=gpus,
         workers=workers,
         pending_warn_s=study.resources.pending_warn_s,
+        adopted=adopted,
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)
     try:

@@ -148,6 +148,9 @@ class TrainerConfig:
     flop_convention: Literal["6N", "6N+attn"] = "6N+attn"  # see trainers.flops
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     threads: int = 1  # torch CPU threads per run (match the run's CPU request)
+    # torch.compile the training forward and backward: null = on CUDA only (on CPU, compiling
+    # these small models costs more than it saves); not part of a run's identity
+    compile: bool | None = None
     log_every: int = 10  # optimiser steps between logged training-loss points
     # optimiser steps between held-out evaluations of every domain, logged as eval_loss/<domain>
     # (plus one before the first step); 0 = only at the end of the run

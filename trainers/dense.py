@@ -119,8 +119,17 @@ def check_divisible(batch_size: int, workers: int) -> None:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The network inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
+    """The network inside ``torch.compile`` and ``DistributedDataParallel`` wrappers (or
+    ``model`` itself)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def compiles(config: TrainerConfig, device: torch.device) -> bool:
+    """Whether the training step runs through ``torch.compile`` (``TrainerConfig.compile``)."""
+    if config.compile is None:
+        return device.type == "cuda"
+    return config.compile
 
 
 def resolve_device(device: str) -> torch.device:
@@ -387,10 +396,12 @@ class DenseTrainer(Trainer):
             ema.load(state.ema, state.ema_steps)
         # held-out losses are the EMA's when the run keeps one
         scored = ema.module if ema is not None else model
-        net = None
+        net: torch.nn.Module | None = None
         if workers > 1:  # the same initial weights everywhere (same seed), gradients averaged
             ids = [device] if device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if compiles(config, device):  # the training step only; evaluation runs eagerly
+            net = torch.compile(net if net is not None else model)
 
         pretrain_weights = mixture_weights(spec.init_mixture, len(domains)) if spec.init_mixture else None
 

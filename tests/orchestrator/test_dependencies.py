@@ -190,6 +190,48 @@ def test_a_finished_teacher_whose_checkpoint_is_gone_is_trained_again(tmp_path: 
     assert stats.skipped == len(runs) - 1
 
 
+def test_teachers_finished_by_another_study_are_read_not_trained(tmp_path: Path) -> None:
+    first = expand(study_from_dict(_distill_study()))
+    tracker = MemoryTracker()
+    _scheduler(first, tmp_path, FakeTrainingExecutor(), tracker).run(timeout=0)
+    # a second study with other students and the same teachers, sharing the checkpoint root
+    second = expand(study_from_dict({**_distill_study(), "name": "distil-2"} | {"grid": {**_distill_study()["grid"], "D": [3.2e4]}}))
+    teachers = {r.key for r in second if r.stage == "teacher"}
+    assert teachers == {r.key for r in first if r.stage == "teacher"}  # the same runs
+    executor = FakeTrainingExecutor()
+    sched = _scheduler(second, tmp_path, executor, MemoryTracker(), adopted=tracker.finished_runs())
+    stats = sched.run(timeout=0)
+    assert set(executor.order) == {r.key for r in second} - teachers, "only the students train"
+    assert stats.skipped == len(teachers) and stats.failed == 0
+    donor = tracker.finished_runs()
+    for run in second:
+        if run.stage == "main":
+            teacher = run.depends_on["teacher"]
+            assert executor.specs[run.key].teacher_checkpoint == str(checkpoint_path(tmp_path / "ckpt" / teacher))
+            assert sched.finished[run.key].inputs["L_T"] == donor[teacher].final_loss
+    # an adopted teacher whose checkpoint is not in this study's root is trained here
+    lost = sorted(teachers)[0]
+    checkpoint_path(tmp_path / "ckpt" / lost).unlink()
+    again = FakeTrainingExecutor()
+    _scheduler(second, tmp_path, again, MemoryTracker(), adopted=donor).run(timeout=0)
+    assert lost in again.order and not (teachers - {lost}) & set(again.order)
+
+
+def test_teachers_from_an_unknown_study_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from orchestrator.study import adopted_runs
+
+    raw = {**_distill_study(), "tracking": {"uri": f"sqlite:///{tmp_path / 'none.db'}"}}
+    raw["grid"] = {**raw["grid"], "teachers": {**raw["grid"]["teachers"], "from_studies": ["elsewhere"]}}
+    with pytest.raises(StudyError) as info:
+        adopted_runs(study_from_dict(raw))
+    assert info.value.key == "grid.teachers.from_studies" and "elsewhere" in str(info.value)
+    assert not (tmp_path / "none.db").exists()
+    raw["grid"]["teachers"]["from_studies"] = ["distil"]
+    with pytest.raises(StudyError) as info:
+        study_from_dict(raw)
+    assert info.value.key == "grid.teachers.from_studies[0]"
+
+
 def test_dependencies_must_be_planned_or_finished(tmp_path: Path) -> None:
     runs = expand(study_from_dict(_distill_study()))
     students = [r for r in runs if r.stage == "main"]

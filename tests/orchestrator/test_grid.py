@@ -27,6 +27,26 @@ def test_n_cross_d_and_ratio() -> None:
     assert sorted(r.spec.point.tokens for r in runs) == [int(1e7), int(2e7), int(1e8), int(2e8)]
 
 
+def test_a_simplex_grid_of_mixtures_is_an_axis() -> None:
+    runs = expand(_study(N=[1e6], D=[1e8], simplex={"step": 0.2, "min_weight": 0.1}))
+    mixtures = sorted(r.spec.point.mixture for r in runs)
+    assert [m[0] for m in mixtures] == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert all(math.isclose(sum(m), 1.0) for m in mixtures)
+    domains = {"a": {"source": "stdlib"}, "b": {"source": "pydoc"}, "c": {"source": "markov"}}
+    three = {"name": "g", "trainer": {"kind": "simulated", "data": {"domains": domains}},
+             "grid": {"N": [1e6], "D": [1e8], "simplex": {"step": 0.5}}}
+    runs = expand(study_from_dict(three))  # one weight per configured domain
+    assert len(runs) == 6 and all(len(r.spec.point.mixture) == 3 and math.isclose(sum(r.spec.point.mixture), 1) for r in runs)
+    for grid, words in [
+        ({"simplex": {"step": 0.3}}, "whole number of steps"),
+        ({"simplex": {"step": 0.5}, "mixture": [[0.5, 0.5]]}, "not both"),
+        ({"simplex": {"step": 0.0}}, "step must be > 0"),
+    ]:
+        with pytest.raises(StudyError) as info:
+            _study(N=[1e6], D=[1e8], **grid)
+        assert info.value.key == "grid.simplex" and words in str(info.value)
+
+
 def test_mixture_and_replicates_cross() -> None:
     runs = expand(_study(N=[1e6], D=[1e8], mixture=[[0.5, 0.5], [0.8, 0.2]], replicates=3))
     assert len(runs) == 6

@@ -246,3 +246,26 @@ def test_an_active_study_logs_its_selection_and_status_shows_it(store, capsys) -
     assert main(["status", str(path)]) == 0
     line = next(s for s in capsys.readouterr().out.splitlines() if "selection:" in s)
     assert "FLOPs" in line and "misfit" in line and "cost exponent" in line
+
+
+def test_another_studys_finished_runs_are_found_for_teachers(store) -> None:
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.grid import expand
+    from orchestrator.study import adopted_runs
+
+    donor = study_from_dict(
+        {"name": "donor", "tracking": {"uri": store}, "trainer": {"kind": "simulated"}, "grid": {"N": [1e6], "D": [1e8, 2e8]}}
+    )
+    run_study(donor, executor=InlineExecutor(), background_refit=False)
+    student = study_from_dict(
+        {
+            "name": "student",
+            "tracking": {"uri": store},
+            "trainer": {"kind": "distill", "seq_len": 32, "batch_size": 4},
+            "grid": {"N": [1e4], "D": [4e3], "teachers": {"N": [2e4], "D": [8e3], "from_studies": ["donor"]}},
+            "laws": [{"family": "chinchilla", "runs": "teacher"}],
+        }
+    )
+    adopted = adopted_runs(student)
+    assert set(adopted) == {r.key for r in expand(donor)}
+    assert all(run.final_loss > 0 for run in adopted.values())

@@ -134,3 +134,29 @@ def test_ema_scores_the_average_resumes_exactly_and_is_the_model_others_load(
         trainer.train(split, StopAt25())
     resumed = trainer.train(split, RecordingSink())
     assert resumed.final_loss == result.final_loss and resumed.metrics == result.metrics
+
+
+def test_compile_wraps_the_training_step_where_asked(
+    tiny_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.grid import run_key
+    from trainers.dense import compiles
+
+    compiled: list[torch.nn.Module] = []
+
+    def spy(module: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(module)
+        return module  # eager: only the wiring is under test on CPU
+
+    monkeypatch.setattr(torch, "compile", spy)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not compiles(tiny_config(), cpu) and compiles(tiny_config(), cuda)  # default: CUDA only
+    assert not compiles(tiny_config(compile=False), cuda) and compiles(tiny_config(compile=True), cpu)
+
+    plain = DenseTrainer(tiny_config()).train(_spec(tiny_config(), 6), RecordingSink())
+    assert compiled == []
+    forced = DenseTrainer(tiny_config(compile=True)).train(_spec(tiny_config(compile=True), 6), RecordingSink())
+    assert len(compiled) == 1 and isinstance(compiled[0], GPT)
+    assert forced.final_loss == plain.final_loss  # the same run, so the same identity
+    point = _spec(tiny_config(), 6).point
+    assert run_key(point, tiny_config(), 0) == run_key(point, tiny_config(compile=True), 0)
