@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.config import ClusterConfig, ResourcesConfig, TrainerConfig
+from orchestrator.config import ClusterConfig, NodeTypeConfig, ResourcesConfig, TrainerConfig
 from orchestrator.errors import StudyError
 
 
@@ -101,11 +101,37 @@ def worker_slots(node: dict[str, float], num_cpus: float, num_gpus: float, memor
     return MAX_WORKERS if slots == float("inf") else int(slots)
 
 
-def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0.0, workers: int = 1) -> None:
+def cluster_nodes(ray: Any, autoscale: Sequence[NodeTypeConfig] = ()) -> list[dict[str, Any]]:
+    """The nodes alive now and, for an autoscaling cluster, every node its autoscaler may add
+    (``cluster.autoscale``), in the form of ``ray.nodes()``."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for kind in autoscale:
+        resources = {"CPU": kind.cpus, "GPU": kind.gpus}
+        if kind.memory_mb > 0:
+            resources["memory"] = kind.memory_mb * 2**20
+        nodes += [{"Alive": True, "Resources": resources, "autoscaled": True}] * kind.max_nodes
+    return nodes
+
+
+def cluster_capacity(nodes: list[dict[str, Any]], num_cpus: float, num_gpus: float, memory: float = 0.0) -> int:
+    """How many runs (workers) of this size ``nodes`` hold at once; at least 1."""
+    return max(1, sum(worker_slots(n["Resources"], num_cpus, num_gpus, memory) for n in nodes))
+
+
+def check_feasible(
+    ray: Any,
+    num_cpus: float,
+    num_gpus: float,
+    memory: float = 0.0,
+    workers: int = 1,
+    autoscale: Sequence[NodeTypeConfig] = (),
+) -> None:
     """Fail now, with the numbers, if no node could ever run one of the study's tasks
     (``memory``: the largest memory request of any run, in bytes), or, for runs of ``workers``
-    data-parallel workers of that size each, if the whole cluster could never hold them all."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    data-parallel workers of that size each, if the whole cluster could never hold them all.
+    ``autoscale``: node types an autoscaler can add, counted as if they were there."""
+    nodes = cluster_nodes(ray, autoscale)
+    hint = " (with the node types of cluster.autoscale)" if autoscale else ""
     fits = [
         n
         for n in nodes
@@ -117,7 +143,7 @@ def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0
         raise StudyError(
             "resources.memory_per_run",
             f"the largest run asks for {memory / 2**20:.0f} MB of memory, but the largest node that fits "
-            f"its CPUs and GPUs offers {best / 2**20:.0f} MB to Ray: it could never start",
+            f"its CPUs and GPUs offers {best / 2**20:.0f} MB to Ray{hint}: it could never start",
         )
     if not fits:
         best_cpu = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
@@ -126,7 +152,7 @@ def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0
         raise StudyError(
             key,
             f"each run asks for {num_cpus:g} CPUs and {num_gpus:g} GPUs, but the largest node has "
-            f"{best_cpu:g} CPUs and {best_gpu:g} GPUs: no run could ever start",
+            f"{best_cpu:g} CPUs and {best_gpu:g} GPUs{hint}: no run could ever start",
         )
     slots = sum(worker_slots(n["Resources"], num_cpus, num_gpus, memory) for n in nodes)
     if slots < workers:
@@ -134,5 +160,5 @@ def check_feasible(ray: Any, num_cpus: float, num_gpus: float, memory: float = 0
         raise StudyError(
             key,
             f"a run trains on {workers} data-parallel workers of {num_cpus:g} CPUs and {num_gpus:g} GPUs each, "
-            f"but the whole cluster holds {slots}: it could never start",
+            f"but the whole cluster holds {slots}{hint}: it could never start",
         )

@@ -25,12 +25,27 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NodeTypeConfig:
+    """A kind of node an autoscaler can add (as in ``available_node_types`` of ``ray up`` or a
+    KubeRay worker group)."""
+
+    cpus: float = MISSING  # CPUs of one node (its Ray CPU resource)
+    gpus: float = 0.0  # GPUs of one node
+    memory_mb: float = 0.0  # memory one node offers to Ray; 0 = not limited
+    max_nodes: int = 1  # how many of them the autoscaler may run at once
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     """Which Ray cluster runs the study."""
 
     address: str | None = None  # null = start a local Ray; "auto" or ray://head:10001 to attach
     num_cpus: int | None = None  # local Ray only: CPUs to declare (null = all of this machine)
     num_gpus: int | None = None  # local Ray only: GPUs to declare (null = detect)
+    # an autoscaling cluster: the node types its autoscaler can add. Feasibility and the number
+    # of runs kept in flight then count them next to the nodes alive now, so a study is not
+    # refused (or run one at a time) because the GPU nodes have not been launched yet
+    autoscale: list[NodeTypeConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,6 +142,14 @@ def validate(study: StudyConfig) -> None:
     _auto_or_amount("resources.memory_per_run", study.resources.memory_per_run, "number of MB")
     _auto_or_amount("resources.gpus_per_run", study.resources.gpus_per_run, "number")
     _validate_workers(study)
+    for i, kind in enumerate(study.cluster.autoscale):
+        key = f"cluster.autoscale[{i}]"
+        if kind.cpus <= 0:
+            raise StudyError(f"{key}.cpus", f"must be positive, got {kind.cpus}")
+        if kind.gpus < 0 or kind.memory_mb < 0:
+            raise StudyError(f"{key}.{'gpus' if kind.gpus < 0 else 'memory_mb'}", "must be 0 or more")
+        if kind.max_nodes < 1:
+            raise StudyError(f"{key}.max_nodes", f"must be at least 1, got {kind.max_nodes}")
     if study.resources.gpu_memory_mb < 0:
         raise StudyError("resources.gpu_memory_mb", f"must be 0 (a whole GPU per run) or more, got {study.resources.gpu_memory_mb}")
     _validate_grid(study)

@@ -12,7 +12,14 @@ import optuna
 
 import laws
 from laws.export import law_entry
-from orchestrator.cluster import check_feasible, connect, gpu_share, gpus_per_run
+from orchestrator.cluster import (
+    check_feasible,
+    cluster_capacity,
+    cluster_nodes,
+    connect,
+    gpu_share,
+    gpus_per_run,
+)
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from orchestrator.executors import Executor, RayExecutor
@@ -152,25 +159,33 @@ def run_study(
     candidates = runs if runs is not None else expand(study)
     adopted = adopted_runs(study)
     num_cpus = study.resources.cpus_per_run
+    capacity: int | None = None
     if executor is None:
         ray = connect(study.cluster)
-        whole = gpus_per_run(study.resources, study.trainer, ray.cluster_resources().get("GPU", 0))
+        autoscale = study.cluster.autoscale
+        gpu_nodes = max((kind.gpus for kind in autoscale), default=0.0)  # GPUs an autoscaler can add
+        whole = gpus_per_run(study.resources, study.trainer, max(ray.cluster_resources().get("GPU", 0), gpu_nodes))
         gpus = gpu_request(study, candidates, whole)
         workers = worker_request(study, gpus)
         request = memory_request(study, candidates, workers)
         shares = [gpus(r) for r in candidates] or [whole]
         counts = [workers(r) for r in candidates] or [1]
         per_worker = max(g / w for g, w in zip(shares, counts, strict=True)) if candidates else whole
-        check_feasible(ray, num_cpus, per_worker, max((request(r) for r in candidates), default=0.0), max(counts))
+        largest = max((request(r) for r in candidates), default=0.0)
+        check_feasible(ray, num_cpus, per_worker, largest, max(counts), autoscale=autoscale)
         num_gpus = float(np.median(shares))  # sizes the concurrency cap
         cap_cpus = num_cpus * float(np.median(counts))
         executor = RayExecutor(ray)
+        if autoscale:  # the nodes the autoscaler may add count as well
+            capacity = cluster_capacity(cluster_nodes(ray, autoscale), cap_cpus, num_gpus)
     else:
         num_gpus = 0.0 if study.resources.gpus_per_run == "auto" else float(study.resources.gpus_per_run)
         gpus = lambda run: num_gpus  # noqa: E731
         workers = worker_request(study, gpus)
         request = memory_request(study, candidates, workers)
         cap_cpus = num_cpus
+    if capacity is None:
+        capacity = executor.capacity(cap_cpus, num_gpus)
     fitted = study_laws(study)
     refitter = OnlineRefitter(
         fitted,
@@ -198,7 +213,7 @@ def run_study(
         candidates if selector is None else [],
         executor=executor,
         tracker=tracker,
-        max_concurrent=study.resources.max_concurrent or executor.capacity(cap_cpus, num_gpus),
+        max_concurrent=study.resources.max_concurrent or capacity,
         max_retries=study.resources.max_retries,
         num_cpus=num_cpus,
         num_gpus=num_gpus,

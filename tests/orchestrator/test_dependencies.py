@@ -298,12 +298,12 @@ def test_distillation_study_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     """Real teachers, then real students on their logits; L_T is the teacher's held-out loss, and
     the supervised law fitted on the teachers feeds the distillation law."""
     monkeypatch.chdir(tmp_path)
-    raw = _distill_study(N=[8e3, 1.6e4], D=[8e3])
+    raw = _distill_study(N=[8e3, 1.6e4], D=[6e3, 1.2e4])
     raw["grid"]["teachers"].update(N=[1.2e4, 2.4e4, 3.6e4], D=[1.2e4, 2.4e4])
     study = study_from_dict(raw)
     tracker = MemoryTracker()
     outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
-    assert outcome.stats.failed == 0 and outcome.stats.finished == 6 + 2 * 6
+    assert outcome.stats.failed == 0 and outcome.stats.finished == 6 + 4 * 6
     finished = tracker.finished_runs()
     students = [f for f in finished.values() if f.stage == "main"]
     for s in students:
@@ -312,13 +312,16 @@ def test_distillation_study_end_to_end(tmp_path: Path, monkeypatch: pytest.Monke
     assert list(Path(".isoflop/checkpoints").iterdir()), "teachers' checkpoints live under the study's checkpoint dir"
     by_name = {o.name: o for o in outcome.laws}
     assert by_name["supervised"].n_points == 6 and by_name["supervised"].fit is not None
-    assert by_name["distillation"].n_points == 12
-    # the distillation law was built on the supervised law the study fitted, not the published one
+    assert by_name["distillation"].n_points == 24
+    # the distillation law was fitted, on the supervised law the study fitted (not the published one)
     fit_ = by_name["distillation"].fit
-    if fit_ is not None:
-        assert fit_.law_spec["supervised"]["E"] == pytest.approx(by_name["supervised"].fit.params["E"])
-    else:
-        assert by_name["distillation"].error
+    assert fit_ is not None, by_name["distillation"].error
+    assert fit_.law_spec["supervised"]["E"] == pytest.approx(by_name["supervised"].fit.params["E"])
+    # and it explains the students: held-out loss predicted within a few percent
+    law = fit_.get_law()
+    for s in students:
+        predicted = float(law.predict(fit_.params, **{k: s.inputs[k] for k in law.inputs}))
+        assert predicted == pytest.approx(s.final_loss, rel=0.05)
 
 
 def test_finetuning_study_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -565,3 +568,29 @@ def test_a_run_one_gpu_cannot_hold_gets_data_parallel_workers(tmp_path: Path) ->
     with pytest.raises(StudyError) as info:
         check_feasible(_Nodes({"CPU": 3}), 2, 0, 0, 2)
     assert info.value.key == "resources.workers_per_run"
+
+
+def test_an_autoscaling_cluster_counts_the_nodes_it_can_add() -> None:
+    from orchestrator.cluster import check_feasible, cluster_capacity, cluster_nodes
+    from orchestrator.config import NodeTypeConfig
+
+    head = _Nodes({"CPU": 4, "memory": 8 * 2**30})  # the GPU workers are not launched yet
+    gpu_nodes = [NodeTypeConfig(cpus=8, gpus=4, memory_mb=64_000, max_nodes=2)]
+    with pytest.raises(StudyError) as info:
+        check_feasible(head, 1, 1)
+    assert info.value.key == "resources.gpus_per_run"
+    check_feasible(head, 1, 1, 2**30, autoscale=gpu_nodes)  # fits the nodes it can add
+    check_feasible(head, 1, 1, 0, 8, autoscale=gpu_nodes)  # 8 one-GPU workers over 2 nodes
+    with pytest.raises(StudyError) as info:
+        check_feasible(head, 1, 1, 0, 9, autoscale=gpu_nodes)
+    assert "holds 8 (with the node types of cluster.autoscale)" in str(info.value)
+    with pytest.raises(StudyError) as info:
+        check_feasible(head, 1, 1, 2**37, autoscale=gpu_nodes)
+    assert info.value.key == "resources.memory_per_run"
+    # runs in flight: what the head holds now plus what the autoscaler may add
+    nodes = cluster_nodes(head, gpu_nodes)
+    assert cluster_capacity(nodes, 1, 1) == 8 and cluster_capacity(nodes, 1, 0) == 4 + 16
+    for bad, key in [({"cpus": 0}, "cpus"), ({"cpus": 4, "gpus": -1}, "gpus"), ({"cpus": 4, "max_nodes": 0}, "max_nodes")]:
+        with pytest.raises(StudyError) as info:
+            study_from_dict({**_distill_study(), "cluster": {"autoscale": [bad]}})
+        assert info.value.key == f"cluster.autoscale[0].{key}"
