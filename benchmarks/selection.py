@@ -17,6 +17,12 @@ target the loss and N_opt at 5.76e23 FLOPs.
 sparsities 0, 1/2, 3/4, 7/8 (C = 6 N (1 - S) D); target the loss of a model of N = 1e10 total
 parameters at S = 3/4 on D = 2e11 tokens (3e21 FLOPs, 30x the largest candidate). No N_opt here.
 
+``--truth mixture``: data mixtures over 3 domains, the additive mixture law of Shukor et al. 2025
+with plausible coefficients (none published), 1 % noise; pool an isoFLOP grid of 4 budgets from
+1e17 to 1e20 FLOPs x 5 sizes x 7 mixtures (the simplex's corners, edge midpoints and centre, every
+weight >= 0.1); target the loss of N = 1e10 on D = 2e11 tokens at h = (0.5, 0.3, 0.2), a mixture
+no candidate has.
+
 Strategies: ``active`` (the default criterion: the targets' error against the full grid's fit,
 with the law's misfit estimated from the residuals, the remaining budget planned), ``variance``
 (target variance alone, as if the law were exact), either with ``@G`` (the cost exponent fixed at
@@ -28,7 +34,7 @@ reference law (:func:`orchestrator.selection.criteria.design_bound`), as a ratio
 grid's standard deviation. No subset of the pool does better than this under the linearised
 model, whatever the strategy.
 
-    python benchmarks/selection.py [--truth simulated|replay] [--fractions 0.01 0.05 0.1 0.25]
+    python benchmarks/selection.py [--truth simulated|replay|sparsity|mixture] [--fractions 0.01 0.05 0.1 0.25]
                                    [--seeds 3] [--first-seed 0] [--strategies active random cheapest] [--no-grid]
                                    [--out PATH]
 
@@ -77,6 +83,28 @@ SPARSE_GRID = {
 }
 SPARSE_TARGET = {"N": 1e10, "D": 2e11, "S": 0.75}
 
+# Data mixtures over 3 domains: the additive mixture law of Shukor et al. 2025 with plausible
+# coefficients (none were published): Chinchilla's size and data terms, and a mixture term that
+# rewards domain 1 most and saturates at different rates per domain.
+MIX_TRUTH = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28,
+             "C1": 2.0, "C2": 1.2, "C3": 0.8, "gamma1": 0.5, "gamma2": 0.3, "gamma3": 0.8}
+MIX_DOMAINS = {"code": {"source": "stdlib"}, "prose": {"source": "pydoc"}, "docs": {"source": "mlflow_docs"}}
+MIX_GRID = {
+    "isoflop": {"budgets": [1e17, 1e18, 1e19, 1e20], "points_per_budget": 5, "span": 30},
+    # the corners, edge midpoints and centre of the simplex, every weight at least 0.1
+    "mixture": [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.45, 0.45, 0.1],
+                [0.45, 0.1, 0.45], [0.1, 0.45, 0.45], [1 / 3, 1 / 3, 1 / 3]],
+}
+MIX_TARGET = {"N": 1e10, "D": 2e11, "h1": 0.5, "h2": 0.3, "h3": 0.2}
+
+#: worlds whose target is the loss at a point of the law's inputs (no N_opt): law, truth, grid,
+#: target and the trainer's data domains
+POINT_WORLDS = {
+    "sparsity": {"law": "sparsity", "params": SPARSE_TRUTH, "grid": SPARSE_GRID, "target": SPARSE_TARGET},
+    "mixture": {"law": "mixture_additive", "params": MIX_TRUTH, "grid": MIX_GRID, "target": MIX_TARGET,
+                "domains": MIX_DOMAINS},
+}
+
 REPLAY_TARGET = 5.76e23
 REPLAY = {
     "kind": "replay",
@@ -99,15 +127,17 @@ def reference_fit(kind: str) -> laws.LawFit:
         assert fit_ is not None
         return fit_
     report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
-    if kind == "sparsity":
-        return laws.LawFit(law="sparsity", params=dict(SPARSE_TRUTH), objective=0.0, report=report)
+    if kind in POINT_WORLDS:
+        world = POINT_WORLDS[kind]
+        spec = laws.get_law(world["law"], k=3).spec() if world["law"].startswith("mixture") else {"name": world["law"]}
+        return laws.LawFit(law=world["law"], params=dict(world["params"]), objective=0.0, report=report, law_spec=spec)
     return laws.LawFit(law="chinchilla", params=dict(REPLICATION_CHINCHILLA), objective=0.0, report=report)
 
 
 def predicted(kind: str, fit_: laws.LawFit) -> tuple[float, float]:
     """A fit's target loss and N_opt (NaN where the law has none)."""
-    if kind == "sparsity":
-        x = {k: np.array([v]) for k, v in SPARSE_TARGET.items()}
+    if kind in POINT_WORLDS:
+        x = {k: np.array([v]) for k, v in POINT_WORLDS[kind]["target"].items()}
         return float(fit_.predict(**x)[0]), float("nan")
     a = laws.compute_optimal(fit_, [target_budget(kind)])[0]
     return a.loss, a.N_opt
@@ -124,7 +154,7 @@ def attainable(kind: str, fractions: list[float]) -> dict[float, np.ndarray]:
     divided by the full grid's; linearised at the reference law."""
     ref = reference_fit(kind)
     config = study(kind, "active", 1.0, 0)
-    law = laws.get_law(ref.law)
+    law = ref.get_law()
     pool = make_pool(expand(config), law, config.selection, 0.0)
     jac = laws.prediction_jacobian(law, law.from_natural(ref.params), pool.inputs)
     g = target_gradients(law, ref, targets_of(config.selection))
@@ -145,7 +175,9 @@ def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201
             "mode": "active" if mode == "variance" else mode,
             "budget_fraction": fraction,
             "target": (
-                {"points": [SPARSE_TARGET], "quantities": []} if kind == "sparsity" else {"budget": target_budget(kind)}
+                {"points": [POINT_WORLDS[kind]["target"]], "quantities": []}
+                if kind in POINT_WORLDS
+                else {"budget": target_budget(kind)}
             ),
             "refit_every": 5,
             "cost_exponent": float(exponent) if exponent else None,
@@ -159,10 +191,14 @@ def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201
     }
     if kind == "replay":
         raw["trainer"] = REPLAY
-    elif kind == "sparsity":
-        raw["trainer"] = {"kind": "simulated", "simulated": {"law": "sparsity", "params": SPARSE_TRUTH, "noise": 0.01}}
-        raw["grid"] = SPARSE_GRID
-        raw["laws"] = ["sparsity"]
+    elif kind in POINT_WORLDS:
+        world = POINT_WORLDS[kind]
+        simulated = {"law": world["law"], "params": world["params"], "noise": 0.01}
+        raw["trainer"] = {"kind": "simulated", "simulated": simulated}
+        if "domains" in world:
+            raw["trainer"]["data"] = {"domains": world["domains"]}
+        raw["grid"] = world["grid"]
+        raw["laws"] = [world["law"]]
     else:
         raw["trainer"] = {"kind": "simulated", "simulated": {"noise": 0.01}}
         raw["grid"] = GRID
@@ -211,7 +247,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--strategies", nargs="+", default=["active", "random", "cheapest"])
-    ap.add_argument("--truth", choices=["simulated", "replay", "sparsity"], default="simulated")
+    ap.add_argument("--truth", choices=["simulated", "replay", *POINT_WORLDS], default="simulated")
     ap.add_argument("--no-grid", action="store_true", help="skip the full-grid studies (to rerun one strategy)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

@@ -33,7 +33,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from orchestrator.executors import execute
     from trainers.base import NullSink
 
-    if torch.cuda.is_available():  # the GPU of this worker's bundle
+    if config["use_gpu"] and torch.cuda.is_available():  # the GPU of this worker's bundle
         import ray.train.torch
 
         torch.cuda.set_device(ray.train.torch.get_device())
@@ -77,7 +77,13 @@ def execute_parallel(
         per_worker["memory"] = int(memory)
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": spec, "sink_factory": sink_factory, "board": board, "token": token},
+        train_loop_config={
+            "spec": spec,
+            "sink_factory": sink_factory,
+            "board": board,
+            "token": token,
+            "use_gpu": num_gpus > 0,
+        },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=num_gpus > 0, resources_per_worker=per_worker, placement_strategy="PACK"
         ),

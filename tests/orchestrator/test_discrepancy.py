@@ -77,6 +77,22 @@ def test_reml_tells_noise_from_a_smooth_misfit() -> None:
     assert 0.5 <= found.length <= 2.0
 
 
+def test_a_law_the_runs_do_not_identify_yet_is_estimated_on_the_directions_they_do() -> None:
+    """A rank-deficient Jacobian (two parameters the runs cannot tell apart, as a mixture law's
+    are early on) gives the estimate of the identified law, not a singular-matrix error."""
+    rng = np.random.default_rng(5)
+    z = np.column_stack([np.linspace(-2, 2, 60), rng.uniform(-2, 2, 60)])
+    jac = np.column_stack([np.ones(60), z[:, 0]])
+    project = np.eye(60) - jac @ np.linalg.pinv(jac)
+    residuals = project @ (0.05 * _smooth_field(z, rng, 1.0) + 0.002 * rng.normal(size=60))
+    identified = estimate_discrepancy(z, residuals, jac)
+    redundant = np.column_stack([jac, 2.0 * jac[:, 1], np.zeros(60)])  # a copy and a dead column
+    found = estimate_discrepancy(z, residuals, redundant)
+    assert found.length == identified.length
+    assert found.scale == pytest.approx(identified.scale, rel=1e-6)
+    assert found.noise == pytest.approx(identified.noise, rel=1e-6)
+
+
 def test_too_few_residuals_count_as_noise() -> None:
     found = estimate_discrepancy(np.zeros((4, 1)), np.full(4, 0.01), np.ones((4, 2)))
     assert found.scale == 0.0 and found.noise > 0
