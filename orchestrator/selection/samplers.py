@@ -13,6 +13,7 @@ and only proposes runs that fit in the remaining compute budget.
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,12 +196,28 @@ class InformationSampler(PoolSampler):
         fit_ = self.fit_provider()
         left = budget_left(study, self.pool)
         if fit_ is None or fit_.report.n_points < self.initial_runs:
-            # the start spends at most half of the budget, so a small budget is not gone before
-            # the criterion takes over
-            return space_filling(
-                self.pool.space, self.pool.cost, 1, taken=taken, allowed=mask, budget_left=left, rng=self.rng,
-                max_cost=0.5 * self.pool.budget / max(self.initial_runs, 1),
-            )[0]
+            return self._spread(taken, mask, left)
+        try:
+            return self._plan_pick(study, mask, fit_, left)
+        except np.linalg.LinAlgError as exc:  # a degenerate fit must not end the study
+            warnings.warn(
+                f"selection: the criterion failed on the current fit ({exc}); this run is chosen to spread the design",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.upcoming = []
+            return self._spread(taken, mask, left)
+
+    def _spread(self, taken: np.ndarray, mask: np.ndarray, left: float) -> int:
+        """A space-filling pick. The start spends at most half of the budget, so a small budget is
+        not gone before the criterion takes over."""
+        return space_filling(
+            self.pool.space, self.pool.cost, 1, taken=taken, allowed=mask, budget_left=left, rng=self.rng,
+            max_cost=0.5 * self.pool.budget / max(self.initial_runs, 1),
+        )[0]
+
+    def _plan_pick(self, study: optuna.Study, mask: np.ndarray, fit_: laws.LawFit, left: float) -> int:
+        """The first pick of the criterion's plan of the remaining budget."""
         jac, log_pred = self._pool_state(fit_)
         done = [t for t in study.get_trials(deepcopy=False) if PARAM in t.params and t.state in _COUNTED]
         done_idx = np.array([int(t.params[PARAM]) for t in done], dtype=int)

@@ -276,6 +276,19 @@ def test_active_prefers_informative_runs_over_cheap_ones(discrepancy: bool) -> N
     assert len({r.spec.run_key for r in picks}) == 6
 
 
+def test_a_criterion_that_fails_on_a_fit_falls_back_to_spreading_the_design(monkeypatch) -> None:
+    from orchestrator.selection import samplers
+
+    def singular(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(samplers, "bias_aware_plan", singular)
+    study, grid, sel = _selector_on_the_true_law()
+    with pytest.warns(RuntimeWarning, match="criterion failed on the current fit"):
+        picks = sel.propose(3)
+    assert len({r.spec.run_key for r in picks}) == 3  # the study goes on, without duplicates
+
+
 @pytest.mark.parametrize(("discrepancy", "planner"), [(True, "bias_aware_plan"), (False, "planned_information")])
 def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch, discrepancy: bool, planner: str) -> None:
     from orchestrator.selection import samplers
