@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.errors import StudyError
+from orchestrator.secrets import redact_text
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -28,10 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
         return EXIT_OK
     except StudyError as exc:
-        print(f"isoflop: error: {exc}", file=sys.stderr)
+        print(f"isoflop: error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LookupError as exc:
-        print(f"isoflop: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        print(f"isoflop: error: {redact_text(str(exc.args[0] if exc.args else exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
@@ -45,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     resume = sub.add_parser("resume", help="continue a study; finished runs are not redone")
-    resume.add_argument("study", help="study YAML, or the name of a study in the local store")
+    resume.add_argument("study", help="study YAML, or the name of a study in the tracking store")
+    _store_option(resume)
     resume.set_defaults(handler=_cmd_resume)
 
     validate = sub.add_parser("validate", help="check a study and list its runs without running anything")
@@ -54,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_cmd_validate)
 
     status = sub.add_parser("status", help="runs done/running/failed and the current law fits")
-    status.add_argument("study", nargs="?", help="study YAML, or the name of a study in the local store")
+    status.add_argument("study", nargs="?", help="study YAML, or the name of a study in the tracking store")
     status.add_argument("--address", help="also list the study's jobs on this Ray cluster (http://HEAD:8265)")
+    _store_option(status)
     status.set_defaults(handler=_cmd_status)
 
     submit = sub.add_parser("submit", help="send a study to a Ray cluster as a job (Jobs API)")
@@ -71,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=_cmd_cancel)
 
     export = sub.add_parser("export", help="write the fitted laws, intervals and recipes")
-    export.add_argument("study", help="study YAML, or the name of a study in the local store")
+    export.add_argument("study", help="study YAML, or the name of a study in the tracking store")
+    _store_option(export)
     export.add_argument("--format", choices=["json", "yaml", "md"], default="json")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.add_argument("--budgets", help="comma-separated FLOP budgets for N_opt and D_opt")
@@ -84,20 +88,35 @@ def _parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=run_fit)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the study's store (127.0.0.1)")
-    ui.add_argument("study", nargs="?", help="study YAML (default: the local store)")
+    ui.add_argument("study", nargs="?", help="study YAML, or a study's name (default: the local store)")
+    _store_option(ui)
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--host", default="127.0.0.1")
     ui.set_defaults(handler=_cmd_ui)
     return p
 
 
-def _resolve(arg: str, overrides: Sequence[str] = ()):  # noqa: ANN202 - StudyConfig, lazily imported
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        help="the tracking store to find the study in (an MLflow server, http://HOST:5000, or a "
+        "database URI); default: $MLFLOW_TRACKING_URI, else the embedded store under ./.isoflop/. "
+        "With a study YAML it replaces the YAML's tracking.uri",
+    )
+
+
+def _resolve(arg: str, overrides: Sequence[str] = (), store: str | None = None):  # noqa: ANN202 - StudyConfig
+    """A study from its YAML (``store`` replaces its ``tracking.uri``) or by its name, from the
+    configuration stored on its parent run in ``store`` (default ``$MLFLOW_TRACKING_URI``, else
+    the embedded store under the working directory)."""
     from orchestrator.loading import load_study
     from orchestrator.store import load_stored_study
 
     if Path(arg).is_file() or arg.endswith((".yaml", ".yml")):
+        if store:
+            overrides = [*overrides, f"tracking.uri={store}"]
         return load_study(arg, overrides)
-    return load_stored_study(arg)
+    return load_stored_study(arg, store or os.environ.get("MLFLOW_TRACKING_URI") or None)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -126,7 +145,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    return _run(_resolve(args.study))
+    return _run(_resolve(args.study, store=args.tracking_uri))
 
 
 def _run(study) -> int:  # noqa: ANN001
@@ -194,11 +213,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.study is None:
         return EXIT_OK
     try:
-        study = _resolve(args.study)
-    except LookupError:
-        if args.address is not None:
-            return EXIT_OK  # its store is on the cluster's tracking server, not here
-        raise
+        study = _resolve(args.study, store=args.tracking_uri)
+    except LookupError as exc:
+        if args.address is None:
+            raise
+        # its store is the cluster's tracking server, not this machine's
+        print(f"isoflop: {redact_text(str(exc.args[0]))}; pass --tracking-uri to read its runs and fits")
+        return EXIT_OK
     st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(st.counts.items())) or "no runs yet"
     print(f"study {st.name!r} (parent run {st.parent_run_id}): {counts}; {st.flops_done:.3g} FLOPs done")
@@ -247,7 +268,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.export import export_with_runs
 
-    study = _resolve(args.study)
+    study = _resolve(args.study, store=args.tracking_uri)
     budgets = None
     if args.budgets:
         try:
@@ -290,10 +311,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.mlflow_tracker import default_tracking_uri
     from orchestrator.study import tracking_uri
 
-    uri = tracking_uri(_resolve(args.study)) if args.study else default_tracking_uri()
+    if args.study:
+        uri = tracking_uri(_resolve(args.study, store=args.tracking_uri))
+    else:
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        # an MLflow server already serves its own UI: nothing to start here
+        print(f"isoflop: the study's store is the MLflow server at {redact_text(uri)}: its UI is there")
+        return EXIT_OK
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"isoflop: warning: serving the UI on {args.host}, reachable from other machines", file=sys.stderr)
-    print(f"isoflop: MLflow UI at http://{args.host}:{args.port} (store {uri})", flush=True)
+    print(f"isoflop: MLflow UI at http://{args.host}:{args.port} (store {redact_text(uri)})", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     return subprocess.call(cmd)
 

@@ -22,6 +22,9 @@ class TrackingConfig:
     # or an MLflow tracking URI (http://host:5000, sqlite:////abs/path.db)
     uri: str | None = None
     experiment: str | None = None  # MLflow experiment name; null = the study name
+    # seconds between a training's writes of its buffered curves to the store; a run shorter
+    # than this hands them to the driver at its end and never opens the store itself
+    flush_every_s: float = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)

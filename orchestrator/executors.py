@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.startboard import StartBoard
+from orchestrator.sysmetrics import sampled
 from orchestrator.tracking import MetricRow, SinkFactory
 from trainers import RunResult, RunSpec, get_trainer
 
@@ -50,11 +51,13 @@ class Completion:
 def execute(spec: RunSpec, sink_factory: SinkFactory) -> tuple[RunResult, tuple[MetricRow, ...]]:
     """Train one run (the body of every worker task); returns the result and the metric rows
     still buffered in the sink, which the driver logs with the final metrics in one write (a
-    short run then costs the worker no tracking-store round trip at all). A failed run flushes
-    its partial curve from the worker, for the post-mortem."""
+    short run then costs the worker no tracking-store round trip at all). The host's use is
+    sampled meanwhile (:mod:`orchestrator.sysmetrics`). A failed run flushes its partial curve
+    from the worker, for the post-mortem."""
     sink = sink_factory()
     try:
-        result = get_trainer(spec.trainer).train(spec, sink)
+        with sampled(sink) as monitored:  # system/* metrics while it trains
+            result = get_trainer(spec.trainer).train(spec, monitored)
     except BaseException:
         flush = getattr(sink, "flush", None)
         if flush is not None:

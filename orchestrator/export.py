@@ -9,6 +9,7 @@ import laws
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from orchestrator.fitting import fit_laws, study_laws
+from orchestrator.secrets import redact_text
 from orchestrator.study import open_tracker, tracking_uri
 from orchestrator.tracking import FinishedRun
 
@@ -44,7 +45,7 @@ def export_with_runs(
     document["study"] = {
         "name": study.name,
         "parent_run_id": parent,
-        "tracking_uri": tracking_uri(study),
+        "tracking_uri": redact_text(tracking_uri(study)),
         "finished_runs": len(runs),
         "not_fitted": {o.name: o.error for o in outcomes if o.fit is None},
     }

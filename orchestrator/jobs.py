@@ -7,8 +7,10 @@ the cluster it runs in. Ray jobs run once; a job that died is continued with ``i
 again (or ``isoflop resume``): finished runs are never redone.
 
 Token authentication (on by default in Ray 2.60): the Jobs client sends the cluster's token when
-``RAY_AUTH_MODE=token`` is set, which is done here when a token file (``~/.ray/auth_token``, or
-``RAY_AUTH_TOKEN_PATH``) exists. Tokens are never written into params, tags or logs.
+``RAY_AUTH_MODE=token`` is set, which is done here when a token is at hand: ``RAY_AUTH_TOKEN``
+in the environment, or a token file (``RAY_AUTH_TOKEN_PATH``, default ``~/.ray/auth_token``). A
+cluster that refuses the token (or wants one and gets none) is a clear error naming
+``--address`` (exit 2), not a traceback. Tokens are never written into params, tags or logs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,15 +45,33 @@ class StudyJob:
 
 
 def _client(address: str) -> Any:
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in os.environ and token.is_file():
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
         os.environ["RAY_AUTH_MODE"] = "token"
     from ray.job_submission import JobSubmissionClient
 
+    with _refusals(address):
+        try:
+            return JobSubmissionClient(address)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise StudyError("--address", f"cannot reach the Ray Jobs API at {address!r}: {exc}") from None
+
+
+@contextmanager
+def _refusals(address: str) -> Iterator[None]:
+    """A cluster that refuses this client's token is bad input naming ``--address``."""
+    from ray.exceptions import AuthenticationError
+
     try:
-        return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise StudyError("--address", f"cannot reach the Ray Jobs API at {address!r}: {exc}") from None
+        yield
+    except AuthenticationError as exc:
+        # Ray's message says which (no token, or a wrong one) and never holds the token itself
+        reason = exc.message.splitlines()[0] if exc.message else "authentication failed"
+        raise StudyError(
+            "--address",
+            f"the Ray cluster at {address!r} refused this client: {reason} (set RAY_AUTH_TOKEN, or "
+            "RAY_AUTH_TOKEN_PATH to a file holding the cluster's token)",
+        ) from None
 
 
 def submission_id(study: str, now: float | None = None) -> str:
@@ -73,19 +94,22 @@ def submit_study(
     entrypoint = " ".join(
         shlex.quote(a) for a in ["python", "-m", "orchestrator.cli", "run", str(relative), *overrides]
     )
-    return client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id(study.name),
-        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
-        metadata={STUDY_META: study.name},
-    )
+    with _refusals(address):
+        return client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=submission_id(study.name),
+            runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
+            metadata={STUDY_META: study.name},
+        )
 
 
 def study_jobs(address: str, study: str | None = None) -> list[StudyJob]:
     """Submitted studies (all, or one study's jobs), oldest first."""
     client = _client(address)
     out = []
-    for job in client.list_jobs():
+    with _refusals(address):
+        jobs = client.list_jobs()
+    for job in jobs:
         name = (job.metadata or {}).get(STUDY_META)
         if name is None or (study is not None and name != study):
             continue
@@ -106,6 +130,9 @@ def cancel_study(address: str, study: str) -> list[str]:
     client = _client(address)
     stopped = []
     for job in study_jobs(address, study):
-        if job.status in ("PENDING", "RUNNING") and client.stop_job(job.submission_id):
-            stopped.append(job.submission_id)
+        if job.status not in ("PENDING", "RUNNING"):
+            continue
+        with _refusals(address):
+            if client.stop_job(job.submission_id):
+                stopped.append(job.submission_id)
     return stopped

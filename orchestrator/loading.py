@@ -129,6 +129,9 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("trainer.optim.ema", f"must be in [0, 1) (0 = no EMA), got {t.optim.ema}")
     if t.optim.ema_batch_size < 0:
         raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
+    if study.tracking.flush_every_s < 0:
+        raise StudyError("tracking.flush_every_s", f"must be 0 (every metric at once) or more, got {study.tracking.flush_every_s}")
+    _validate_domains(study)
     if study.resources.pending_warn_s < 0:
         raise StudyError("resources.pending_warn_s", f"must be 0 (never) or more, got {study.resources.pending_warn_s}")
     if t.simulated.sleep_s < 0:
@@ -221,6 +224,23 @@ def _auto_or_amount(key: str, value: str, what: str) -> None:
         ok = False
     if not ok:
         raise StudyError(key, f"must be 'auto' or a non-negative {what}, got {value!r}")
+
+
+def _validate_domains(study: StudyConfig) -> None:
+    """Every domain names a source that exists, with settings it can generate from."""
+    from trainers.sources import SOURCES
+
+    for name, domain in study.trainer.data.domains.items():
+        key = f"trainer.data.domains.{name}"
+        if domain.source not in SOURCES:
+            raise StudyError(f"{key}.source", f"unknown source {domain.source!r}; valid sources: {', '.join(SOURCES)}")
+        if domain.source == "markov":
+            if not 1 <= domain.symbols <= 255:
+                raise StudyError(f"{key}.symbols", f"must be between 1 and 255, got {domain.symbols}")
+            if domain.concentration <= 0:
+                raise StudyError(f"{key}.concentration", f"must be positive, got {domain.concentration}")
+            if domain.synthetic_bytes <= 0:
+                raise StudyError(f"{key}.synthetic_bytes", f"must be positive, got {domain.synthetic_bytes}")
 
 
 def _check_numbers(node: Any, prefix: str) -> None:
@@ -374,6 +394,7 @@ def _validate_names(study: StudyConfig) -> None:
 def _validate_laws(study: StudyConfig) -> None:
     """Every law entry must build, have a unique name, and fit a loss its runs record."""
     from laws import LAW_NAMES
+    from laws.custom import CustomLawError
     from orchestrator.fitting import SUPERVISED_FAMILIES, build_law, law_name
     from orchestrator.grid import domain_names
 
@@ -389,6 +410,9 @@ def _validate_laws(study: StudyConfig) -> None:
             raise StudyError(f"{key}.expression", f"expression, inputs and params are for custom laws, not {c.family!r}")
         try:
             build_law(c, len(domains))
+        except CustomLawError as exc:  # "<field>: <message>", the field of the law's entry
+            field, _, message = str(exc).partition(": ")
+            raise StudyError(f"{key}.{field}" if message else key, message or field) from None
         except ValueError as exc:
             raise StudyError(key, str(exc)) from None
         name = law_name(c)

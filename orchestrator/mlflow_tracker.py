@@ -9,6 +9,7 @@ params and tags compare strings, so the run key is a tag.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from orchestrator.secrets import redact_text
 from orchestrator.tracking import (
     STAGE_TAG,
     FinishedRun,
@@ -105,22 +107,27 @@ class MlflowSink:
 class MlflowSinkFactory:
     """Picklable: shipped to Ray workers, builds an ``MlflowSink`` there."""
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 5.0) -> None:
         self.uri = uri
         self.run_id = run_id
+        self.flush_every_s = flush_every_s
 
     def __call__(self) -> MlflowSink:
-        return MlflowSink(self.uri, self.run_id)
+        return MlflowSink(self.uri, self.run_id, self.flush_every_s)
 
 
 class MlflowTracker(Tracker):
     """Tracks a study in an MLflow store (embedded sqlite or a tracking server)."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, *, flush_every_s: float = 5.0) -> None:
+        # MLflow prints "View run ... at: <server URI>" to stdout each time a run ends on a
+        # server: two lines per training in the study's output, with the URI's credentials
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.experiment_name = experiment
+        self.flush_every_s = flush_every_s  # how often workers write their buffered curves
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = ""
         self.parent_id = ""
@@ -131,11 +138,11 @@ class MlflowTracker(Tracker):
     def attach(self, name: str) -> str:
         """Find an existing study without changing anything (for status and export)."""
         if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).is_file():
-            raise LookupError(f"no study named {name!r}: no tracking store at {self.uri}")
+            raise LookupError(f"no study named {name!r}: no tracking store at {redact_text(self.uri)}")
         exp = self.client.get_experiment_by_name(self.experiment_name)
         parent = find_parent_run(self.client, exp.experiment_id, name) if exp is not None else None
         if exp is None or parent is None:
-            raise LookupError(f"no study named {name!r} in {self.uri}")
+            raise LookupError(f"no study named {name!r} in {redact_text(self.uri)}")
         self.experiment_id, self.parent_id = exp.experiment_id, parent
         return parent
 
@@ -225,7 +232,7 @@ class MlflowTracker(Tracker):
         return run_id
 
     def sink_factory(self, run_id: str) -> SinkFactory:
-        return MlflowSinkFactory(self.uri, run_id)
+        return MlflowSinkFactory(self.uri, run_id, self.flush_every_s)
 
     def finish_run(self, run_id: str, result: RunResult, leftover: Sequence[MetricRow] = ()) -> FinishedRun:
         now = int(time.time() * 1000)
@@ -247,7 +254,7 @@ class MlflowTracker(Tracker):
     def fail_run(self, run_id: str, reason: str) -> None:
         self._inputs.pop(run_id, None)
         self._stages.pop(run_id, None)
-        self.client.set_tag(run_id, "isoflop.failure", reason[:4000])
+        self.client.set_tag(run_id, "isoflop.failure", redact_text(reason)[:4000])
         self.client.set_terminated(run_id, status="FAILED")
 
     def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
@@ -335,7 +342,7 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
     exp = client.get_experiment_by_name(experiment)
     parent = find_parent_run(client, exp.experiment_id, name) if exp is not None else None
     if exp is None or parent is None:
-        raise LookupError(f"no study named {name!r} in {uri}")
+        raise LookupError(f"no study named {name!r} in {redact_text(uri)}")
     runs = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=50000
     )

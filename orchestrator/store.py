@@ -10,13 +10,15 @@ from mlflow.tracking import MlflowClient
 from orchestrator.config import StudyConfig
 from orchestrator.loading import study_from_dict
 from orchestrator.mlflow_tracker import ROLE_TAG, STUDY_TAG, default_tracking_uri
+from orchestrator.secrets import redact_text
 
 
 def load_stored_study(name: str, uri: str | None = None) -> StudyConfig:
-    """The latest resolved config of study ``name`` as logged on its parent run."""
+    """The latest resolved config of study ``name`` as logged on its parent run, tracked in
+    ``uri`` (the embedded store under the working directory by default)."""
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise LookupError(f"no study named {name!r}: no tracking store at {uri} (pass the study YAML instead)")
+        raise LookupError(f"no study named {name!r}: no tracking store at {redact_text(uri)} (pass the study YAML instead)")
     client = MlflowClient(tracking_uri=uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
@@ -25,10 +27,14 @@ def load_stored_study(name: str, uri: str | None = None) -> StudyConfig:
         max_results=1,
     ) if experiments else []
     if not runs:
-        raise LookupError(f"no study named {name!r} in {uri}")
+        raise LookupError(f"no study named {name!r} in {redact_text(uri)}")
     run_id = runs[0].info.run_id
     configs = sorted(a.path for a in client.list_artifacts(run_id, "study"))
     if not configs:
-        raise LookupError(f"study {name!r} in {uri} has no stored configuration")
+        raise LookupError(f"study {name!r} in {redact_text(uri)} has no stored configuration")
     local = client.download_artifacts(run_id, configs[-1])
-    return study_from_dict(yaml.safe_load(Path(local).read_text()))
+    raw = yaml.safe_load(Path(local).read_text())
+    # the stored configuration has its credentials masked (orchestrator.secrets): the study
+    # lives in the store it was found in, so that URI is the one to keep using
+    raw.setdefault("tracking", {})["uri"] = uri
+    return study_from_dict(raw)

@@ -29,6 +29,7 @@ from orchestrator.loading import to_yaml
 from orchestrator.mlflow_tracker import MlflowTracker, default_tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
+from orchestrator.secrets import redact_text
 from orchestrator.selection import Selector, journal_storage
 from orchestrator.selection.selector import SelectionView
 from orchestrator.tracking import FinishedRun, Tracker
@@ -51,7 +52,9 @@ def tracking_uri(study: StudyConfig) -> str:
 
 def open_tracker(study: StudyConfig) -> MlflowTracker:
     """The tracker a study's YAML names (the embedded sqlite store by default)."""
-    return MlflowTracker(tracking_uri(study), study.tracking.experiment or study.name)
+    return MlflowTracker(
+        tracking_uri(study), study.tracking.experiment or study.name, flush_every_s=study.tracking.flush_every_s
+    )
 
 
 def selection_journal(study: StudyConfig) -> Path:
@@ -208,7 +211,7 @@ def run_study(
     refitter.tracker = tracker
     if selector is not None:
         refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit, on_selection or (lambda view: None))
-    parent = tracker.open_study(study.name, to_yaml(study))
+    parent = tracker.open_study(study.name, redact_text(to_yaml(study)))
     scheduler = Scheduler(
         candidates if selector is None else [],
         executor=executor,

@@ -58,6 +58,22 @@ MORE = [
     ("discrepancy not a boolean", _sel(mode="active", budget_fraction=0.5, discrepancy="maybe", target={"budget": 1e21}),
      "selection.discrepancy"),
     ("bad selection mode", _sel(mode="bayes"), "selection.mode"),
+    ("unknown data source", {**DENSE_TINY, "trainer": {"data": {"domains": {"code": {"source": "nowhere"}}}}},
+     "trainer.data.domains.code.source"),
+    ("markov alphabet too large",
+     {**DENSE_TINY, "trainer": {"data": {"domains": {"m": {"source": "markov", "symbols": 300}}}}},
+     "trainer.data.domains.m.symbols"),
+    ("replay table missing", {"name": "r", "trainer": {"kind": "replay", "replay": {"path": "/nonexistent/runs.csv"}}},
+     "trainer.replay.path"),
+    ("custom law calls a function",
+     {**_SIM, "laws": [{"family": "custom", "name": "evil", "expression": "__import__('os').getcwd() + N",
+                        "inputs": ["N"], "params": {"E": [1, 2]}}]},
+     "laws[0].expression"),
+    ("teachers from a study that is not there",
+     {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6],
+                                                             "teachers": {"N": [6e4], "D": [4e6], "from_studies": ["nope"]}}},
+     "grid.teachers.from_studies"),
+    ("negative flush interval", {**_SIM, "tracking": {"flush_every_s": -1}}, "tracking.flush_every_s"),
 ]
 
 CORPUS = [(label, raw, key) for label, raw, key in BAD_STUDIES] + MORE

@@ -71,6 +71,9 @@ def test_simulated_study_is_tracked_nested_deduplicated_and_exported(ray_local, 
         # the worker streamed the loss curve into the child run
         history = client.get_metric_history(child.info.run_id, "train_loss")
         assert len(history) >= 2
+        # and the host's use while it trained, in the UI's system-metrics section
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(child.data.metrics)
+        assert len(client.get_metric_history(child.info.run_id, "system/system_memory_usage_megabytes")) >= 2
 
     again = run_study(study)
     assert again.stats.skipped == 15 and again.stats.finished == 0

@@ -26,9 +26,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A Ray head with its dashboard on 127.0.0.1, stopped with its own processes only."""
+    """A Ray head with its dashboard on 127.0.0.1 and token authentication, stopped with its own
+    processes only."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    # token authentication on, whatever the machine's defaults (the token is ~/.ray/auth_token)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     port, dash = _free_port(), _free_port()
     temp = tmp_path_factory.mktemp("ray")
     proc = subprocess.Popen(
@@ -114,3 +116,17 @@ def test_submit_to_an_unreachable_cluster_exits_2(tmp_path: Path, capsys) -> Non
     ok.write_text("name: ok\ntrainer: {kind: simulated}\ngrid: {N: [1e6], D: [1e8]}\n")
     assert main(["submit", str(ok), "--address", "http://127.0.0.1:1", "--working-dir", str(tmp_path)]) == 2
     assert "--address" in capsys.readouterr().err
+
+
+def test_a_refused_token_is_bad_input_naming_the_address(ray_head: str) -> None:
+    """A client with the wrong token gets one clear line and exit 2, and the token is not in it."""
+    token = "wrong-token-0123456789abcdef0123456789abcdef"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_AUTH_TOKEN_PATH": "/nonexistent"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "status", "--address", ray_head],
+        env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "--address" in proc.stderr and "refused" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert token not in proc.stderr + proc.stdout

@@ -148,7 +148,7 @@ def test_laws_are_bare_family_names_or_entries_also_from_overrides() -> None:
     assert [c.family for c in overridden.laws] == ["chinchilla_gamma", "sparsity"]
     with pytest.raises(StudyError) as info:
         study_from_dict({**base, "laws": [{**custom, "expression": "E + __import__('os')"}]})
-    assert info.value.key == "laws[0]"
+    assert info.value.key == "laws[0].expression"
     with pytest.raises(StudyError) as info:
         study_from_dict({**base, "laws": [{"family": "chinchilla", "expression": "E"}]})
     assert info.value.key == "laws[0].expression"

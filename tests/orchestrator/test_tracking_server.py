@@ -115,11 +115,11 @@ def _children(uri: str, parent: str) -> list:
     return client.search_runs([exp], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
 
 
-def _study(name: str, uri: str, sleep_s: float = 0.0):  # noqa: ANN202 - StudyConfig
+def _study(name: str, uri: str, sleep_s: float = 0.0, flush_every_s: float = 5.0):  # noqa: ANN202 - StudyConfig
     return study_from_dict(
         {
             "name": name,
-            "tracking": {"uri": uri},
+            "tracking": {"uri": uri, "flush_every_s": flush_every_s},
             "trainer": {"kind": "simulated", "simulated": {"sleep_s": sleep_s}},
             "grid": {"isoflop": {"budgets": [1e18, 1e19, 1e20], "points_per_budget": 4, "span": 20}},
             "resources": {"max_concurrent": 2},
@@ -128,17 +128,38 @@ def _study(name: str, uri: str, sleep_s: float = 0.0):  # noqa: ANN202 - StudyCo
 
 
 def test_concurrent_workers_log_to_a_postgres_backed_server(server: MlflowServer, ray_local) -> None:
-    outcome = run_study(_study("pg-study", server.uri))
+    """The workers themselves write their curves over HTTP while they train (runs of 1 s that
+    flush every 0.2 s): a poller sees RUNNING children that already have a loss curve."""
+    client = MlflowClient(tracking_uri=server.uri)
+    seen_live: list[str] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            exp = client.get_experiment_by_name("pg-study")
+            if exp is not None:
+                for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+                    if PARENT_TAG in run.data.tags and "train_loss" in run.data.metrics:
+                        seen_live.append(run.info.run_id)
+            time.sleep(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        outcome = run_study(_study("pg-study", server.uri, sleep_s=1.0, flush_every_s=0.2))
+    finally:
+        done.set()
+        poller.join()
+    assert seen_live, "no worker wrote to the server while its run was training"
     assert outcome.stats.finished == 12
     children = _children(server.uri, outcome.parent_run_id)
     assert len(children) == 12 and {c.info.status for c in children} == {"FINISHED"}
-    client = MlflowClient(tracking_uri=server.uri)
     assert all(len(client.get_metric_history(c.info.run_id, "train_loss")) >= 2 for c in children[:3])
     parent = client.get_run(outcome.parent_run_id)
     assert "law.chinchilla.alpha" in parent.data.metrics
     assert {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")} >= {"plots/loss_vs_compute.png"}
     # re-running against the server skips everything
-    again = run_study(_study("pg-study", server.uri))
+    again = run_study(_study("pg-study", server.uri, sleep_s=1.0, flush_every_s=0.2))
     assert again.stats.skipped == 12 and again.stats.finished == 0
 
 
@@ -166,3 +187,38 @@ def test_a_brief_server_outage_loses_nothing(server: MlflowServer, ray_local) ->
         if child.info.status == "FINISHED":
             assert "final_loss" in child.data.metrics
             assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 10
+
+
+def test_credentials_in_the_tracking_uri_are_never_written_or_printed(
+    server: MlflowServer, ray_local, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A tracking URI with a password: the study runs against it, and the password is in no
+    param, tag, artifact, export or line of output (status and export find it by name too)."""
+    secret = "s3cret-Pa55word"
+    uri = server.uri.replace("http://", f"http://isoflop:{secret}@")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "secret.yaml"
+    path.write_text(
+        f"name: pg-secret\ntracking: {{uri: '{uri}'}}\ntrainer: {{kind: simulated}}\n"
+        "grid: {N: [1e6, 1e7, 1e8], D: [1e8, 1e9]}\n"
+    )
+    from orchestrator.cli import main
+
+    assert main(["run", str(path)]) == 0
+    assert main(["status", "pg-secret", "--tracking-uri", uri]) == 0
+    assert main(["export", "pg-secret", "--tracking-uri", uri, "--format", "json"]) == 0
+    assert main(["ui", "pg-secret", "--tracking-uri", uri]) == 0  # a server serves its own UI
+    out = capsys.readouterr()
+    assert "finished 6" in out.out and '"params"' in out.out and "isoflop:***@" in out.out
+    assert secret not in out.out + out.err
+
+    client = MlflowClient(tracking_uri=server.uri)
+    exp = client.get_experiment_by_name("pg-secret")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 7
+    for run in runs:
+        assert secret not in repr(run.data.params) + repr(run.data.tags)
+    parent = next(r for r in runs if PARENT_TAG not in r.data.tags)
+    stored = [a.path for a in client.list_artifacts(parent.info.run_id, "study")]
+    text = Path(client.download_artifacts(parent.info.run_id, stored[-1], str(tmp_path))).read_text()
+    assert "tracking" in text and secret not in text and "isoflop:***@" in text
