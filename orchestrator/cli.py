@@ -21,6 +21,9 @@ EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # MLflow draws a progress bar on stderr for every artifact it downloads (a stored study, a
+    # fit document): noise around isoflop's own lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -195,9 +198,6 @@ def fit_line(name: str, fit, n_runs: int) -> str:  # noqa: ANN001 - laws.LawFit
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.mlflow_tracker import study_status
-    from orchestrator.study import tracking_uri
-
     if args.study is None and args.address is None:
         raise StudyError("study", "name a study, or give --address to list submitted studies")
     name = None
@@ -220,15 +220,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         # its store is the cluster's tracking server, not this machine's
         print(f"isoflop: {redact_text(str(exc.args[0]))}; pass --tracking-uri to read its runs and fits")
         return EXIT_OK
-    st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
-    counts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(st.counts.items())) or "no runs yet"
-    print(f"study {st.name!r} (parent run {st.parent_run_id}): {counts}; {st.flops_done:.3g} FLOPs done")
-    for law, params in st.fits.items():
-        print(f"  {law}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
-    if st.selection:
-        from orchestrator.selection.selector import SelectionView
+    from orchestrator.status import status_lines
 
-        print(f"  {SelectionView(metrics=st.selection, next_runs=()).summary()}")
+    for line in status_lines(study):
+        print(line)
     return EXIT_OK
 
 

@@ -212,59 +212,29 @@ class LiveView:
             )
 
     def _eta(self, mean: float | None, pending: int, running: int, now: float) -> float | None:
-        """Seconds left: the runs left, each taking the mean run time, ``parallel`` at a time.
-
-        Runs in flight count as having their mean duration minus what they already ran. Under a
-        budget the runs left are estimated from the FLOPs left and the mean FLOPs of a done run.
-        """
-        if mean is None:
-            return None
-        left = pending
-        if self.budget_flops is not None:
-            done_here = self._done - self._skipped
-            per_run = self._flops / self._done if self._done else None
-            if per_run and done_here:
-                in_flight_flops = per_run * running
-                left = min(
-                    pending,
-                    max(
-                        int(round((self.budget_flops - self._flops - in_flight_flops) / per_run)), 0
-                    ),
-                )
-        parallel = max(self._max_running, 1)
-        in_flight = max((max(mean - (now - t), 0.0) for t in self._started.values()), default=0.0)
-        return in_flight + mean * left / parallel
+        return estimate_eta(
+            mean,
+            pending,
+            [now - t for t in self._started.values()],
+            parallel=self._max_running,
+            budget_flops=self.budget_flops,
+            flops_done=self._flops,
+            done=self._done,
+            done_here=self._done - self._skipped,
+        )
 
     # -- drawing ---------------------------------------------------------------------------------
 
     def lines(self) -> list[str]:
         """The block's lines for the current state."""
-        s = self.snapshot()
-        head = f"isoflop: {self.title}  " if self.title else "isoflop: "
-        waiting = (
-            f"{s.pending} candidates left" if s.budget_flops is not None else f"{s.pending} pending"
+        return block_lines(
+            self.title,
+            self.snapshot(),
+            fits=[fit_summary(state) for _, state in sorted(self.fits.items())],
+            selection=self.selection.summary() if self.selection is not None else None,
+            last_error=self._last_error,
+            final=self._closed,
         )
-        runs = (
-            f"{head}runs {s.done + s.failed}/{s.total}: {waiting}, {s.running} running, "
-            f"{s.done} done"
-            + (f" ({s.skipped} already)" if s.skipped else "")
-            + f", {s.failed} failed"
-            + (f", {s.retries} retried" if s.retries else "")
-        )
-        flops = f"  FLOPs {s.flops_done:.3g}"
-        if s.budget_fraction is not None:
-            flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
-        timing = f"  elapsed {_duration(s.elapsed_s)}"
-        if s.mean_run_s is not None:
-            timing += f", mean run {s.mean_run_s:.1f}s"
-        timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not self._closed else ""
-        out = [runs, flops + timing]
-        out += [f"  {fit_summary(state)}" for _, state in sorted(self.fits.items())]
-        if self.selection is not None:
-            out.append(f"  {self.selection.summary()}")
-        if self._last_error and s.failed:
-            out.append(f"  last failure: {self._last_error}")
-        return out
 
     def _maybe_draw(self, now: float) -> None:
         if self._active and not self._closed and now - self._last_draw >= self.min_interval_s:
@@ -297,6 +267,71 @@ class LiveView:
                 if self._closed:
                     return
                 self._maybe_draw(self.clock())
+
+
+def estimate_eta(
+    mean: float | None,
+    pending: int,
+    running_for: Sequence[float],
+    *,
+    parallel: int,
+    budget_flops: float | None = None,
+    flops_done: float = 0.0,
+    done: int = 0,
+    done_here: int = 0,
+) -> float | None:
+    """Seconds left: the runs left, each taking the mean run time, ``parallel`` at a time.
+
+    Runs in flight (``running_for``: how long each has run) count as having their mean duration
+    minus what they already ran. Under a budget the runs left are estimated from the FLOPs left
+    and the mean FLOPs of a done run (once runs of this invocation, ``done_here``, finished).
+    """
+    if mean is None:
+        return None
+    left = pending
+    if budget_flops is not None:
+        per_run = flops_done / done if done else None
+        if per_run and done_here:
+            in_flight_flops = per_run * len(running_for)
+            left = min(pending, max(int(round((budget_flops - flops_done - in_flight_flops) / per_run)), 0))
+    in_flight = max((max(mean - t, 0.0) for t in running_for), default=0.0)
+    return in_flight + mean * left / max(parallel, 1)
+
+
+def block_lines(
+    title: str,
+    s: Snapshot,
+    *,
+    fits: Sequence[str] = (),
+    selection: str | None = None,
+    last_error: str | None = None,
+    final: bool = False,
+) -> list[str]:
+    """The status block: runs by state, FLOPs (against the budget), times, one line per law fit
+    and the selection's state. The live view draws it; ``isoflop status`` prints it from the store."""
+    head = f"isoflop: {title}  " if title else "isoflop: "
+    waiting = f"{s.pending} candidates left" if s.budget_flops is not None else f"{s.pending} pending"
+    runs = (
+        f"{head}runs {s.done + s.failed}/{s.total}: {waiting}, {s.running} running, "
+        f"{s.done} done"
+        + (f" ({s.skipped} already)" if s.skipped else "")
+        + f", {s.failed} failed"
+        + (f", {s.retries} retried" if s.retries else "")
+    )
+    flops = f"  FLOPs {s.flops_done:.3g}"
+    if s.budget_fraction is not None:
+        flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
+    timing = f"  elapsed {_duration(s.elapsed_s)}"
+    if s.mean_run_s is not None:
+        timing += f", mean run {s.mean_run_s:.1f}s"
+    timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not final else ""
+    out = [runs, flops + timing]
+    out += [f"  {line}" for line in fits]
+    if selection:
+        out.append(f"  {selection}")
+    if last_error and s.failed:
+        out.append(f"  last failure: {last_error}")
+    return out
 
 
 class PlainProgress:

@@ -8,14 +8,17 @@ params and tags compare strings, so the run key is a tag.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -265,6 +268,10 @@ class MlflowTracker(Tracker):
         for name, fig in figures.items():
             self.client.log_figure(self.parent_id, fig, f"plots/{name}")
 
+    def log_study_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.parent_id, key, value)
+
     def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         now = int(time.time() * 1000)
         rows = [Metric(k, float(v), now, step) for k, v in metrics.items()]
@@ -337,30 +344,70 @@ def find_parent_run(client: MlflowClient, experiment_id: str, name: str) -> str 
 
 
 def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
-    """A snapshot of a study from its store (also while it runs elsewhere)."""
+    """A snapshot of a study from its store (also while it runs elsewhere): every attempt of
+    every run, the times they took, the latest fit document of every law, the selection's
+    metrics and tags, and the latest failure."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     parent = find_parent_run(client, exp.experiment_id, name) if exp is not None else None
     if exp is None or parent is None:
         raise LookupError(f"no study named {name!r} in {redact_text(uri)}")
     runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=50000
+        [exp.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
+        max_results=50000,
+        order_by=["attributes.start_time ASC"],
     )
+    now_ms = time.time() * 1000
     counts: dict[str, int] = {}
+    attempts: dict[str, list[str]] = {}
+    seconds: list[float] = []
+    running_for: list[float] = []
     flops = 0.0
+    last_failure: tuple[int, str] | None = None
     for run in runs:
-        counts[run.info.status] = counts.get(run.info.status, 0) + 1
-        if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+        status = run.info.status
+        counts[status] = counts.get(status, 0) + 1
+        attempts.setdefault(run.data.tags.get(KEY_TAG, run.info.run_id), []).append(status)
+        if status == RunStatus.to_string(RunStatus.FINISHED):
             flops += float(run.data.metrics.get("flops", 0.0))
-    parent_metrics = client.get_run(parent).data.metrics
+            if run.info.end_time:
+                seconds.append((run.info.end_time - run.info.start_time) / 1000)
+        elif status == "RUNNING":
+            running_for.append(max(now_ms - run.info.start_time, 0.0) / 1000)
+        elif status == "FAILED" and (last_failure is None or run.info.start_time >= last_failure[0]):
+            last_failure = (run.info.start_time, run.data.tags.get("isoflop.failure", "unknown error"))
+    study_run = client.get_run(parent)
+    parent_metrics = study_run.data.metrics
     fits: dict[str, dict[str, float]] = {}
     for key, value in parent_metrics.items():
         parts = key.split(".")
         if len(parts) == 3 and parts[0] == "law":  # law.<law>.<param>; intervals have 4 parts
             fits.setdefault(parts[1], {})[parts[2]] = float(value)
-    selection = {k: float(v) for k, v in parent_metrics.items() if k.startswith("selection.")}
+    documents: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="isoflop-status-") as scratch:
+        for artifact in client.list_artifacts(parent, "fits"):
+            if artifact.path.endswith(".json"):
+                # a document being rewritten right now is skipped: its metrics still tell
+                with contextlib.suppress(OSError, ValueError, MlflowException):
+                    local = client.download_artifacts(parent, artifact.path, scratch)
+                    documents[Path(artifact.path).stem] = json.loads(Path(local).read_text())
+    info = study_run.info
     return StudyStatus(
-        name=name, parent_run_id=parent, counts=counts, flops_done=flops, fits=fits, selection=selection
+        name=name,
+        parent_run_id=parent,
+        counts=counts,
+        flops_done=flops,
+        fits=fits,
+        selection={k: float(v) for k, v in parent_metrics.items() if k.startswith("selection.")},
+        attempts=attempts,
+        run_seconds=seconds,
+        running_since_s=running_for,
+        elapsed_s=((info.end_time or now_ms) - info.start_time) / 1000,
+        study_status=info.status,
+        fit_documents=documents,
+        tags={k: v for k, v in study_run.data.tags.items() if k.startswith("isoflop.")},
+        last_failure=last_failure[1] if last_failure else None,
     )
 
 

@@ -257,6 +257,11 @@ def run_study(
     )
 
 
+#: parent-run tags: the run keys the selection would propose next, and why it stopped
+NEXT_TAG = "isoflop.selection.next"
+STOPPED_TAG = "isoflop.selection.stopped"
+
+
 def _selection_hook(
     selector: Selector, tracker: Tracker, then: Callable[[RefitState], None], show: Callable[[SelectionView], None]
 ) -> Callable[[RefitState], None]:
@@ -269,6 +274,10 @@ def _selection_hook(
             selector.check_stop(state.fit)
             view = selector.view()
             tracker.log_study_metrics(view.metrics, step=state.n_runs)
+            # what it would propose next, for ``isoflop status`` (run keys of the pool)
+            tracker.log_study_tags(
+                {NEXT_TAG: ",".join(r.spec.run_key for r in view.next_runs), STOPPED_TAG: view.stopped or ""}
+            )
             show(view)
 
     return hook

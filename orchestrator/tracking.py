@@ -41,14 +41,23 @@ STAGE_TAG = "isoflop.stage"
 
 @dataclass(frozen=True, kw_only=True)
 class StudyStatus:
-    """Counts of a study's runs by state, plus the latest logged law fits."""
+    """A study as its store records it: its runs' attempts, the latest law fits and selection."""
 
     name: str
     parent_run_id: str
-    counts: Mapping[str, int]
+    counts: Mapping[str, int]  # attempts by MLflow status
     flops_done: float
     fits: Mapping[str, Mapping[str, float]]
     selection: Mapping[str, float] = field(default_factory=dict)  # latest ``selection.*`` metrics
+    #: run key -> the MLflow statuses of its attempts, oldest first
+    attempts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    run_seconds: Sequence[float] = ()  # wall time of each finished attempt
+    running_since_s: Sequence[float] = ()  # seconds each RUNNING attempt has run so far
+    elapsed_s: float = 0.0  # since the parent run started (to its end, if it ended)
+    study_status: str = "RUNNING"  # the parent run's MLflow status
+    fit_documents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # law -> fits/<law>.json
+    tags: Mapping[str, str] = field(default_factory=dict)  # the parent run's isoflop.* tags
+    last_failure: str | None = None  # the reason of the latest failed attempt
 
 
 def law_inputs(plan: RunPlan, spec: RunSpec, extra: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -125,6 +134,9 @@ class Tracker(ABC):
         """Log study-level metrics (e.g. the selection's noise and misfit estimates) on the parent
         run; ``step`` is the number of finished runs."""
 
+    def log_study_tags(self, tags: Mapping[str, str]) -> None:  # noqa: B027 - optional
+        """Set study-level tags on the parent run (e.g. the selection's next choices)."""
+
 
 def final_metrics(result: RunResult) -> dict[str, float]:
     """The end-of-run metrics a tracker records for a finished run (laws read their loss here)."""
@@ -158,6 +170,7 @@ class MemoryTracker(Tracker):
         self.closed: bool | None = None
         self.figures: dict[str, str] = {}
         self.study_metrics: list[tuple[int, dict[str, float]]] = []
+        self.study_tags: dict[str, str] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
 
@@ -240,3 +253,6 @@ class MemoryTracker(Tracker):
 
     def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         self.study_metrics.append((step, dict(metrics)))
+
+    def log_study_tags(self, tags: Mapping[str, str]) -> None:
+        self.study_tags.update(tags)

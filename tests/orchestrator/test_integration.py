@@ -247,8 +247,15 @@ def test_an_active_study_logs_its_selection_and_status_shows_it(store, capsys) -
     path.write_text(yaml.safe_dump(raw))
     capsys.readouterr()
     assert main(["status", str(path)]) == 0
-    line = next(s for s in capsys.readouterr().out.splitlines() if "selection:" in s)
+    out = capsys.readouterr().out.splitlines()
+    line = next(s for s in out if "selection:" in s)
     assert "FLOPs" in line and "misfit" in line and "cost exponent" in line
+    # the same block as the live view: runs by state, FLOPs against the budget, fits with intervals
+    done = outcome.stats.finished
+    assert any(f"{done} done, 0 failed" in s and "candidates left" in s for s in out), out
+    assert any("of budget" in s and "mean run" in s for s in out), out
+    fit_line = next(s for s in out if s.strip().startswith("law chinchilla on"))
+    assert f"on {done} runs" in fit_line and "[" in fit_line
 
 
 def test_another_studys_finished_runs_are_found_for_teachers(store) -> None:

@@ -85,7 +85,7 @@ def test_submit_runs_the_study_on_the_cluster(ray_head: str, tmp_path: Path, cap
     assert _wait(ray_head, "submitted", {"SUCCEEDED", "FAILED", "STOPPED"}) == "SUCCEEDED"
     assert main(["status", str(study), "--address", ray_head]) == 0
     out = capsys.readouterr().out
-    assert "SUCCEEDED" in out and "finished 6" in out
+    assert "SUCCEEDED" in out and "6 done" in out
 
 
 def test_cancel_stops_a_running_study(ray_head: str, tmp_path: Path, capsys) -> None:

@@ -381,3 +381,40 @@ def test_the_live_block_and_the_plain_lines_show_the_selection() -> None:
     plain.on_selection(_selection_view())
     plain.on_selection(_selection_view())  # the same state is not printed twice
     assert pipe.getvalue().count("selection: ") == 1
+
+
+def test_status_counts_runs_not_attempts() -> None:
+    from orchestrator.status import run_states
+
+    attempts = {
+        "a": ["FINISHED"],
+        "b": ["FAILED", "FINISHED"],  # retried, then done
+        "c": ["FAILED", "RUNNING"],  # retrying now
+        "d": ["FAILED"],  # one failure, a retry still allowed
+        "e": ["FAILED", "FAILED"],  # out of attempts
+        "f": ["KILLED"],  # a dead driver's: redone, so pending
+    }
+    assert run_states(attempts, max_attempts=2, ended=False) == {"done": 2, "running": 1, "failed": 1, "retries": 4}
+    # once the study has ended, a run that never finished has failed
+    assert run_states(attempts, max_attempts=2, ended=True) == {"done": 2, "running": 1, "failed": 2, "retries": 3}
+
+
+def test_status_shows_the_selections_next_runs_from_the_parent_tags() -> None:
+    from orchestrator.grid import expand
+    from orchestrator.loading import study_from_dict
+    from orchestrator.status import selection_line
+    from orchestrator.study import NEXT_TAG
+    from orchestrator.tracking import StudyStatus
+
+    study = study_from_dict({"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6, 1e7], "D": [1e8, 1e9]}})
+    runs = expand(study)
+    st = StudyStatus(
+        name="s", parent_run_id="p", counts={}, flops_done=0.0, fits={},
+        selection={"selection.spent_flops": 1e15, "selection.budget_flops": 1e16},
+        tags={NEXT_TAG: f"{runs[3].spec.run_key},unknown-key,{runs[0].spec.run_key}"},
+    )
+    line = selection_line(st, runs)
+    p3, p0 = runs[3].plan, runs[0].plan
+    assert line.endswith(f"next N={p3.n_params:.2g} D={p3.tokens:.2g}, N={p0.n_params:.2g} D={p0.tokens:.2g}")
+    assert "(10%)" in line
+    assert selection_line(StudyStatus(name="s", parent_run_id="p", counts={}, flops_done=0, fits={}), runs) is None

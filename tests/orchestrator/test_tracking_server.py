@@ -209,7 +209,7 @@ def test_credentials_in_the_tracking_uri_are_never_written_or_printed(
     assert main(["export", "pg-secret", "--tracking-uri", uri, "--format", "json"]) == 0
     assert main(["ui", "pg-secret", "--tracking-uri", uri]) == 0  # a server serves its own UI
     out = capsys.readouterr()
-    assert "finished 6" in out.out and '"params"' in out.out and "isoflop:***@" in out.out
+    assert "6 done" in out.out and '"params"' in out.out and "isoflop:***@" in out.out
     assert secret not in out.out + out.err
 
     client = MlflowClient(tracking_uri=server.uri)

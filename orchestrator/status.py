@@ -1,0 +1,123 @@
+"""``isoflop status``: the live view's block, read from the tracking store.
+
+The study may be running here, on a cluster, or not at all any more: everything comes from the
+store (the attempts of every run, their times, the latest fit document of every law, the
+selection's metrics and the run keys it would propose next), and it is drawn by the same
+:func:`~orchestrator.live.block_lines` that ``isoflop run`` draws live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import laws
+from orchestrator.config import StudyConfig
+from orchestrator.grid import PlannedRun, expand
+from orchestrator.live import Snapshot, block_lines, estimate_eta, selection_budget_of
+from orchestrator.mlflow_tracker import study_status
+from orchestrator.refit import RefitState, fit_summary
+from orchestrator.selection.selector import SelectionView
+from orchestrator.study import NEXT_TAG, STOPPED_TAG, tracking_uri
+from orchestrator.tracking import StudyStatus
+
+
+def run_states(attempts: Mapping[str, Sequence[str]], *, max_attempts: int, ended: bool) -> dict[str, int]:
+    """Runs (not attempts) by state: ``done`` (an attempt finished), ``running``, ``failed`` (every
+    allowed attempt failed, or the study ended without it finishing) and ``retries`` (failed
+    attempts that were, or will be, tried again). Attempts a dead driver left (KILLED) are redone,
+    so they count as neither."""
+    done = running = failed = failed_attempts = 0
+    for states in attempts.values():
+        n_failed = sum(s == "FAILED" for s in states)
+        failed_attempts += n_failed
+        if "FINISHED" in states:
+            done += 1
+        elif "RUNNING" in states:
+            running += 1
+        elif n_failed and (n_failed >= max_attempts or ended):
+            failed += 1
+    return {"done": done, "running": running, "failed": failed, "retries": failed_attempts - failed}
+
+
+def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun]) -> Snapshot:
+    """The live view's counts and times, from what the store recorded."""
+    ended = st.study_status != "RUNNING"
+    states = run_states(st.attempts, max_attempts=study.resources.max_retries + 1, ended=ended)
+    total = len(runs)
+    pending = max(total - states["done"] - states["failed"] - states["running"], 0)
+    budget = selection_budget_of(study, runs)
+    mean = sum(st.run_seconds) / len(st.run_seconds) if st.run_seconds else None
+    eta = None
+    if not ended:
+        eta = estimate_eta(
+            mean,
+            pending,
+            st.running_since_s,
+            parallel=max(len(st.running_since_s), study.resources.max_concurrent, 1),
+            budget_flops=budget,
+            flops_done=st.flops_done,
+            done=states["done"],
+            done_here=states["done"],
+        )
+    return Snapshot(
+        total=total,
+        pending=pending,
+        running=states["running"],
+        done=states["done"],
+        skipped=0,
+        failed=states["failed"],
+        retries=states["retries"],
+        flops_done=st.flops_done,
+        budget_flops=budget,
+        elapsed_s=st.elapsed_s,
+        mean_run_s=mean,
+        eta_s=eta,
+    )
+
+
+def fit_lines(st: StudyStatus) -> list[str]:
+    """One line per law, as the live view shows it: from the law's latest fit document, or
+    from its parameter metrics when the document cannot be read."""
+    out = []
+    for law in sorted(set(st.fits) | set(st.fit_documents)):
+        document = st.fit_documents.get(law)
+        try:
+            fit_ = laws.LawFit.from_dict(dict(document)) if document is not None else None
+        except (KeyError, TypeError, ValueError):
+            fit_ = None
+        if fit_ is not None:
+            out.append(fit_summary(RefitState(law=law, fit=fit_, n_runs=fit_.report.n_points)))
+        else:
+            params = {k: v for k, v in st.fits.get(law, {}).items() if k != "objective"}
+            out.append(f"law {law}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
+    return out
+
+
+def selection_line(st: StudyStatus, runs: Sequence[PlannedRun]) -> str | None:
+    if not st.selection:
+        return None
+    by_key = {r.spec.run_key: r for r in runs}
+    keys = [k for k in st.tags.get(NEXT_TAG, "").split(",") if k in by_key]
+    view = SelectionView(
+        metrics=st.selection, next_runs=[by_key[k] for k in keys], stopped=st.tags.get(STOPPED_TAG) or None
+    )
+    return view.summary()
+
+
+def status_lines(study: StudyConfig) -> list[str]:
+    """What ``isoflop status`` prints: the study's parent run, then the live view's block."""
+    runs = expand(study)
+    st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
+    head = f"study {st.name!r} (parent run {st.parent_run_id}, {st.study_status.lower()})"
+    block = block_lines(
+        study.name,
+        snapshot_of(st, study, runs),
+        fits=fit_lines(st),
+        selection=selection_line(st, runs),
+        last_error=(st.last_failure or "").strip().splitlines()[0][:200] if st.last_failure else None,
+        final=st.study_status != "RUNNING",
+    )
+    return [head, *block]
+
+
+__all__ = ["fit_lines", "run_states", "selection_line", "snapshot_of", "status_lines"]
