@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["json", "yaml", "md"], default="json")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.add_argument("--budgets", help="comma-separated FLOP budgets for N_opt and D_opt")
+    export.add_argument(
+        "--bootstrap", type=int, metavar="N",
+        help="bootstrap resamples for percentile intervals (default: the study's export.bootstrap)",
+    )
     export.set_defaults(handler=_cmd_export)
 
     fit = sub.add_parser("fit", help="fit a law to a CSV table of runs (no study needed)")
@@ -272,13 +276,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise StudyError("--budgets", f"must be comma-separated numbers, got {args.budgets!r}") from None
         if any(not b > 0 for b in budgets):
             raise StudyError("--budgets", f"must be positive FLOP counts, got {args.budgets!r}")
-    document, runs = export_with_runs(study, budgets=budgets)
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise StudyError("--bootstrap", f"must be 0 or a number of resamples, got {args.bootstrap}")
+    document, runs = export_with_runs(study, budgets=budgets, bootstrap=args.bootstrap)
     if args.format == "md" and args.output:
+        from orchestrator.export import fit_histories
         from orchestrator.report import write_report
 
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        written = write_report(document, runs, out)
+        history = fit_histories(study, [e["name"] for e in document["laws"]])
+        written = write_report(document, runs, out, history=history)
         print(f"isoflop: wrote {out} with {len(written) - 1} figures")
         return EXIT_OK
     if args.format == "md":

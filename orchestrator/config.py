@@ -230,6 +230,9 @@ class ExportConfig:
     """What the exported laws report."""
 
     budgets: list[float] = field(default_factory=list)  # FLOPs at which to give N_opt and D_opt
+    # bootstrap resamples of every law (whole configurations resampled, seeded by the study's
+    # seed) for percentile intervals next to the parametric ones; 0 = parametric intervals only
+    bootstrap: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

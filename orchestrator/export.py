@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import laws
+from laws.bootstrap import bootstrap as bootstrap_fit
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from orchestrator.fitting import fit_laws, study_laws
@@ -19,15 +20,25 @@ def default_budgets(max_run_flops: float) -> list[float]:
     return [max_run_flops * f for f in (10.0, 100.0, 1000.0)]
 
 
-def export_study(study: StudyConfig, *, budgets: Sequence[float] | None = None) -> dict[str, Any]:
+def export_study(
+    study: StudyConfig, *, budgets: Sequence[float] | None = None, bootstrap: int | None = None
+) -> dict[str, Any]:
     """Refit the study's laws on its finished runs and describe them (see ``laws.export_document``)."""
-    return export_with_runs(study, budgets=budgets)[0]
+    return export_with_runs(study, budgets=budgets, bootstrap=bootstrap)[0]
+
+
+def fit_histories(study: StudyConfig, names: Sequence[str]) -> dict[str, dict[int, dict[str, float]]]:
+    """Every logged fit of each named law of the study, by step (for parameter trajectories)."""
+    tracker = open_tracker(study)
+    tracker.attach(study.name)
+    return {name: tracker.fit_history(name) for name in names}
 
 
 def export_with_runs(
-    study: StudyConfig, *, budgets: Sequence[float] | None = None
+    study: StudyConfig, *, budgets: Sequence[float] | None = None, bootstrap: int | None = None
 ) -> tuple[dict[str, Any], list[FinishedRun]]:
-    """The export document and the finished runs it was fitted on."""
+    """The export document and the finished runs it was fitted on. ``bootstrap`` resamples
+    (default ``export.bootstrap``) add percentile intervals to every law that can be resampled."""
     tracker = open_tracker(study)
     parent = tracker.attach(study.name)
     runs = list(tracker.finished_runs().values())
@@ -37,11 +48,27 @@ def export_with_runs(
     chosen = study_laws(study)
     outcomes = fit_laws(chosen, runs, seed=study.seed)
     fitted = [(law, o) for law, o in zip(chosen, outcomes, strict=True) if o.fit is not None]
-    document = laws.export_document([o.fit for _, o in fitted], budgets=budgets)  # type: ignore[misc]
+    resamples = study.export.bootstrap if bootstrap is None else bootstrap
+    boots: list[laws.BootstrapResult | None] = []
+    failed: dict[str, str] = {}
+    for law, outcome in fitted:
+        if resamples <= 0:
+            break
+        try:
+            inputs, y = law.table(runs)
+            boots.append(bootstrap_fit(outcome.fit, inputs, y, n_resamples=resamples, seed=study.seed))  # type: ignore[arg-type]
+        except ValueError as exc:  # e.g. too few configurations to resample: parametric only
+            boots.append(None)
+            failed[law.name] = str(exc)
+    document = laws.export_document(
+        [o.fit for _, o in fitted], budgets=budgets, bootstrap=boots if resamples > 0 else None  # type: ignore[misc]
+    )
     for entry, (law, outcome) in zip(document["laws"], fitted, strict=True):
         # which law of the study this is, and what it was fitted to
         entry["name"] = law.name
         entry["fitted_to"] = {"loss": law.loss, "runs": law.runs, "n_runs": outcome.n_points}
+        if law.name in failed:
+            entry["bootstrap_error"] = failed[law.name]
     document["study"] = {
         "name": study.name,
         "parent_run_id": parent,

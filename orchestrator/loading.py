@@ -129,6 +129,8 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("trainer.optim.ema", f"must be in [0, 1) (0 = no EMA), got {t.optim.ema}")
     if t.optim.ema_batch_size < 0:
         raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
+    if study.export.bootstrap < 0:
+        raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
     if study.tracking.flush_every_s < 0:
         raise StudyError("tracking.flush_every_s", f"must be 0 (every metric at once) or more, got {study.tracking.flush_every_s}")
     _validate_domains(study)

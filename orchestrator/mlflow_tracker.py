@@ -264,6 +264,15 @@ class MlflowTracker(Tracker):
         self.log_study_metrics(fit_metrics(law, fit_document), step=step)
         self.client.log_text(self.parent_id, json.dumps(fit_document, indent=2), f"fits/{law}.json")
 
+    def fit_history(self, law: str) -> dict[int, dict[str, float]]:
+        prefix = f"law.{law}."
+        keys = [k for k in self.client.get_run(self.parent_id).data.metrics if k.startswith(prefix)]
+        history: dict[int, dict[str, float]] = {}
+        for key in keys:
+            for m in sorted(self.client.get_metric_history(self.parent_id, key), key=lambda m: m.timestamp):
+                history.setdefault(m.step, {})[key] = m.value  # the latest value at each step
+        return dict(sorted(history.items()))
+
     def log_figures(self, figures: Mapping[str, object]) -> None:
         for name, fig in figures.items():
             self.client.log_figure(self.parent_id, fig, f"plots/{name}")

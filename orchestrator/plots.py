@@ -27,12 +27,20 @@ def _column(runs: Sequence[FinishedRun], key: str) -> np.ndarray:
 
 
 def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budgets: Sequence[float] = ()) -> Figure:
-    """Final loss against training FLOPs, with the fitted law's compute-optimal frontier."""
+    """Final loss against training FLOPs, with the fitted law along each model size's runs
+    (L(N, C/6N) for the sizes trained) and its compute-optimal frontier out to the budgets."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     c, n, y = _column(runs, "C"), _column(runs, "N"), np.array([r.final_loss for r in runs])
-    sc = ax.scatter(c, y, c=np.log10(n), cmap="viridis", s=18, label="runs")
+    norm = matplotlib.colors.Normalize(*(np.log10([np.nanmin(n), np.nanmax(n)]) if len(n) else (0, 1)))
+    sc = ax.scatter(c, y, c=np.log10(n), cmap="viridis", norm=norm, s=18, label="runs")
     fig.colorbar(sc, ax=ax, label="log10 N")
     if fit_ is not None and {"N", "D"} == set(fit_.get_law().inputs) and len(c):
+        sizes = np.unique(n[np.isfinite(n)])
+        for size in sizes if len(sizes) <= 12 else sizes[:: int(np.ceil(len(sizes) / 12))]:
+            at = c[n == size]
+            cs = np.logspace(np.log10(at.min()) - 0.3, np.log10(at.max()) + 0.3, 30)
+            ax.plot(cs, fit_.predict(N=np.full_like(cs, size), D=cs / (6 * size)), lw=0.8, alpha=0.7,
+                    color=plt.cm.viridis(norm(np.log10(size))))
         hi = max([float(np.nanmax(c)), *budgets])
         grid = np.logspace(np.log10(np.nanmin(c)), np.log10(hi), 60)
         frontier = laws.compute_optimal(fit_, grid)
@@ -82,30 +90,35 @@ def residuals(runs: Sequence[FinishedRun], fit_: laws.LawFit, study_law: StudyLa
     return fig
 
 
-def parameter_trajectories(history: Mapping[int, laws.LawFit]) -> Figure:
-    """Each parameter of a law against the number of finished runs, with its 95 % interval."""
+def parameter_trajectories(law: str, history: Mapping[int, Mapping[str, float]]) -> Figure:
+    """Each parameter of ``law`` against the number of finished runs, with its 95 % interval
+    (``history``: step -> the fit's metrics ``law.<law>.<param>`` and ``.lo``/``.hi``, as
+    :meth:`~orchestrator.tracking.Tracker.fit_history` gives them)."""
     steps = sorted(history)
-    names = list(history[steps[-1]].params)
-    cols = min(len(names), 3)
-    rows = int(np.ceil(len(names) / cols))
+    prefix = f"law.{law}."
+    names = [
+        k.removeprefix(prefix)
+        for k in history[steps[-1]]
+        if k.startswith(prefix) and f"{k}.lo" in history[steps[-1]]
+    ]
+    cols = max(min(len(names), 3), 1)
+    rows = max(int(np.ceil(len(names) / cols)), 1)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), layout="constrained", squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        values = [history[s].params[name] for s in steps]
-        lo, hi = [], []
-        for s in steps:
-            try:
-                iv = laws.parametric_intervals(history[s])[name]
-            except ValueError:
-                iv = (np.nan, np.nan)
-            lo.append(iv[0])
-            hi.append(iv[1])
-        ax.fill_between(steps, lo, hi, alpha=0.25)
-        ax.plot(steps, values, marker=".")
+        key = prefix + name
+        at = [s for s in steps if key in history[s]]
+        ax.fill_between(
+            at,
+            [history[s].get(f"{key}.lo", np.nan) for s in at],
+            [history[s].get(f"{key}.hi", np.nan) for s in at],
+            alpha=0.25,
+        )
+        ax.plot(at, [history[s][key] for s in at], marker=".")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("finished runs", fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{history[steps[-1]].law}: parameters as runs finish", fontsize=10)
+    fig.suptitle(f"{law}: parameters as runs finish", fontsize=10)
     return fig
 
 
@@ -164,13 +177,15 @@ def study_figures(
     fits: Mapping[str, laws.LawFit],
     *,
     budgets: Sequence[float] = (),
-    history: Mapping[str, Mapping[int, laws.LawFit]] | None = None,
+    history: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
     study_laws: Mapping[str, StudyLaw] | None = None,
 ) -> dict[str, Figure]:
     """Every figure that applies to this study, by artifact file name (``study_laws``: how each
-    fitted law was fitted, by name, for its residuals)."""
+    fitted law was fitted, by name, for its residuals; ``history``: each law's logged fits by
+    step, for its parameter trajectories)."""
     runs = [r for r in runs if r.stage != "trunk"]  # a trunk's end point is not a cooled-down run
-    first = next(iter(fits.values()), None)
+    # the N-D figures draw the first law of N and D alone (chinchilla-type)
+    first = next((f for f in fits.values() if set(f.get_law().inputs) == {"N", "D"}), None)
     figures = {
         "loss_vs_compute.png": loss_vs_compute(runs, first, budgets),
         "isoflop_curves.png": isoflop_curves(runs, first),
@@ -189,7 +204,7 @@ def study_figures(
             continue
     for name, hist in (history or {}).items():
         if len(hist) >= 2:
-            figures[f"trajectory_{name}.png"] = parameter_trajectories(hist)
+            figures[f"trajectory_{name}.png"] = parameter_trajectories(name, hist)
     return figures
 
 

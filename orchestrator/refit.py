@@ -68,7 +68,6 @@ class OnlineRefitter:
         self.rng = np.random.default_rng(seed)
         self.on_fit = on_fit or (lambda state: None)
         self.states: dict[str, RefitState] = {}
-        self.history: dict[str, dict[int, laws.LawFit]] = {name: {} for name in self.laws}
         self.updates = 0  # refits completed
         self._runs: dict[str, FinishedRun] = {}
         self._dirty = False
@@ -115,8 +114,6 @@ class OnlineRefitter:
         self.updates += 1
         for name, state in new.items():
             self.states[name] = state
-            if state.fit is not None:
-                self.history[name][state.n_runs] = state.fit
             self._log(state)
             self.on_fit(state)
         self._start()

@@ -15,6 +15,10 @@ def _g(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, int | float) else str(x)
 
 
+def _interval(iv: Sequence[float] | None) -> str:
+    return f"[{_g(iv[0], 3)}, {_g(iv[1], 3)}]" if iv else "-"
+
+
 def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ()) -> str:
     """Render an export document (see ``laws.export``); ``figures`` are relative image paths."""
     study = document.get("study", {})
@@ -36,10 +40,19 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
         if fitted_to:
             lines += [f"Fitted to `{fitted_to['loss']}` of {fitted_to['n_runs']} runs ({fitted_to['runs']}).", ""]
         intervals = entry.get("intervals") or {}
-        lines += [f"| parameter | value | {int(100 * entry.get('level', 0.95))} % interval |", "|---|---:|---|"]
+        boot = entry.get("bootstrap") or {}
+        level = int(100 * entry.get("level", 0.95))
+        head = f"| parameter | value | {level} % interval (parametric) |"
+        rule = "|---|---:|---|"
+        if boot:
+            head += f" {level} % interval (bootstrap, {boot.get('n_converged')} of {boot.get('n_resamples')} resamples) |"
+            rule += "---|"
+        lines += [head, rule]
         for k, v in entry["params"].items():
-            iv = intervals.get(k)
-            lines.append(f"| {k} | {_g(v)} | {f'[{_g(iv[0], 3)}, {_g(iv[1], 3)}]' if iv else '-'} |")
+            row = f"| {k} | {_g(v)} | {_interval(intervals.get(k))} |"
+            if boot:
+                row += f" {_interval((boot.get('intervals') or {}).get(k))} |"
+            lines.append(row)
         report = entry.get("report", {})
         lines += [
             "",
@@ -49,15 +62,32 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
         ]
         for w in report.get("warnings", []):
             lines.append(f"> warning: {w}")
+        if entry.get("bootstrap_error"):
+            lines.append(f"> no bootstrap: {entry['bootstrap_error']}")
         if entry.get("compute_optimal"):
-            lines += ["", "| budget C (FLOPs) | N_opt | D_opt | tokens / parameter | predicted loss |", "|---:|---:|---:|---:|---:|"]
+            boot_rows = {row["C"]: row for row in boot.get("compute_optimal", [])}
+            lines += [
+                "",
+                f"Compute-optimal recipes (C = 6ND), {level} % intervals: parametric"
+                + (", then bootstrap." if boot_rows else "."),
+                "",
+                "| budget C (FLOPs) | N_opt | interval | D_opt | interval | tokens / parameter | predicted loss |",
+                "|---:|---:|---|---:|---|---:|---:|",
+            ]
             for row in entry["compute_optimal"]:
+                b = boot_rows.get(row["C"], {})
+                n_iv = _interval(row.get("N_opt_interval")) + (f"; {_interval(b['N_opt'])}" if b else "")
+                d_iv = _interval(row.get("D_opt_interval")) + (f"; {_interval(b['D_opt'])}" if b else "")
                 lines.append(
-                    f"| {row['C']:.3g} | {row['N_opt']:.3g} | {row['D_opt']:.3g} | {row['tokens_per_param']:.1f} | {row['loss']:.4f} |"
+                    f"| {row['C']:.3g} | {row['N_opt']:.3g} | {n_iv} | {row['D_opt']:.3g} | {d_iv} | "
+                    f"{row['tokens_per_param']:.1f} | {row['loss']:.4f} |"
                 )
         lines.append("")
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
+    else:
+        lines += ["Figures: write the report to a file (`isoflop export STUDY --format md -o REPORT.md`) to",
+                  "get them beside it.", ""]
     runs = document.get("runs") or []
     if runs:
         keys = [k for k in ("N", "D", "C", "S") if any(k in r for r in runs)]
@@ -67,8 +97,15 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
     return "\n".join(lines) + "\n"
 
 
-def write_report(document: Mapping[str, Any], runs: Sequence[FinishedRun], output: Path) -> list[Path]:
-    """Write ``output`` (Markdown) and its figures beside it in ``<stem>_files/``; returns all paths."""
+def write_report(
+    document: Mapping[str, Any],
+    runs: Sequence[FinishedRun],
+    output: Path,
+    *,
+    history: Mapping[str, Mapping[int, Mapping[str, float]]] | None = None,
+) -> list[Path]:
+    """Write ``output`` (Markdown) and its figures beside it in ``<stem>_files/``; returns all
+    paths. ``history``: each law's logged fits by step, for its parameter trajectories."""
     from orchestrator import plots
     from orchestrator.fitting import StudyLaw
 
@@ -80,7 +117,7 @@ def write_report(document: Mapping[str, Any], runs: Sequence[FinishedRun], outpu
         if e.get("fitted_to")
     }
     budgets = document.get("budgets", [])
-    figures = plots.study_figures(runs, fits, budgets=budgets, study_laws=how)
+    figures = plots.study_figures(runs, fits, budgets=budgets, study_laws=how, history=history)
     folder = output.parent / f"{output.stem}_files"
     folder.mkdir(parents=True, exist_ok=True)
     written = []

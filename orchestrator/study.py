@@ -305,9 +305,8 @@ class FigureLogger:
         runs = self.refitter.runs
         if not runs:
             return
-        figures = plots.study_figures(
-            runs, fits, budgets=self.budgets, history=self.refitter.history, study_laws=self.refitter.laws
-        )
+        history = {name: self.tracker.fit_history(name) for name in fits}
+        figures = plots.study_figures(runs, fits, budgets=self.budgets, history=history, study_laws=self.refitter.laws)
         try:
             self.tracker.log_figures(figures)
         finally:

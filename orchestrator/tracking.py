@@ -137,6 +137,12 @@ class Tracker(ABC):
     def log_study_tags(self, tags: Mapping[str, str]) -> None:  # noqa: B027 - optional
         """Set study-level tags on the parent run (e.g. the selection's next choices)."""
 
+    def fit_history(self, law: str) -> dict[int, dict[str, float]]:
+        """The law's logged fits, as the metrics :func:`~orchestrator.mlflow_tracker.fit_metrics`
+        makes of them (``law.<law>.<param>`` and its ``.lo``/``.hi``), by step (the number of
+        finished runs; the latest fit at each step). Every invocation of the study counts."""
+        return {}
+
 
 def final_metrics(result: RunResult) -> dict[str, float]:
     """The end-of-run metrics a tracker records for a finished run (laws read their loss here)."""
@@ -256,3 +262,8 @@ class MemoryTracker(Tracker):
 
     def log_study_tags(self, tags: Mapping[str, str]) -> None:
         self.study_tags.update(tags)
+
+    def fit_history(self, law: str) -> dict[int, dict[str, float]]:
+        from orchestrator.mlflow_tracker import fit_metrics
+
+        return {step: fit_metrics(name, document) for name, step, document in self.fits if name == law}

@@ -169,6 +169,12 @@ def test_cli_validate_lists_runs(tmp_path: Path, capsys) -> None:
     assert "2 runs" in out
 
 
+def _resolve_study(path: Path):  # noqa: ANN202 - StudyConfig
+    from orchestrator.loading import load_study
+
+    return load_study(str(path))
+
+
 def test_cli_markdown_report_with_figures(ray_local, store, tmp_path: Path, capsys) -> None:
     path = tmp_path / "md.yaml"
     path.write_text(
@@ -177,13 +183,24 @@ def test_cli_markdown_report_with_figures(ray_local, store, tmp_path: Path, caps
     )
     assert main(["run", str(path)]) == 0
     out = tmp_path / "report" / "md.md"
-    assert main(["export", str(path), "--format", "md", "--output", str(out)]) == 0
+    assert main(["export", str(path), "--format", "md", "--output", str(out), "--bootstrap", "200"]) == 0
     text = out.read_text()
     assert "## Law `chinchilla`" in text and "| alpha |" in text and "N_opt" in text
+    assert "of 200 resamples)" in text  # percentile intervals beside the parametric
+    recipe = next(line for line in text.splitlines() if line.startswith("| 1e+") and "; [" in line)
+    assert recipe.count("[") == 4  # N_opt and D_opt, each with a parametric and a bootstrap interval
     figures = sorted((tmp_path / "report" / "md_files").glob("*.png"))
     assert len(figures) >= 3 and all(f.stat().st_size > 5000 for f in figures)
     assert all(f"md_files/{f.name}" in text for f in figures)
+    # the parameters' trajectories come from every fit logged on the parent run (online refits
+    # land at a step each as runs finish, as fast as these runs do, then the final fit)
+    from orchestrator.export import fit_histories
+
+    steps = fit_histories(_resolve_study(path), ["chinchilla"])["chinchilla"]
+    assert steps and max(steps) == 8
+    assert ("md_files/trajectory_chinchilla.png" in text) == (len(steps) >= 2)
     assert main(["export", str(path), "--budgets", "1e20,-3"]) == 2
+    assert main(["export", str(path), "--bootstrap", "-1"]) == 2
 
 
 def test_dependency_stages_and_inputs_survive_the_store(store, tmp_path: Path) -> None:

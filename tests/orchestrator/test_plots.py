@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from orchestrator import plots
 from orchestrator.tracking import FinishedRun
@@ -48,3 +49,50 @@ def test_mixture_sparsity_and_distillation_runs_get_their_figures() -> None:
     assert "loss_vs_sparsity.png" not in _names(dense)
     students = [_run(i, 3.0 + rng.normal(), N=1e4, D=1e5, L_T=2.5 + 0.1 * i) for i in range(3)]
     assert "student_vs_teacher.png" in _names(students)
+
+
+def test_trajectories_come_from_every_logged_fit_with_their_intervals() -> None:
+    from orchestrator.tracking import MemoryTracker
+
+    tracker = MemoryTracker()
+    for step, alpha in ((6, 0.5), (9, 0.4), (12, 0.35)):
+        doc = {"params": {"E": 1.8, "alpha": alpha}, "intervals": {"E": [1.7, 1.9], "alpha": [alpha - 0.1, alpha + 0.1]}}
+        tracker.log_fit("chinchilla", doc, step=step)
+    history = tracker.fit_history("chinchilla")
+    assert sorted(history) == [6, 9, 12] and history[9]["law.chinchilla.alpha.lo"] == 0.4 - 0.1
+    fig = plots.parameter_trajectories("chinchilla", history)
+    try:
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert [ax.get_title() for ax in axes] == ["E", "alpha"]
+        x, y = axes[1].lines[0].get_data()
+        assert list(x) == [6, 9, 12] and np.allclose(y, [0.5, 0.4, 0.35])
+        band = axes[1].collections[0].get_paths()[0].vertices[:, 1]  # the interval is drawn
+        assert np.isclose(band.min(), 0.25) and np.isclose(band.max(), 0.6)
+    finally:
+        plots.close({"t": fig})
+
+
+def test_loss_against_compute_draws_the_law_along_each_size_and_the_frontier() -> None:
+    import laws
+
+    truth = laws.get_law("chinchilla")
+    params = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
+    runs = []
+    for i, (n, d) in enumerate((n, d) for n in (1e7, 1e8) for d in (1e9, 1e10, 1e11)):
+        runs.append(_run(i, float(truth.predict(params, N=n, D=d)), N=n, D=d))
+    runs = [FinishedRun(run_key=r.run_key, run_id=r.run_id, inputs={**r.inputs, "C": 6 * r.inputs["N"] * r.inputs["D"]},
+                        final_loss=r.final_loss) for r in runs]
+    fit_ = laws.fit(truth, {"N": _col(runs, "N"), "D": _col(runs, "D")}, np.array([r.final_loss for r in runs]))
+    fig = plots.loss_vs_compute(runs, fit_, budgets=[1e22])
+    try:
+        ax = fig.axes[0]
+        assert len(ax.lines) == 2 + 1 + 1  # one curve per size, the frontier, the budget's star
+        x, y = ax.lines[0].get_data()  # the smallest size's curve passes through its runs
+        for r in runs[:3]:
+            assert np.interp(np.log(r.inputs["C"]), np.log(x), y) == pytest.approx(r.final_loss, rel=1e-3)
+    finally:
+        plots.close({"f": fig})
+
+
+def _col(runs, key: str) -> np.ndarray:  # noqa: ANN001
+    return np.array([r.inputs[key] for r in runs])
