@@ -27,7 +27,7 @@ from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
 from orchestrator.loading import to_yaml
 from orchestrator.mlflow_tracker import MlflowTracker, default_tracking_uri
-from orchestrator.refit import OnlineRefitter, RefitState
+from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.secrets import redact_text
 from orchestrator.selection import Selector, journal_storage
@@ -212,6 +212,7 @@ def run_study(
     if selector is not None:
         refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit, on_selection or (lambda view: None))
     parent = tracker.open_study(study.name, redact_text(to_yaml(study)))
+    tracker.log_study_tags({NOTE_TAG: study_note(study, candidates)})
     scheduler = Scheduler(
         candidates if selector is None else [],
         executor=executor,
@@ -248,6 +249,7 @@ def run_study(
         if outcome.fit is not None:
             tracker.log_fit(outcome.name, law_entry(outcome.fit, budgets=study.export.budgets), step=len(scheduler.finished))
     figures.log({o.name: o.fit for o in outcomes if o.fit is not None})
+    tracker.log_study_tags({NOTE_TAG: study_note(study, candidates, outcomes)})
     tracker.close_study(failed=scheduler.stats.failed > 0)
     return StudyOutcome(
         parent_run_id=parent,
@@ -255,6 +257,31 @@ def run_study(
         laws=outcomes,
         stopped=selector.stopped if selector is not None else None,
     )
+
+
+#: the run's description in the MLflow UI (Markdown)
+NOTE_TAG = "mlflow.note.content"
+
+
+def study_note(study: StudyConfig, runs: list[PlannedRun], outcomes: list[LawOutcome] | None = None) -> str:
+    """The parent run's description: what the study is, where its fits and figures are, and
+    (once it has ended) the final fit of every law."""
+    sel = study.selection
+    what = f"{len(runs)} runs" if sel.mode == "grid" else f"{sel.mode} selection from {len(runs)} candidate runs"
+    lines = [
+        f"**Scaling-law study `{study.name}`**: {what} ({study.trainer.kind} trainer), laws "
+        + ", ".join(f"`{law.name}`" for law in study_laws(study)) + ".",
+        "",
+        "Each training is a child run. Law fits are the `law.<law>.<param>` metrics (with `.lo` / `.hi` "
+        "95 % interval ends; the step is the number of finished runs), fit documents are under "
+        "`fits/`, figures under `plots/`, and the resolved study under `study/`.",
+    ]
+    for outcome in outcomes or []:
+        if outcome.fit is not None:
+            lines += ["", "Final fit: " + fit_summary(RefitState(law=outcome.name, fit=outcome.fit, n_runs=outcome.n_points))]
+        else:
+            lines += ["", f"Law {outcome.name}: not fitted ({outcome.error})"]
+    return "\n".join(lines)
 
 
 #: parent-run tags: the run keys the selection would propose next, and why it stopped

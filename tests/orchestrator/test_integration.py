@@ -62,6 +62,10 @@ def test_simulated_study_is_tracked_nested_deduplicated_and_exported(ray_local, 
     assert parent.data.tags[ROLE_TAG] == "study"
     assert parent.info.status == "FINISHED"
     assert {"law.chinchilla.E", "law.chinchilla.alpha"} <= set(parent.data.metrics)
+    # the UI's description of the study run says what it is and ends with the final fit
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**Scaling-law study `integration-sim`**: 15 runs")
+    assert "Final fit: law chinchilla on 15 runs: E=" in note
     children = _children(client, outcome.parent_run_id)
     assert len(children) == 15
     for child in children:
