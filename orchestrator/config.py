@@ -25,6 +25,9 @@ class TrackingConfig:
     # seconds between a training's writes of its buffered curves to the store; a run shorter
     # than this hands them to the driver at its end and never opens the store itself
     flush_every_s: float = 5.0
+    # seconds between refreshes of the study's figures on its parent run while it runs (after
+    # a refit; 0 = after every refit); they are drawn once more at the end
+    figures_every_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -131,6 +131,8 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
     if study.export.bootstrap < 0:
         raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
+    if study.tracking.figures_every_s < 0:
+        raise StudyError("tracking.figures_every_s", f"must be 0 (after every refit) or more, got {study.tracking.figures_every_s}")
     if study.tracking.flush_every_s < 0:
         raise StudyError("tracking.flush_every_s", f"must be 0 (every metric at once) or more, got {study.tracking.flush_every_s}")
     _validate_domains(study)

@@ -231,11 +231,11 @@ def run_study(
         pending_warn_s=study.resources.pending_warn_s,
         adopted=adopted,
     )
-    figures = FigureLogger(tracker, refitter, budgets=study.export.budgets)
+    figures = FigureLogger(tracker, refitter, budgets=study.export.budgets, every_s=study.tracking.figures_every_s)
     try:
         while scheduler.step(study.resources.wait_timeout_s):
-            if refitter.poll():
-                figures.maybe_log()
+            refitter.poll()
+            figures.maybe_log()
         refitter.drain()
     except BaseException:
         executor.shutdown()
@@ -319,9 +319,12 @@ class FigureLogger:
         self.budgets = budgets
         self.every_s = every_s
         self._last = time.monotonic()
+        self._drawn_at = 0  # the refitter's update count when the figures were last drawn
 
     def maybe_log(self) -> None:
-        if time.monotonic() - self._last >= self.every_s:
+        """Redraw when a refit landed since the last drawing (inline or in the background) and
+        ``every_s`` has passed."""
+        if self.refitter.updates != self._drawn_at and time.monotonic() - self._last >= self.every_s:
             fits = {name: s.fit for name, s in self.refitter.states.items() if s.fit is not None}
             self.log(fits)
 
@@ -329,6 +332,7 @@ class FigureLogger:
         from orchestrator import plots
 
         self._last = time.monotonic()
+        self._drawn_at = self.refitter.updates
         runs = self.refitter.runs
         if not runs:
             return

@@ -175,6 +175,7 @@ class MemoryTracker(Tracker):
         self.fits: list[tuple[str, int, Mapping[str, object]]] = []
         self.closed: bool | None = None
         self.figures: dict[str, str] = {}
+        self.figure_logs: list[tuple[int, list[str]]] = []  # (finished runs, figures) per refresh
         self.study_metrics: list[tuple[int, dict[str, float]]] = []
         self.study_tags: dict[str, str] = {}
         self._ids = itertools.count()
@@ -256,6 +257,8 @@ class MemoryTracker(Tracker):
 
     def log_figures(self, figures: Mapping[str, Any]) -> None:
         self.figures.update({name: type(fig).__name__ for name, fig in figures.items()})
+        finished = sum(r["status"] == "FINISHED" for r in self.runs.values())
+        self.figure_logs.append((finished, sorted(figures)))
 
     def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         self.study_metrics.append((step, dict(metrics)))

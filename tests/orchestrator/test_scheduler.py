@@ -110,6 +110,15 @@ def test_study_fits_chinchilla_on_simulated_runs() -> None:
     assert tracker.closed is False
 
 
+def test_figures_are_refreshed_while_the_study_runs() -> None:
+    study = _study(trainer={"kind": "simulated"}, tracking={"figures_every_s": 0})
+    tracker = MemoryTracker()
+    run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
+    at = [finished for finished, _ in tracker.figure_logs]
+    assert len(at) >= 3 and at == sorted(at) and at[0] < 9 and at[-1] == 9, at
+    assert all("loss_vs_compute.png" in names for _, names in tracker.figure_logs)
+
+
 def test_a_custom_law_named_in_the_study_is_fitted_and_logged_under_its_name() -> None:
     truth = {"E": 1.8, "A": 400.0, "B": 2000.0, "alpha": 0.34, "beta": 0.37}
     power = {
