@@ -8,7 +8,8 @@
    and the ratio.
 2. Scale: expanding and tracking studies of 1k and 10k runs (the driver's side only: expansion,
    MLflow child runs started and finished, scheduling; the trainings are inline simulated runs)
-   with the driver's time per run and its peak memory (tracemalloc) at each size.
+   with the driver's time per run and its peak memory at each size: Python's allocations
+   (tracemalloc) and the process's peak resident set (its growth during each size).
 
     python benchmarks/orchestrator_scale.py [--runs 1000] [--tune-trials 200] [--scale 1000 10000]
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -35,19 +37,28 @@ def _budgets_for(runs: int, per_budget: int = 25) -> list[float]:
     return [float(x) for x in np.logspace(17, 21, k)]
 
 
+def _exact_grid(runs: int) -> dict:
+    """An isoFLOP grid of exactly ``runs`` runs: budgets x points per budget, the divisor pair
+    closest to a square (so a comparison at N runs each is at N runs each)."""
+    per_budget = max(d for d in range(1, int(runs**0.5) + 1) if runs % d == 0)
+    budgets, per_budget = max(per_budget, runs // per_budget), min(per_budget, runs // per_budget)
+    if per_budget < 2:
+        raise SystemExit(f"--runs/--tune-trials {runs}: pick a number with a divisor (a grid of budgets x sizes)")
+    return {"budgets": [float(x) for x in np.logspace(17, 21, budgets)], "points_per_budget": per_budget, "span": 30}
+
+
 def isoflop_throughput(runs: int, workdir: Path) -> dict:
     import ray
 
     from orchestrator.loading import study_from_dict
     from orchestrator.study import run_study
 
-    per_budget = 25
     study = study_from_dict(
         {
             "name": "throughput",
             "tracking": {"uri": f"sqlite:///{workdir / f'isoflop-{runs}.db'}"},  # a fresh store per size
             "trainer": {"kind": "simulated"},
-            "grid": {"isoflop": {"budgets": _budgets_for(runs, per_budget), "points_per_budget": per_budget, "span": 30}},
+            "grid": {"isoflop": _exact_grid(runs)},
             "resources": {"max_concurrent": 2},
         }
     )
@@ -111,6 +122,7 @@ def driver_scale(runs: int, workdir: Path) -> dict:
             "grid": {"isoflop": {"budgets": _budgets_for(runs, per_budget), "points_per_budget": per_budget, "span": 100}},
         }
     )
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     t0 = time.perf_counter()
     planned = expand(study)
@@ -123,8 +135,11 @@ def driver_scale(runs: int, workdir: Path) -> dict:
     t_track = time.perf_counter() - t1
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux; the process's peak so far
     n = len(planned)
     return {
+        "rss_peak_mb": rss / 1024,
+        "rss_growth_mb": (rss - rss0) / 1024,
         "runs": n,
         "expand_ms_per_run": 1e3 * t_expand / n,
         "track_ms_per_run": 1e3 * t_track / n,
@@ -159,8 +174,9 @@ def main() -> None:
             r = driver_scale(n, workdir)
             print(
                 f"scale {r['runs']:6d} runs: expand {r['expand_ms_per_run']:.3f} ms/run, "
-                f"track {r['track_ms_per_run']:.2f} ms/run, peak {r['peak_mb']:.1f} MB "
-                f"({r['peak_kb_per_run']:.2f} KB/run)"
+                f"track {r['track_ms_per_run']:.2f} ms/run, peak {r['peak_mb']:.1f} MB traced "
+                f"({r['peak_kb_per_run']:.2f} KB/run); process peak RSS {r['rss_peak_mb']:.0f} MB "
+                f"(+{r['rss_growth_mb']:.0f} MB during this size)"
             )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
