@@ -118,6 +118,19 @@ def cluster_capacity(nodes: list[dict[str, Any]], num_cpus: float, num_gpus: flo
     return max(1, sum(worker_slots(n["Resources"], num_cpus, num_gpus, memory) for n in nodes))
 
 
+def check_runs_feasible(
+    ray: Any,
+    num_cpus: float,
+    needs: Sequence[tuple[float, float, int]],
+    autoscale: Sequence[NodeTypeConfig] = (),
+) -> None:
+    """:func:`check_feasible` for every distinct need of a study's runs, each a (GPUs per worker,
+    memory per worker, workers) triple: a study whose largest-memory run needs no GPU and whose
+    GPU runs are small fits a cluster that no single run of the largest of each would."""
+    for per_worker, memory, workers in sorted(set(needs)):
+        check_feasible(ray, num_cpus, per_worker, memory, workers, autoscale=autoscale)
+
+
 def check_feasible(
     ray: Any,
     num_cpus: float,

@@ -13,7 +13,7 @@ import optuna
 import laws
 from laws.export import law_entry
 from orchestrator.cluster import (
-    check_feasible,
+    check_runs_feasible,
     cluster_capacity,
     cluster_nodes,
     connect,
@@ -173,9 +173,8 @@ def run_study(
         request = memory_request(study, candidates, workers)
         shares = [gpus(r) for r in candidates] or [whole]
         counts = [workers(r) for r in candidates] or [1]
-        per_worker = max(g / w for g, w in zip(shares, counts, strict=True)) if candidates else whole
-        largest = max((request(r) for r in candidates), default=0.0)
-        check_feasible(ray, num_cpus, per_worker, largest, max(counts), autoscale=autoscale)
+        needs = [(gpus(r) / workers(r), request(r), workers(r)) for r in candidates] or [(whole, 0.0, 1)]
+        check_runs_feasible(ray, num_cpus, needs, autoscale=autoscale)
         num_gpus = float(np.median(shares))  # sizes the concurrency cap
         cap_cpus = num_cpus * float(np.median(counts))
         executor = RayExecutor(ray)

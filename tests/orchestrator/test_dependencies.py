@@ -594,3 +594,16 @@ def test_an_autoscaling_cluster_counts_the_nodes_it_can_add() -> None:
         with pytest.raises(StudyError) as info:
             study_from_dict({**_distill_study(), "cluster": {"autoscale": [bad]}})
         assert info.value.key == f"cluster.autoscale[0].{key}"
+
+
+def test_feasibility_is_judged_run_by_run_not_on_the_largest_of_each_need() -> None:
+    """A GPU node with little memory and a CPU node with much: small GPU runs fit the first and a
+    large CPU-only run the second, though no node offers both the GPU and the large memory."""
+    from orchestrator.cluster import check_runs_feasible
+
+    nodes = _Nodes({"CPU": 4, "GPU": 1, "memory": 2 * 2**30}, {"CPU": 4, "memory": 32 * 2**30})
+    needs = [(1.0, 2**30, 1), (0.0, 16 * 2**30, 1), (1.0, 2**30, 1)]
+    check_runs_feasible(nodes, 1, needs)
+    with pytest.raises(StudyError) as info:  # one run needing both fits nowhere
+        check_runs_feasible(nodes, 1, [*needs, (1.0, 16 * 2**30, 1)])
+    assert info.value.key == "resources.memory_per_run"
