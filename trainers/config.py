@@ -101,7 +101,9 @@ class MoEConfig:
     """
 
     experts: int = 8  # E routed experts per layer, each an MLP of width mlp_ratio * d_model
-    hold: Literal["total", "active"] = "total"  # which parameter count the target N fixes
+    # which parameter count the target N fixes; an active count no shape reaches within 5 % is
+    # refused at study load, naming the nearest counts (trainers.shapes)
+    hold: Literal["total", "active"] = "total"
     aux_loss_coef: float = 0.01  # weight of the load-balancing loss (Fedus et al. 2022: 0.01)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -146,3 +147,63 @@ def test_moe_trainer_learns(tiny_config: ConfigFactory, sink) -> None:
     assert result.curve[0].train_loss > result.curve[-1].train_loss + 0.5
     assert result.final_loss < 0.8 * math.log(256)
     assert set(result.eval_losses) == {"code", "prose"}
+
+
+def test_held_active_counts_hit_the_tolerance_at_small_sizes() -> None:
+    # N = 3e4 at E = 4, head_dim 16: in the aspect band the closest counts were 22,736 / 28,896 /
+    # 33,184 for S = 0 / 0.5 / 0.75 (up to 28 % off); other depths bring the sparse ones within 5 %
+    config = _config("active")
+    for sparsity in (0.5, 0.75):
+        plan = plan_moe(RunPoint(n_params=30_000, tokens=1, sparsity=sparsity), config)
+        assert abs(math.log(plan.n_params_active / 30_000)) <= 0.05
+    # no dense-expert model of width 16 or 32 is within 5 % of 3e4: say so, with the nearest
+    with pytest.raises(ValueError, match=r"target 30000; the nearest are 22736 \(d_model=16, n_layer=2\) and 32048 \(d_model=16, n_layer=3\)"):
+        plan_moe(RunPoint(n_params=30_000, tokens=1, sparsity=0.0), config)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.75])
+def test_a_held_active_count_is_within_tolerance_or_refused(sparsity: float) -> None:
+    config = _config("active")
+    for i in range(40):
+        target = int(1.5e4 * 10 ** (i / 16))  # 1.5e4 .. 4e6
+        try:
+            plan = plan_moe(RunPoint(n_params=target, tokens=1, sparsity=sparsity), config)
+        except ValueError as exc:
+            # refused only when the nearest counts on both sides really are out of tolerance
+            counts = [int(c) for c in re.findall(r"(\d+) \(d_model", str(exc))]
+            assert len(counts) == 2 and counts[0] <= target < counts[1], exc
+            assert all(abs(math.log(c / target)) > 0.05 for c in counts)
+            continue
+        assert abs(math.log(plan.n_params_active / target)) <= 0.05 + 1e-12
+        assert plan.n_params_active == count_active_params(plan.shape, config)
+
+
+def test_holding_the_total_keeps_the_closest_count_fallback() -> None:
+    # the total count (and dense shapes) still take the closest count when none is within 5 %,
+    # so existing runs keep their shapes (and run keys)
+    plan = plan_moe(RunPoint(n_params=30_000, tokens=1, sparsity=0.0), _config("total"))
+    assert plan.shape is not None and (plan.shape.d_model, plan.shape.n_layer) == (16, 2)
+    assert plan.n_params == 22_736
+
+
+def test_an_unreachable_active_count_fails_the_study_at_load() -> None:
+    from orchestrator.errors import StudyError
+    from orchestrator.grid import expand
+    from orchestrator.loading import study_from_dict
+
+    study = study_from_dict(
+        {
+            "name": "held",
+            "trainer": {
+                "kind": "moe",
+                "seq_len": 32,
+                "model": {"head_dim": 16, "aspect_ratio": 16},
+                "moe": {"experts": 4, "hold": "active"},
+            },
+            "grid": {"N": [3e4], "D": [1e6], "sparsity": [0.0, 0.5]},
+        }
+    )
+    with pytest.raises(StudyError) as info:
+        expand(study)
+    assert info.value.key == "grid"
+    assert "run N=3e+04" in info.value.message and "nearest are 22736" in info.value.message
