@@ -9,6 +9,13 @@ resolved trainer configuration as returned by ``config_identity``: every field o
   so that a configuration which does not use them keeps the key it always had (a finished run
   stays recognised as finished). Setting one to anything else makes a different run.
 
+and with one addition: the text of every domain whose source is an installed package that may
+change it between versions (``trainers.sources.VERSIONED_SOURCES``: the mlflow_docs domain), as
+``data_text: {domain: digest}``, whenever that text differs from the text run keys were first
+computed on. Runs on the original text keep their keys; runs on any other text (an mlflow patch
+release) are other runs, and never taken for finished ones. The digest is read on the machine
+that expands the study, which should have the workers' package versions.
+
 Add every new ``TrainerConfig`` field to ``NEUTRAL_DEFAULTS`` with its default, unless changing
 every existing run key is intended.
 """
@@ -45,4 +52,21 @@ def config_identity(config: TrainerConfig) -> dict[str, Any]:
         parent = _parent(tree, path)
         if path[-1] in parent and parent[path[-1]] == default:
             del parent[path[-1]]
+    texts = changed_texts(config)
+    if texts:
+        tree["data_text"] = texts
     return tree
+
+
+def changed_texts(config: TrainerConfig) -> dict[str, str]:
+    """Domain name -> digest of its text, for versioned sources whose installed text is not the
+    text their run keys were first computed on (see the module docstring)."""
+    from trainers.sources import VERSIONED_SOURCES, source_text
+
+    texts = {}
+    # no domains configured means the default pair (stdlib, pydoc), neither of them versioned
+    for name, domain in config.data.domains.items():
+        reference = VERSIONED_SOURCES.get(domain.source)
+        if reference is not None and (digest := source_text(domain).digest) != reference:
+            texts[name] = digest
+    return texts
