@@ -18,6 +18,7 @@ from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from trainers import RunPlan, RunPoint, RunSpec, Trainer, get_trainer
 from trainers.config import TrainerConfig
+from trainers.identity import config_identity
 from trainers.schedule import cooldown_steps
 
 #: Chinchilla's rule of thumb (Hoffmann et al. 2022): about 20 tokens per parameter at the
@@ -59,8 +60,7 @@ def run_key(point: RunPoint, trainer_config: object, seed: int, plan: RunPlan | 
     if plan is not None:
         resolved["n_params"] = plan.n_params
         resolved["shape"] = None if plan.shape is None else asdict(plan.shape)
-    trainer = asdict(trainer_config)  # type: ignore[call-overload]
-    trainer.pop("compile", None)  # how the run executes, not what it trains
+    trainer = config_identity(trainer_config)  # type: ignore[arg-type]
     payload = json.dumps(
         {"point": resolved, "trainer": trainer, "seed": seed},
         sort_keys=True,

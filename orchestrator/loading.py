@@ -159,11 +159,23 @@ def validate(study: StudyConfig) -> None:
             raise StudyError(f"{key}.max_nodes", f"must be at least 1, got {kind.max_nodes}")
     if study.resources.gpu_memory_mb < 0:
         raise StudyError("resources.gpu_memory_mb", f"must be 0 (a whole GPU per run) or more, got {study.resources.gpu_memory_mb}")
+    _validate_trainer(study)
     _validate_grid(study)
     _validate_names(study)
     _validate_selection(study)
     if t.kind == "simulated":
         _validate_simulated(study)
+
+
+def _validate_trainer(study: StudyConfig) -> None:
+    """The trainer config's own checks (``trainers.validation``), under ``trainer.``."""
+    from trainers.validation import validate_trainer_config
+
+    try:
+        validate_trainer_config(study.trainer)
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise StudyError(f"trainer.{key}", message) from None
 
 
 def _validate_simulated(study: StudyConfig) -> None:

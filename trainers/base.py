@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from trainers.config import TrainerConfig
+from trainers.validation import validate_trainer_config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,6 +152,8 @@ class Trainer(ABC):
     kind: ClassVar[str]
 
     def __init__(self, config: TrainerConfig) -> None:
+        """Rejects impossible configuration values at once (``trainers.validation``)."""
+        validate_trainer_config(config)
         self.config = config
 
     @abstractmethod

@@ -84,6 +84,12 @@ class OptimConfig:
     # EMA scaling rule (Busbridge et al. 2023): rho ** (B / ema_batch_size)
     ema: float = 0.0
     ema_batch_size: int = 0  # the batch size (sequences) ema is given for; 0 = this run's batch_size
+    # The batch size (sequences) lr, beta1, beta2, eps and ema were tuned at; null = no scaling.
+    # At batch size B, with kappa = B / reference_batch_size, the run trains with Adam's
+    # square-root rule and the EMA scaling rule (Malladi et al. 2022; Busbridge et al. 2023):
+    # lr * sqrt(kappa), 1 - beta_i scaled by kappa, eps / sqrt(kappa), ema ** kappa (then
+    # ema_batch_size must be 0 or equal to it). See trainers.batch_scaling
+    reference_batch_size: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +101,9 @@ class MoEConfig:
     """
 
     experts: int = 8  # E routed experts per layer, each an MLP of width mlp_ratio * d_model
-    hold: Literal["total", "active"] = "total"  # which parameter count the target N fixes
+    # which parameter count the target N fixes; an active count no shape reaches within 5 % is
+    # refused at study load, naming the nearest counts (trainers.shapes)
+    hold: Literal["total", "active"] = "total"
     aux_loss_coef: float = 0.01  # weight of the load-balancing loss (Fedus et al. 2022: 0.01)
 
 

@@ -43,6 +43,7 @@ from trainers.base import (
     Trainer,
     TrainingDiverged,
 )
+from trainers.batch_scaling import at_batch_size, scaled_recipe
 from trainers.checkpoint import (
     TrainState,
     checkpoint_path,
@@ -140,7 +141,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainerConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (nanoGPT: norms' weights are not decayed)."""
+    """AdamW with weight decay on matrices only (nanoGPT: norms' weights are not decayed).
+
+    Takes ``config.optim`` as it is: a run hands in its recipe at its own batch size
+    (``trainers.batch_scaling.at_batch_size``).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -230,10 +235,9 @@ def weighted_loss(losses: Mapping[str, float], weights: Sequence[float]) -> floa
 
 def ema_momentum(config: TrainerConfig) -> float:
     """The EMA momentum at this run's batch size: the EMA scaling rule (Busbridge et al. 2023),
-    rho ** (B / B_ref), keeps the EMA's horizon in samples fixed when the batch size changes."""
-    optim = config.optim
-    reference = optim.ema_batch_size or config.batch_size
-    return optim.ema ** (config.batch_size / reference)
+    rho ** (B / B_ref), keeps the EMA's horizon in samples fixed when the batch size changes
+    (``trainers.batch_scaling``)."""
+    return scaled_recipe(config).ema
 
 
 class ModelEMA:
@@ -362,6 +366,9 @@ class DenseTrainer(Trainer):
         self, spec: RunSpec, sink: MetricSink, config: TrainerConfig, device: torch.device
     ) -> RunResult:
         started = time.perf_counter()
+        recipe = scaled_recipe(config)
+        # From here on the recipe is the one at this run's batch size (trainers.batch_scaling).
+        config = at_batch_size(config)
         plan = self.plan_run(spec.point, config)
         rank, workers = data_parallel()
         check_divisible(config.batch_size, workers)
@@ -428,6 +435,8 @@ class DenseTrainer(Trainer):
             raise TrainingDiverged(f"run {spec.run_key}: non-finite held-out loss {eval_losses}")
         final_loss = weighted_loss(eval_losses, weights)
         extra = {**self.extra_metrics(spec, domains, weights, device), **pretrain_loss(eval_losses)}
+        if spec.trainer.optim.reference_batch_size is not None:  # what the scaling rule set
+            extra.update(recipe.metrics())
         if ema is not None:  # what the EMA bought: the live model's loss next to it
             raw = evaluate_domains(model, domains, config, device)
             extra["raw_eval_loss"] = weighted_loss(raw, weights)

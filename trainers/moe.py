@@ -16,10 +16,21 @@ mean router probability of e over the N tokens. It is 1 when routing is uniform 
 concentrates; the trainer adds ``MoEConfig.aux_loss_coef`` times its mean over layers.
 
 Dispatch (no Python loop over tokens): the N*K assignments are sorted by expert
-(``argsort``), the tokens gathered in that order, each expert applied to its contiguous slice
-(a loop over the E experts, not the tokens), the slices scaled by their gates and added back to
-their tokens with ``index_add_``. Each token passes through exactly K experts, so the matmul
-FLOPs are those of the active parameters.
+(``argsort``), the tokens gathered in that order, each expert applied to its contiguous slice,
+the slices scaled by their gates and added back to their tokens with ``index_add_``. Each token
+passes through exactly K experts, so the matmul FLOPs are those of the active parameters. The
+experts' slices are applied in one of two ways (``grouped_dispatch``):
+
+- one grouped matmul per projection (``torch.nn.functional.grouped_mm``, slices delimited by
+  the cumulative counts on the device): no host synchronisation and no loop over experts. Used
+  in eager float32 on CPU, where it is exact and faster (``benchmarks/moe_dispatch.py``);
+- a split into E slices (``split(counts.tolist())``, one host read of the E slice sizes per
+  layer) and a loop over the E experts, everywhere else: torch's grouped matmul traces under
+  ``torch.compile`` only in bfloat16 (its meta function refuses float32) and its CUDA kernels
+  are not measured here.
+
+Expert counts come from a comparison with ``arange(E)`` rather than ``bincount``, whose output
+size depends on the data (a ``torch.compile`` graph break, and a host read on CUDA).
 
 Shapes: ``n`` tokens (b * t flattened), ``e`` experts, ``k`` chosen experts per token, ``a``
 assignments (n * k), ``d`` width, ``f`` expert hidden width.
@@ -30,6 +41,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def grouped_dispatch(x_ad: torch.Tensor, weight_edf: torch.Tensor) -> bool:
+    """Whether the experts run as grouped matmuls (module docstring): eager float32 on CPU,
+    with rows a whole number of 16-byte units as the kernel requires."""
+    return (
+        hasattr(F, "grouped_mm")
+        and x_ad.device.type == "cpu"
+        and x_ad.dtype == weight_edf.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and all(n * x_ad.element_size() % 16 == 0 for n in weight_edf.shape[1:])
+    )
 
 
 class MoE(nn.Module):
@@ -70,11 +94,19 @@ class MoE(nn.Module):
         expert_a = expert_nk.reshape(-1)
         order_a = expert_a.argsort(stable=True)
         token_a = order_a // self.top_k  # token of each assignment, in expert order
-        counts_e = torch.bincount(expert_a, minlength=self.n_experts)
+        experts_e = torch.arange(self.n_experts, device=expert_a.device)
+        counts_e = (expert_a[:, None] == experts_e).sum(dim=0)  # static size: no bincount
         x_ad = x_nd[token_a]
-        # One host read of the E slice sizes per layer; the loop below is over experts only.
-        slices = x_ad.split(counts_e.tolist())
-        y_ad = torch.cat([self.expert(e, x) for e, x in enumerate(slices)])
+        # Every expert on its contiguous slice of x_ad, one of two ways (module docstring). Kept
+        # inline: a graph break inside a helper would break its caller's graph as well.
+        if grouped_dispatch(x_ad, self.up_edf):
+            offs_e = counts_e.cumsum(0).to(torch.int32)  # end of each expert's slice
+            h_af = F.gelu(F.grouped_mm(x_ad, self.up_edf, offs=offs_e))
+            y_ad = F.grouped_mm(h_af, self.down_efd, offs=offs_e)
+        else:
+            # One host read of the E slice sizes per layer; the loop is over experts only.
+            slices = x_ad.split(counts_e.tolist())
+            y_ad = torch.cat([self.expert(e, x) for e, x in enumerate(slices)])
         y_ad = y_ad * gate_nk.reshape(-1)[order_a, None].to(y_ad.dtype)
         y_nd = torch.zeros_like(x_nd).index_add_(0, token_a, y_ad.to(x_nd.dtype))
         # Switch load-balancing loss: f_e from the hard assignments, P_e from the probabilities.

@@ -22,6 +22,12 @@ Mixture-of-experts shapes (``n_experts`` E, ``top_k`` K) follow the same rule wi
 replaced by E expert MLPs and a router; the count matched to the target is the total, or the
 active count (K experts) when ``MoEConfig.hold`` is ``"active"``.
 
+Holding the active count is a promise that runs of different sparsities compute the same per
+token, so step 3 does not apply to it: when no shape inside the aspect band is within the
+tolerance, every depth is tried (the aspect ratio still decides among those within it), and a
+target that no shape reaches within the tolerance (small models, where the widths available are
+few) raises ``ValueError`` naming the target and the nearest counts below and above it.
+
 A target more than the tolerance below the smallest model (one head, one layer) raises
 ``ValueError``. The realised counts are exact and recorded in the run's plan, so the small
 mismatch to the target never reaches a fitted law.
@@ -207,6 +213,8 @@ def derive_shape(
                 best_any = key_any
         d += head_dim
 
+    if best_in is None and n_experts and config.moe.hold == "active":
+        best_in = _in_tolerance_at_any_depth(n_target, config, mlps_router, n_experts, top_k)
     if best_in is not None:
         d, n_layer = best_in[2], best_in[3]
     else:
@@ -221,4 +229,51 @@ def derive_shape(
         seq_len=config.seq_len,
         n_experts=n_experts,
         top_k=top_k,
+    )
+
+
+def _in_tolerance_at_any_depth(
+    n_target: int, config: TrainerConfig, mlps_router: tuple[int, int], n_experts: int, top_k: int
+) -> tuple[float, float, int, int]:
+    """The shape (as ``derive_shape``'s in-tolerance key) whose count is within ``N_TOLERANCE`` of
+    the target at any depth, closest to the aspect ratio; else ``ValueError`` with the nearest
+    counts below and above the target (the active-count hold, see the module docstring)."""
+    head_dim = config.model.head_dim
+    log_target = math.log(n_target)
+    log_aspect = math.log(config.model.aspect_ratio)
+    low, high = n_target * math.exp(-N_TOLERANCE), n_target * math.exp(N_TOLERANCE)
+    best: tuple[float, float, int, int] | None = None
+    below: tuple[int, int, int] | None = None  # (count, d, n_layer): the largest count <= target
+    above: tuple[int, int, int] | None = None  # the smallest count > target
+    d = head_dim
+    while True:
+        fixed, per_layer, _ = _counts(d, config, *mlps_router)
+        # Counts are linear in depth: the depths either side of the target, and those in tolerance.
+        under = math.floor((n_target - fixed) / per_layer)
+        for n_layer in (under, under + 1):
+            count = fixed + n_layer * per_layer
+            if n_layer >= 1 and count <= n_target and (below is None or count > below[0]):
+                below = (count, d, n_layer)
+            if n_layer >= 1 and count > n_target and (above is None or count < above[0]):
+                above = (count, d, n_layer)
+        first = max(1, math.ceil((low - fixed) / per_layer))
+        last = math.floor((high - fixed) / per_layer)
+        ideal = d / config.model.aspect_ratio
+        for n_layer in {min(max(math.floor(ideal), first), last), min(max(math.ceil(ideal), first), last)}:
+            if first <= n_layer <= last:
+                count = fixed + n_layer * per_layer
+                key = (abs(math.log(d / n_layer) - log_aspect), abs(math.log(count) - log_target), d, n_layer)
+                if best is None or key < best:
+                    best = key
+        if fixed + per_layer > high:  # one layer is past the tolerance here, and wider is more
+            break
+        d += head_dim
+    if best is not None:
+        return best
+    nearest = " and ".join(f"{c} (d_model={w}, n_layer={n})" for c, w, n in (below, above) if c)
+    raise ValueError(
+        f"n_params: moe.hold is 'active', but no model of E={n_experts} experts with top_k={top_k} "
+        f"(S={(n_experts - top_k) / n_experts:g}) has an active count within {N_TOLERANCE:.0%} of "
+        f"the target {n_target}; the nearest are {nearest}. Move the target near one of them, or "
+        "lower model.head_dim"
     )

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from trainers.base import CurvePoint, MetricSink, RunPlan, RunPoint, RunResult, RunSpec, Trainer
+from trainers.batch_scaling import at_batch_size
 from trainers.config import REPLICATION_CHINCHILLA, TrainerConfig
 from trainers.schedule import lr_at
 
@@ -104,6 +105,7 @@ class SimulatedTrainer(Trainer):
         plan = plan_simulated(spec.point, config)
         n, d, k = plan.n_params, plan.tokens, plan.steps
         law = load_law(sim.law)
+        optim = at_batch_size(config).optim  # the logged lr follows the batch-size rule too
 
         # D_i = D * i / K (whole tokens, at least 1); the last point is the run's end, D.
         tokens_k = np.maximum(1, (d * np.arange(1, k + 1)) // k).astype(np.int64)
@@ -123,7 +125,7 @@ class SimulatedTrainer(Trainer):
         curve = []
         for i in range(k):
             step = i + 1
-            lr = lr_at(i, k, config.optim)
+            lr = lr_at(i, k, optim)
             point = CurvePoint(
                 step=step, tokens=int(tokens_k[i]), train_loss=float(loss_k[i]), lr=lr
             )

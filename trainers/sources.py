@@ -13,7 +13,8 @@ splits and tokenises them. Real sources are text every installation of the proje
     The Markdown files shipped inside the ``mlflow`` package (its assistant skills and command
     guides: English technical prose with code blocks, about 0.3 MB). mlflow is a pinned
     dependency of the project, so every ``make setup`` installs the same text. The package is
-    located without importing it.
+    located without importing it. A patch release within the pin may still change the text, so
+    the text is part of a run's identity (``VERSIONED_SOURCES``, ``trainers.identity``).
 
 Synthetic sources have a known entropy rate (``trainers.synthetic``):
 
@@ -24,10 +25,13 @@ Synthetic sources have a known entropy rate (``trainers.synthetic``):
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import os
 import sysconfig
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainers.config import DomainConfig
@@ -98,3 +102,37 @@ SOURCES: dict[str, Callable[[DomainConfig], Documents]] = {
     "mlflow_docs": mlflow_docs_documents,
     "markov": markov_source,
 }
+
+
+#: Sources whose text comes from an installed package that may change it between versions ->
+#: the digest (``source_text``) of the text run keys were first computed on (mlflow 3.17.2: 38
+#: documents, 317,752 bytes). Runs on other text get other run keys (``trainers.identity``). Never
+#: edit a digest here: runs keyed before the edit would be taken for runs on the new text.
+VERSIONED_SOURCES: dict[str, str] = {
+    "mlflow_docs": "22b08012f37ae73358fa69deddb16f74",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceText:
+    """What a source's text is: its documents, their total size and a digest of them all."""
+
+    documents: int
+    bytes: int
+    digest: str  # blake2b (128 bits, hex) of every document's name and content, in listing order
+
+
+@functools.lru_cache(maxsize=16)
+def source_text(domain: DomainConfig) -> SourceText:
+    """The identity of the text ``domain``'s source lists (all of it, before the per-domain
+    cap and the held-out split, which are functions of it and of the configuration)."""
+    digest = hashlib.blake2b(digest_size=16)
+    total = 0
+    documents = SOURCES[domain.source](domain)
+    for name, content in documents:
+        data = content.read_bytes() if isinstance(content, Path) else content
+        encoded = name.encode("utf-8")
+        # lengths first, so that no two different listings hash the same bytes
+        digest.update(len(encoded).to_bytes(8, "big") + encoded + len(data).to_bytes(8, "big") + data)
+        total += len(data)
+    return SourceText(documents=len(documents), bytes=total, digest=digest.hexdigest())

@@ -11,7 +11,7 @@ import torch
 
 from trainers.base import RunPoint, RunResult, RunSpec
 from trainers.checkpoint import checkpoint_path, load_model_state
-from trainers.config import TrainerConfig
+from trainers.config import DistillConfig, MoEConfig, TrainerConfig
 from trainers.dense import DenseTrainer
 
 ConfigFactory = Callable[..., TrainerConfig]
@@ -104,3 +104,50 @@ def test_checkpoint_of_another_run_is_refused(tiny_config: ConfigFactory, tmp_pa
     other = replace(_spec(config, tmp_path), run_key="another-run")
     with pytest.raises(ValueError, match="another-run"):
         DenseTrainer(config).train(other, CrashingSink())
+
+
+@pytest.mark.parametrize("kind", ["moe", "distill"])
+def test_moe_and_distillation_runs_resume_exactly(kind: str, tiny_config: ConfigFactory, tmp_path: Path) -> None:
+    """Routed experts (router, load-balancing loss) and a student on its teacher's logits
+    resume bit-exactly too: the resumed run equals the uninterrupted one."""
+    from trainers.distill import DistillTrainer
+    from trainers.sparse import MoETrainer
+
+    fields: dict[str, object] = {}
+    if kind == "moe":
+        config = tiny_config(kind="moe", moe=MoEConfig(experts=4))
+        trainer: DenseTrainer = MoETrainer(config)
+    else:
+        teacher = tiny_config()
+        DenseTrainer(teacher).train(
+            replace(_spec(teacher, tmp_path / "teacher"), run_key="teacher"), CrashingSink()
+        )
+        config = tiny_config(kind="distill", distill=DistillConfig(weight=0.5, temperature=2.0))
+        trainer = DistillTrainer(config)
+        fields["teacher_checkpoint"] = str(tmp_path / "teacher")
+
+    def spec(directory: Path | None) -> RunSpec:
+        base = _spec(config, directory, checkpoint_every=10, **fields)
+        if kind == "moe":  # top-2 of 4 experts, from 40k total parameters
+            base = replace(base, point=replace(base.point, n_params=40_000, sparsity=0.5))
+        return base
+
+    whole = trainer.train(spec(tmp_path / "whole"), CrashingSink())
+    assert whole.plan.shape is not None
+    assert (whole.plan.shape.n_experts, whole.plan.shape.top_k) == ((4, 2) if kind == "moe" else (0, 0))
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        trainer.train(spec(resumed_dir), CrashingSink(crash_at=25))
+    assert load_model_state(resumed_dir)[1] == 20
+    second = CrashingSink()
+    resumed = trainer.train(spec(resumed_dir), second)
+    assert second.steps == [25, 30]
+    _same_outcome(whole, resumed)
+    assert resumed.metrics == whole.metrics  # the teacher's loss L_T for distillation
+    assert kind == "moe" or "teacher_eval_loss" in whole.metrics
+    final_whole, _ = load_model_state(tmp_path / "whole")
+    final_resumed, _ = load_model_state(resumed_dir)
+    assert final_whole.keys() == final_resumed.keys()
+    assert all(torch.equal(final_whole[k], final_resumed[k]) for k in final_whole)
+    # and a run that is not interrupted ends where the checkpointed one does
+    _same_outcome(trainer.train(spec(None), CrashingSink()), whole)
