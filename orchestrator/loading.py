@@ -135,7 +135,6 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("tracking.figures_every_s", f"must be 0 (after every refit) or more, got {study.tracking.figures_every_s}")
     if study.tracking.flush_every_s < 0:
         raise StudyError("tracking.flush_every_s", f"must be 0 (every metric at once) or more, got {study.tracking.flush_every_s}")
-    _validate_domains(study)
     if study.resources.pending_warn_s < 0:
         raise StudyError("resources.pending_warn_s", f"must be 0 (never) or more, got {study.resources.pending_warn_s}")
     if t.simulated.sleep_s < 0:
@@ -240,23 +239,6 @@ def _auto_or_amount(key: str, value: str, what: str) -> None:
         ok = False
     if not ok:
         raise StudyError(key, f"must be 'auto' or a non-negative {what}, got {value!r}")
-
-
-def _validate_domains(study: StudyConfig) -> None:
-    """Every domain names a source that exists, with settings it can generate from."""
-    from trainers.sources import SOURCES
-
-    for name, domain in study.trainer.data.domains.items():
-        key = f"trainer.data.domains.{name}"
-        if domain.source not in SOURCES:
-            raise StudyError(f"{key}.source", f"unknown source {domain.source!r}; valid sources: {', '.join(SOURCES)}")
-        if domain.source == "markov":
-            if not 1 <= domain.symbols <= 255:
-                raise StudyError(f"{key}.symbols", f"must be between 1 and 255, got {domain.symbols}")
-            if domain.concentration <= 0:
-                raise StudyError(f"{key}.concentration", f"must be positive, got {domain.concentration}")
-            if domain.synthetic_bytes <= 0:
-                raise StudyError(f"{key}.synthetic_bytes", f"must be positive, got {domain.synthetic_bytes}")
 
 
 def _check_numbers(node: Any, prefix: str) -> None:
