@@ -46,11 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study here or on the cluster it names")
     run.add_argument("study", help="study YAML")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    _address_option(run)
     run.set_defaults(handler=_cmd_run)
 
     resume = sub.add_parser("resume", help="continue a study; finished runs are not redone")
     resume.add_argument("study", help="study YAML, or the name of a study in the tracking store")
     _store_option(resume)
+    _address_option(resume)
     resume.set_defaults(handler=_cmd_resume)
 
     validate = sub.add_parser("validate", help="check a study and list its runs without running anything")
@@ -103,6 +105,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _address_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        help="attach to this running Ray cluster (HEAD:6379, ray://HEAD:10001 or auto) instead of "
+        "the study's cluster.address",
+    )
+
+
+def _on_cluster(study, address: str | None):  # noqa: ANN001, ANN202 - StudyConfig
+    if address is None:
+        return study
+    import dataclasses
+
+    return dataclasses.replace(study, cluster=dataclasses.replace(study.cluster, address=address))
+
+
 def _store_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tracking-uri",
@@ -148,11 +166,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    return _run(_resolve(args.study, args.overrides))
+    return _run(_on_cluster(_resolve(args.study, args.overrides), args.address))
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    return _run(_resolve(args.study, store=args.tracking_uri))
+    return _run(_on_cluster(_resolve(args.study, store=args.tracking_uri), args.address))
 
 
 def _run(study) -> int:  # noqa: ANN001

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,12 +35,33 @@ def connect(config: ClusterConfig) -> Any:
         if config.num_gpus is not None:
             kwargs["num_gpus"] = config.num_gpus
     else:
+        _check_listening(config.address)
         kwargs["address"] = config.address
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
         raise StudyError("cluster.address", f"cannot reach a Ray cluster at {config.address!r}: {exc}") from None
     return ray
+
+
+def _check_listening(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) must have something listening:
+    ``ray.init`` retries an address where nothing answers for ever, so a typo would hang the
+    study instead of stopping it. ``auto`` (the cluster ``ray start`` left on this machine) is
+    left to Ray."""
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise StudyError("cluster.address", f"expected HOST:PORT, ray://HOST:PORT or auto, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise StudyError(
+            "cluster.address", f"no Ray cluster answers at {address!r} ({exc.strerror or exc}); is its head running?"
+        ) from None
 
 
 #: the GPU shares ``gpus_per_run: auto`` hands out (Ray schedules fractions of a GPU)

@@ -74,6 +74,10 @@ MORE = [
                                                              "teachers": {"N": [6e4], "D": [4e6], "from_studies": ["nope"]}}},
      "grid.teachers.from_studies"),
     ("negative flush interval", {**_SIM, "tracking": {"flush_every_s": -1}}, "tracking.flush_every_s"),
+    # Ray would retry these addresses for ever: refused before anything starts
+    ("cluster address where nothing listens", {**_SIM, "cluster": {"address": "127.0.0.1:1"}}, "cluster.address"),
+    ("cluster address without a port", {**_SIM, "cluster": {"address": "headnode"}}, "cluster.address"),
+    ("negative bootstrap", {**_SIM, "export": {"bootstrap": -5}}, "export.bootstrap"),
 ]
 
 CORPUS = [(label, raw, key) for label, raw, key in BAD_STUDIES] + MORE

@@ -113,12 +113,12 @@ def test_losing_a_worker_node_mid_study_loses_no_run(tmp_path: Path) -> None:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING")
     try:
         store = tmp_path / "mlflow.db"
         study = study_from_dict(
             {
                 "name": "node-loss",
+                "cluster": {"address": cluster.address},  # the driver attaches to the running cluster
                 "tracking": {"uri": f"sqlite:///{store}"},
                 "trainer": {"kind": "simulated", "simulated": {"sleep_s": 4.0}},
                 "grid": {"N": [1e7, 1e8, 1e9], "D": [1e9, 1e10]},
