@@ -62,6 +62,23 @@ def test_retries_are_bounded_and_failures_recorded() -> None:
     assert [e.kind for e in events].count("fail") == 1
 
 
+def test_a_run_that_fails_for_good_is_left_out_of_the_fits_and_the_study_goes_on() -> None:
+    study = _study(resources={"max_retries": 1}, trainer={"kind": "simulated", "simulated": {"noise": 0.0}})
+    runs = expand(study)
+    broken = runs[4].spec.run_key
+    tracker = MemoryTracker()
+    outcome = run_study(
+        study, tracker=tracker, executor=ScriptedExecutor(failures={broken: 10}), background_refit=False
+    )
+    assert outcome.stats.finished == 8 and outcome.stats.failed == 1  # the CLI exits 1 on this
+    assert tracker.closed is True  # the parent run is marked failed
+    fit = outcome.laws[0].fit
+    assert fit is not None and fit.report.n_points == 8  # fitted on the 8 that finished, not the broken one
+    assert tracker.fits and all(step <= 8 for _, step, _ in tracker.fits)  # no fit ever counted it
+    # noise-free runs: the 8 survivors still pin the law
+    assert fit.params["alpha"] == pytest.approx(0.3473, rel=0.02)
+
+
 def test_rerun_skips_finished_runs() -> None:
     study = _study()
     tracker = MemoryTracker()
