@@ -168,20 +168,28 @@ def test_concurrent_workers_log_to_a_postgres_backed_server(server: MlflowServer
 
 def test_a_brief_server_outage_loses_nothing(server: MlflowServer, ray_local) -> None:
     events: list[str] = []
+    window: list[float] = []  # when the server went down and came back (ms since the epoch)
 
-    def outage() -> None:
-        server.kill()
+    def back_up() -> None:
         time.sleep(4.0)
         server.start()
+        window.append(time.time() * 1000)
 
     def on_event(event) -> None:  # noqa: ANN001
         events.append(event.kind)
         if event.kind == "finish" and events.count("finish") == 3:
-            threading.Thread(target=outage, daemon=True).start()
+            # down now, on the driver's thread: its next writes (the next run's creation) meet it
+            server.kill()
+            window.append(time.time() * 1000)
+            threading.Thread(target=back_up, daemon=True).start()
 
     outcome = run_study(_study("pg-outage", server.uri, sleep_s=1.0), on_event=on_event)
-    assert outcome.stats.finished == 12 and outcome.stats.failed == 0
+    assert outcome.stats.finished == 12 and outcome.stats.failed == 0 and outcome.stats.attempts_failed == 0
     children = _children(server.uri, outcome.parent_run_id)
+    assert {c.info.status for c in children} == {"FINISHED"}, "no attempt failed or was duplicated"
+    # the driver went on creating runs while the server was down: those writes were retried, not lost
+    down, up = window
+    assert any(down <= c.info.start_time <= up for c in children), (window, [c.info.start_time for c in children])
     finished = Counter(c.data.tags[KEY_TAG] for c in children if c.info.status == "FINISHED")
     assert len(finished) == 12 and set(finished.values()) == {1}
     assert not [c for c in children if c.info.status == "RUNNING"]
@@ -190,6 +198,9 @@ def test_a_brief_server_outage_loses_nothing(server: MlflowServer, ray_local) ->
         if child.info.status == "FINISHED":
             assert "final_loss" in child.data.metrics
             assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 10
+    parent = client.get_run(outcome.parent_run_id)  # the study's fits and figures are all there too
+    assert parent.info.status == "FINISHED" and "law.chinchilla.alpha" in parent.data.metrics
+    assert "plots/loss_vs_compute.png" in {a.path for a in client.list_artifacts(outcome.parent_run_id, "plots")}
 
 
 def test_credentials_in_the_tracking_uri_are_never_written_or_printed(
