@@ -13,7 +13,7 @@ payload of a Ray Train checkpoint, the library's way to return something from a 
 
 from __future__ import annotations
 
-import pickle
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 from orchestrator.tracking import MetricRow, SinkFactory
 from trainers import RunResult, RunSpec
 
-#: file of the checkpoint that carries rank 0's result
-RESULT_FILE = "result.pkl"
+#: file of the checkpoint that carries rank 0's result: plain JSON, so reading it back from the
+#: shared storage runs no code (unlike a pickle, which anyone who can write there could plant)
+RESULT_FILE = "result.json"
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -47,7 +48,8 @@ def _train_worker(config: dict[str, Any]) -> None:
         ray.train.report({})  # a collective call: every worker takes part
         return
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / RESULT_FILE).write_bytes(pickle.dumps((result, leftover)))
+        payload = {"result": result.to_dict(), "leftover": [list(row) for row in leftover]}
+        (Path(folder) / RESULT_FILE).write_text(json.dumps(payload))
         ray.train.report({"final_loss": result.final_loss}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -94,5 +96,6 @@ def execute_parallel(
     if outcome.checkpoint is None:
         raise RuntimeError(f"run {spec.run_key}: the data-parallel workers returned no result")
     with outcome.checkpoint.as_directory() as folder:
-        result, leftover = pickle.loads((Path(folder) / RESULT_FILE).read_bytes())
-    return result, leftover
+        payload = json.loads((Path(folder) / RESULT_FILE).read_text())
+    leftover = tuple((str(k), float(v), int(ts), int(step)) for k, v, ts, step in payload["leftover"])
+    return RunResult.from_dict(payload["result"]), leftover

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Protocol
 
 from trainers.config import TrainerConfig
@@ -125,6 +125,25 @@ class RunResult:
     # Further end-of-run metrics of some trainer kinds, also sent to the metric sink; e.g.
     # distillation's teacher loss L_T ("teacher_eval_loss", and "teacher_eval_loss/<domain>").
     metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-able): a result read back with :meth:`from_dict` runs no code."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RunResult:
+        plan = dict(data["plan"])
+        shape = plan.pop("shape")
+        return cls(
+            run_key=data["run_key"],
+            plan=RunPlan(shape=ModelShape(**shape) if shape is not None else None, **plan),
+            final_loss=float(data["final_loss"]),
+            eval_losses=dict(data.get("eval_losses", {})),
+            curve=tuple(CurvePoint(**c) for c in data.get("curve", ())),
+            wall_time_s=float(data.get("wall_time_s", 0.0)),
+            tokens_per_s=float(data.get("tokens_per_s", 0.0)),
+            metrics=dict(data.get("metrics", {})),
+        )
 
 
 class MetricSink(Protocol):

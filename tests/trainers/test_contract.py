@@ -84,3 +84,20 @@ def test_impossible_points_raise_value_error(kind: str) -> None:
 def test_unknown_kind_lists_valid_kinds() -> None:
     with pytest.raises(ValueError, match="dense, distill, moe, replay, simulated"):
         get_trainer(replace(_config("dense"), kind="sparse"))
+
+
+def test_a_run_result_round_trips_through_plain_json() -> None:
+    """Results cross shared storage as JSON (data-parallel runs), never as a pickle."""
+    import json
+
+    from trainers.base import CurvePoint, ModelShape, RunPlan, RunResult
+
+    shape = ModelShape(n_layer=2, d_model=64, n_head=2, d_ff=256, vocab_size=256, seq_len=64, n_experts=4, top_k=1)
+    plan = RunPlan(shape=shape, n_params=123, n_params_non_embedding=100, n_params_active=80, flops_per_token=6.0,
+                   tokens=1000, steps=10, flops=6000.0, flop_convention="6N")
+    result = RunResult(run_key="k", plan=plan, final_loss=2.5, eval_losses={"code": 2.4},
+                       curve=(CurvePoint(step=1, tokens=100, train_loss=3.0, lr=1e-3),), wall_time_s=1.5,
+                       tokens_per_s=10.0, metrics={"L_T": 2.0})
+    assert RunResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    bare = RunResult(run_key="s", plan=RunPlan(**{**plan.__dict__, "shape": None}), final_loss=1.0)
+    assert RunResult.from_dict(json.loads(json.dumps(bare.to_dict()))) == bare
