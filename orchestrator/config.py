@@ -74,6 +74,36 @@ class SimplexConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RangeConfig:
+    """A continuous axis: every value from min to max (sampled on a log scale)."""
+
+    min: float = MISSING
+    max: float = MISSING
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceConfig:
+    """A continuous region of runs for a budgeted selection to choose from, instead of a grid.
+
+    The candidate runs are ``candidates`` points of a scrambled Sobol sequence (seeded by the
+    study's seed) over log N, and log D, log C or log tokens-per-parameter (give one), and the
+    mixture weights when ``mixture`` is on; grid.sparsity and grid.mixture still cross them as
+    discrete axes. Needs selection.mode active, random or cheapest: a continuous space has no
+    grid to train whole.
+    """
+
+    N: RangeConfig | None = None  # target parameter counts
+    D: RangeConfig | None = None  # training tokens
+    C: RangeConfig | None = None  # or training FLOPs (D from the trainer's FLOPs per token)
+    tokens_per_param: RangeConfig | None = None  # or D / N
+    # continuous mixture weights over trainer.data's domains (stick-breaking of uniform
+    # variables: a flat Dirichlet), each at least min_weight
+    mixture: bool = False
+    min_weight: float = 0.0
+    candidates: int = 512  # points drawn from the space (the selection's candidate pool)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeacherGridConfig:
     """Teachers of a distillation study: dense runs trained first, crossed with the students.
 
@@ -113,6 +143,7 @@ class GridConfig:
     D: list[float] = field(default_factory=list)  # explicit training-token counts (crossed with N)
     tokens_per_param: list[float] = field(default_factory=list)  # D = ratio * N (crossed with N)
     isoflop: IsoflopConfig | None = None  # compute budgets x sizes per budget
+    space: SpaceConfig | None = None  # or a continuous region for a budgeted selection
     mixture: list[list[float]] = field(default_factory=list)  # domain weight vectors (crossed)
     simplex: SimplexConfig | None = None  # or every mixture of a simplex grid (crossed)
     # MoE sparsities S = (E - K) / E (crossed; trainer kind moe). With isoflop budgets, each

@@ -11,8 +11,11 @@ import hashlib
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
 
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
@@ -83,6 +86,16 @@ def grid_mixtures(study: StudyConfig) -> list[tuple[float, ...]]:
         raise StudyError("grid.simplex", str(exc).removeprefix("mixture: ")) from None
 
 
+def mixture_width(study: StudyConfig) -> int:
+    """How many domain weights each run's mixture has: those of grid.mixture or grid.simplex,
+    one per domain with a continuous grid.space mixture, else 0 (the trainer's default mix)."""
+    mixtures = grid_mixtures(study)
+    if mixtures:
+        return len(mixtures[0])
+    space = study.grid.space
+    return len(domain_names(study)) if space is not None and space.mixture else 0
+
+
 def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRun]:
     """Every run the study's grid names, in a stable order, each planned by the trainer.
 
@@ -96,7 +109,8 @@ def expand(study: StudyConfig, trainer: Trainer | None = None) -> list[PlannedRu
     for (point, budget), mixture, rep in itertools.product(
         base_points, mixtures, range(study.grid.replicates)
     ):
-        point = replace(point, mixture=mixture)  # sparsity is crossed in _base_points (it sets D)
+        # sparsity is crossed in _base_points (it sets D); a continuous space draws the mixture
+        point = replace(point, mixture=mixture) if mixture or not point.mixture else point
         seed = study.seed + rep
         for variant in _dependent_variants(study, point, upstream, seed):
             config = variant.trainer or study.trainer
@@ -260,6 +274,8 @@ def _base_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint, f
             raise StudyError(key, message) from None
     if g.isoflop is not None:
         return _isoflop_points(study, trainer)
+    if g.space is not None:
+        return _space_points(study, trainer)
     points: list[tuple[RunPoint, float | None]] = []
     for n in g.N:
         tokens = list(g.D) if g.D else [r * n for r in g.tokens_per_param]
@@ -300,4 +316,60 @@ def _isoflop_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint
                 )
             point = RunPoint(n_params=int(round(n)), tokens=int(round(tokens)), sparsity=sp)
             points.append((point, budget))
+    return points
+
+
+def stick_breaking(v: np.ndarray, k: int, min_weight: float = 0.0) -> np.ndarray:
+    """Mixture weights [n, k] from uniform variables v [n, k - 1]: stick-breaking with
+    b_i = 1 - (1 - v_i)^(1 / (k - 1 - i)), which maps the unit cube one-to-one onto the simplex
+    and uniform v onto a flat Dirichlet; then every weight is lifted to at least ``min_weight``."""
+    n = v.shape[0]
+    w = np.zeros((n, k))
+    left = np.ones(n)
+    for i in range(k - 1):
+        b = 1.0 - (1.0 - v[:, i]) ** (1.0 / (k - 1 - i))
+        w[:, i] = left * b
+        left = left * (1.0 - b)
+    w[:, k - 1] = left
+    return min_weight + (1.0 - k * min_weight) * w
+
+
+def _space_points(study: StudyConfig, trainer: Trainer) -> list[tuple[RunPoint, float | None]]:
+    """``grid.space``: a scrambled Sobol sample of the continuous region (seeded), crossed with
+    grid.sparsity."""
+    from scipy.stats import qmc
+
+    space = study.grid.space
+    assert space is not None and space.N is not None
+    second, axis = next((r, a) for a, r in (("D", space.D), ("C", space.C), ("tokens_per_param", space.tokens_per_param)) if r is not None)
+    k = len(domain_names(study)) if space.mixture else 0
+    with warnings.catch_warnings():  # a pool size that is not a power of two is fine here
+        warnings.simplefilter("ignore", UserWarning)
+        u = qmc.Sobol(d=2 + max(k - 1, 0), scramble=True, seed=study.seed).random(space.candidates)
+
+    def log_uniform(r: object, col: np.ndarray) -> np.ndarray:
+        lo, hi = math.log(r.min), math.log(r.max)  # type: ignore[attr-defined]
+        return np.exp(lo + col * (hi - lo))
+
+    sizes, seconds = log_uniform(space.N, u[:, 0]), log_uniform(second, u[:, 1])
+    mixtures = stick_breaking(u[:, 2:], k, space.min_weight) if k else None
+    min_tokens = study.trainer.batch_size * study.trainer.seq_len
+    points: list[tuple[RunPoint, float | None]] = []
+    for i, (n, x) in enumerate(zip(sizes, seconds, strict=True)):
+        mixture = tuple(float(w) for w in mixtures[i]) if mixtures is not None else ()
+        for sp in study.grid.sparsity or [0.0]:
+            if axis == "C":
+                try:
+                    per_token = trainer.plan(RunPoint(n_params=int(round(n)), tokens=1, sparsity=sp)).flops_per_token
+                except ValueError as exc:
+                    raise StudyError("grid.space.N", f"a model of N={n:.3g}, S={sp:g} is impossible: {exc}") from None
+                tokens = x / per_token
+            else:
+                tokens = x if axis == "D" else x * n
+            if study.trainer.kind != "simulated" and tokens < min_tokens:
+                raise StudyError(
+                    f"grid.space.{axis}.min",
+                    f"a candidate of N={n:.3g} would train on {tokens:.3g} tokens, less than one step ({min_tokens} tokens)",
+                )
+            points.append((RunPoint(n_params=int(round(n)), tokens=int(round(tokens)), sparsity=sp, mixture=mixture), None))
     return points

@@ -185,10 +185,9 @@ def _validate_simulated(study: StudyConfig) -> None:
     sim = study.trainer.simulated
     if sim.law not in LAW_NAMES:
         raise StudyError("trainer.simulated.law", f"unknown law {sim.law!r}; valid laws: {', '.join(LAW_NAMES)}")
-    from orchestrator.grid import grid_mixtures
+    from orchestrator.grid import mixture_width
 
-    mixtures = grid_mixtures(study)
-    k = len(mixtures[0]) if mixtures else 0
+    k = mixture_width(study)
     try:
         law = get_law(sim.law, k=k) if k and sim.law.startswith("mixture") else get_law(sim.law)
     except (TypeError, ValueError) as exc:
@@ -274,7 +273,9 @@ def _validate_grid(study: StudyConfig) -> None:
         for i, value in enumerate(getattr(g, axis)):
             if value <= 0:
                 raise StudyError(f"grid.{axis}[{i}]", f"must be positive, got {value}")
-    if g.isoflop is not None:
+    if g.space is not None:
+        _validate_space(study)
+    elif g.isoflop is not None:
         if not g.isoflop.budgets:
             raise StudyError("grid.isoflop.budgets", "must list at least one compute budget")
         for i, c in enumerate(g.isoflop.budgets):
@@ -310,6 +311,45 @@ def _validate_grid(study: StudyConfig) -> None:
         if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
             raise StudyError(key, f"weights must be non-negative and sum to 1, got {list(weights)}")
     _validate_dependencies(study, list(domains))
+
+
+def _validate_space(study: StudyConfig) -> None:
+    """grid.space: a continuous region for a budgeted selection."""
+    g, space = study.grid, study.grid.space
+    assert space is not None
+    if g.N or g.D or g.tokens_per_param or g.isoflop is not None:
+        raise StudyError("grid.space", "give a continuous space or a grid (N with D, or isoflop), not both")
+    if study.selection.mode == "grid":
+        raise StudyError(
+            "selection.mode", "grid.space is a continuous region, not a grid to train whole: choose runs from it with active, random or cheapest"
+        )
+    if g.teachers is not None or g.finetune is not None or g.cooldown_branches:
+        raise StudyError("grid.space", "runs that start from other runs (teachers, finetune, cooldown_branches) need a grid")
+    if space.N is None:
+        raise StudyError("grid.space.N", "a continuous space needs the range of model sizes, {min: ..., max: ...}")
+    given = [a for a in ("D", "C", "tokens_per_param") if getattr(space, a) is not None]
+    if len(given) != 1:
+        raise StudyError("grid.space.D", f"give exactly one of D, C and tokens_per_param, got {given or 'none'}")
+    for axis in ("N", *given):
+        r = getattr(space, axis)
+        if not r.min > 0:
+            raise StudyError(f"grid.space.{axis}.min", f"must be positive, got {r.min}")
+        if r.max < r.min:
+            raise StudyError(f"grid.space.{axis}.max", f"must be at least min ({r.min:g}), got {r.max:g}")
+    if not 1 <= space.candidates <= 100_000:
+        raise StudyError("grid.space.candidates", f"must be between 1 and 100000, got {space.candidates}")
+    if space.mixture:
+        from orchestrator.grid import domain_names
+
+        k = len(domain_names(study))
+        if g.mixture or g.simplex is not None:
+            raise StudyError("grid.space.mixture", "continuous mixtures replace grid.mixture and grid.simplex: give one")
+        if k < 2:
+            raise StudyError("grid.space.mixture", f"mixtures need at least two domains in trainer.data, got {k}")
+        if not 0 <= space.min_weight < 1 / k:
+            raise StudyError("grid.space.min_weight", f"must be in [0, 1/{k}) for {k} domains, got {space.min_weight}")
+    elif space.min_weight != 0:
+        raise StudyError("grid.space.min_weight", "is for continuous mixtures (grid.space.mixture: true)")
 
 
 def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:

@@ -194,7 +194,12 @@ class Selector:
                 self.stopped = f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)"
                 break
             trial = self.study.ask({PARAM: self.pool.distribution()})
-            run = self.candidates[int(trial.params[PARAM])]
+            i = int(trial.params[PARAM])
+            run = self.candidates[i]
+            # the trial says which run it is in the study's own terms, not only by pool index
+            trial.set_user_attr("run_key", run.spec.run_key)
+            trial.set_user_attr("inputs", {k: float(v[i]) for k, v in self.pool.inputs.items()})
+            trial.set_user_attr("flops", float(run.plan.flops))
             self._trials[run.spec.run_key] = trial.number
             out.append(self._tagged(run))
         return out

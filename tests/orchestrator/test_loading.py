@@ -131,6 +131,8 @@ def test_every_example_study_loads_and_expands(path: Path, monkeypatch: pytest.M
     planned = {r.key for r in runs}
     assert all(dep in planned for r in runs for dep in r.depends_on.values())
     assert [law.name for law in study_laws(study)]
+    readme = (path.parents[1] / "README.md").read_text()
+    assert path.name in readme, f"the README does not mention studies/{path.name}"
 
 
 def test_laws_are_bare_family_names_or_entries_also_from_overrides() -> None:

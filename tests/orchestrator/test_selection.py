@@ -235,6 +235,10 @@ def test_budgeted_study_spends_within_budget_without_duplicates(mode: str) -> No
     for r in runs:
         number = int(r["tags"]["isoflop.trial"])
         assert by_number[number] == pytest.approx(r["finished"].final_loss)
+        # the trial names its run in the study's terms
+        trial = next(t for t in trials if t.number == number)
+        assert trial.user_attrs["run_key"] == r["run_key"] and trial.user_attrs["flops"] == r["plan"].flops
+        assert trial.user_attrs["inputs"]["N"] == r["plan"].n_params
     if mode == "cheapest":
         chosen = sorted(r["plan"].flops for r in runs)
         assert chosen == sorted(r.plan.flops for r in grid)[: len(chosen)]
@@ -390,3 +394,100 @@ def test_active_selection_on_the_replayed_table_spends_a_tenth() -> None:
     last = tracker.study_metrics[-1][1]
     assert last["selection.spent_flops"] <= last["selection.budget_flops"] == pytest.approx(0.1 * total)
     assert last["selection.misfit_sd"] > 2 * last["selection.noise_sd"] > 0
+
+
+def _space_study(mode: str = "active", seed: int = 0, **space) -> object:
+    region = {"N": {"min": 3e6, "max": 3e9}, "C": {"min": 1e17, "max": 1e20}, "candidates": 256, **space}
+    return study_from_dict(
+        {
+            "name": f"space-{mode}",
+            "seed": seed,
+            "trainer": {"kind": "simulated", "simulated": {"noise": 0.005}},
+            "grid": {"space": region},
+            "laws": ["chinchilla"],
+            "selection": {"mode": mode, "budget_flops": 2e20, "target": {"budget": 1e22}, "refit_every": 1000},
+        }
+    )
+
+
+def test_a_continuous_space_is_a_seeded_sobol_pool_within_its_ranges() -> None:
+    runs = expand(_space_study())
+    assert len(runs) == 256
+    n = np.array([r.plan.n_params for r in runs], dtype=float)
+    c = np.array([r.plan.flops for r in runs])
+    assert n.min() >= 3e6 * 0.999 and n.max() <= 3e9 * 1.001
+    assert c.min() >= 1e17 * 0.99 and c.max() <= 1e20 * 1.01
+    # spread evenly over log N and log C (Sobol: every eighth of each log range is populated alike)
+    for x, lo, hi in ((np.log(n), np.log(3e6), np.log(3e9)), (np.log(c), np.log(1e17), np.log(1e20))):
+        counts = np.histogram(x, bins=8, range=(lo, hi))[0]
+        assert counts.min() >= 26 and counts.max() <= 38, counts
+    # deterministic given the seed, another seed another pool
+    assert [r.key for r in expand(_space_study())] == [r.key for r in runs]
+    assert not {r.key for r in expand(_space_study(seed=1))} & {r.key for r in runs}
+
+
+def test_continuous_mixtures_cover_the_simplex_above_the_minimum_weight() -> None:
+    from orchestrator.grid import stick_breaking
+
+    rng = np.random.default_rng(0)
+    w = stick_breaking(rng.random((20000, 2)), 3)
+    assert np.allclose(w.sum(axis=1), 1) and (w >= 0).all()
+    # uniform variables give the flat Dirichlet: each weight's marginal is Beta(1, 2)
+    assert np.allclose(w.mean(axis=0), 1 / 3, atol=0.01) and np.allclose(w.var(axis=0), 1 / 18, atol=0.003)
+    study = study_from_dict(
+        {
+            "name": "space-mix",
+            "trainer": {"kind": "simulated", "data": {"domains": {"a": {"source": "stdlib"}, "b": {"source": "pydoc"},
+                                                                  "c": {"source": "mlflow_docs"}}}},
+            "grid": {"space": {"N": {"min": 1e6, "max": 1e8}, "tokens_per_param": {"min": 5, "max": 100},
+                               "mixture": True, "min_weight": 0.1, "candidates": 64}},
+            "selection": {"mode": "random", "budget_fraction": 0.2},
+        }
+    )
+    mixtures = np.array([r.spec.point.mixture for r in expand(study)])
+    assert mixtures.shape == (64, 3) and np.allclose(mixtures.sum(axis=1), 1) and mixtures.min() >= 0.1 - 1e-12
+    assert len({tuple(m) for m in mixtures.round(6)}) == 64  # every candidate its own mixture
+
+
+@pytest.mark.parametrize(
+    ("space", "selection", "key"),
+    [
+        ({"C": None}, {}, "grid.space.D"),
+        ({"D": {"min": 1e9, "max": 1e10}}, {}, "grid.space.D"),
+        ({"N": {"min": 1e7, "max": 1e6}}, {}, "grid.space.N.max"),
+        ({"C": {"min": 0, "max": 1e20}}, {}, "grid.space.C.min"),
+        ({"candidates": 0}, {}, "grid.space.candidates"),
+        ({"min_weight": 0.1}, {}, "grid.space.min_weight"),
+        ({}, {"mode": "grid"}, "selection.mode"),
+    ],
+)
+def test_bad_continuous_spaces_name_the_key(space: dict, selection: dict, key: str) -> None:
+    raw = {
+        "name": "bad-space",
+        "trainer": {"kind": "simulated"},
+        "grid": {"space": {"N": {"min": 1e6, "max": 1e9}, "C": {"min": 1e17, "max": 1e20}, **space}},
+        "selection": {"mode": "active", "budget_fraction": 0.1, "target": {"budget": 1e22}, **selection},
+    }
+    raw["grid"]["space"] = {k: v for k, v in raw["grid"]["space"].items() if v is not None}
+    with pytest.raises(StudyError) as info:
+        expand(study_from_dict(raw))
+    assert info.value.key == key, str(info.value)
+
+
+def test_active_selection_over_a_continuous_space_predicts_the_target() -> None:
+    """The criterion works the same on a sampled continuous region as on a grid: within the
+    budget, no run twice, and the loss at the compute optimum of 1e22 FLOPs (50x the budget)
+    predicted within a few percent of the truth."""
+    study = _space_study()
+    tracker = MemoryTracker()
+    outcome = run_study(
+        study, tracker=tracker, executor=InlineExecutor(), optuna_storage=optuna.storages.InMemoryStorage(),
+        background_refit=False,
+    )
+    runs = [r for r in tracker.runs.values() if r["status"] == "FINISHED"]
+    assert sum(r["plan"].flops for r in runs) <= 2e20 * (1 + 1e-9)
+    assert len({r["run_key"] for r in runs}) == len(runs) >= 10
+    fit = outcome.laws[0].fit
+    opt = laws.compute_optimal(fit, [1e22])[0]
+    true = laws.compute_optimal(_true_fit(), [1e22])[0]
+    assert opt.loss == pytest.approx(true.loss, rel=0.03)
