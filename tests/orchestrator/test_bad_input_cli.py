@@ -122,3 +122,23 @@ def test_bad_override_and_missing_file_exit_2(tmp_path: Path, monkeypatch, capsy
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
     assert not (tmp_path / ".isoflop").exists()
+
+
+def test_ui_binds_to_loopback_and_warns_when_told_otherwise(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``isoflop ui`` serves the store on 127.0.0.1 by default; another host is served with a
+    warning, and the password of a database URI is never printed."""
+    import subprocess
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:hunter2@db.internal/mlflow")
+    assert main(["ui"]) == 0
+    first = capsys.readouterr()
+    assert calls[0][calls[0].index("--host") + 1] == "127.0.0.1" and "warning" not in first.err
+    assert main(["ui", "--host", "0.0.0.0", "--port", "5077"]) == 0
+    out, err = capsys.readouterr()
+    out += first.out
+    assert calls[1][calls[1].index("--host") + 1] == "0.0.0.0" and calls[1][calls[1].index("--port") + 1] == "5077"
+    assert "warning: serving the UI on 0.0.0.0, reachable from other machines" in err
+    assert "http://127.0.0.1:5000" in out and "mlflow:***@db.internal" in out and "hunter2" not in out + err
