@@ -51,6 +51,7 @@ class Snapshot:
     elapsed_s: float
     mean_run_s: float | None
     eta_s: float | None
+    grid_flops: float | None = None  # FLOPs of every run of the grid (grid mode), to show progress against
 
     @property
     def budget_fraction(self) -> float | None:
@@ -72,6 +73,13 @@ def selection_budget_of(study: object, runs: Sequence[PlannedRun]) -> float | No
     return float(sel.budget_fraction if sel.budget_fraction is not None else 1.0) * total
 
 
+def grid_flops_of(runs: Sequence[PlannedRun]) -> float:
+    """The FLOPs of training every run (a cooldown branch pays for its cooldown only)."""
+    from orchestrator.grid import trained_flops
+
+    return float(sum(trained_flops(r) for r in runs))
+
+
 class LiveView:
     """Scheduler-event and refit callback that redraws a status block in place.
 
@@ -89,6 +97,7 @@ class LiveView:
         *,
         title: str = "",
         budget_flops: float | None = None,
+        grid_flops: float | None = None,
         stream: TextIO | None = None,
         min_interval_s: float = 0.25,
         tick_s: float | None = None,
@@ -98,6 +107,7 @@ class LiveView:
         self.total = len(runs)
         self.title = title
         self.budget_flops = budget_flops
+        self.grid_flops = grid_flops
         self.stream = stream or sys.stdout
         self.min_interval_s = min_interval_s
         self.clock = clock
@@ -209,6 +219,7 @@ class LiveView:
                 elapsed_s=now - self._t0,
                 mean_run_s=mean,
                 eta_s=self._eta(mean, pending, running, now),
+                grid_flops=self.grid_flops,
             )
 
     def _eta(self, mean: float | None, pending: int, running: int, now: float) -> float | None:
@@ -321,6 +332,8 @@ def block_lines(
     flops = f"  FLOPs {s.flops_done:.3g}"
     if s.budget_fraction is not None:
         flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
+    elif s.grid_flops:
+        flops += f" of {s.grid_flops:.3g} for the grid ({100 * s.flops_done / s.grid_flops:.1f}%)"
     timing = f"  elapsed {_duration(s.elapsed_s)}"
     if s.mean_run_s is not None:
         timing += f", mean run {s.mean_run_s:.1f}s"
@@ -384,6 +397,7 @@ def make_progress(
         runs,
         title=str(getattr(study, "name", "")),
         budget_flops=selection_budget_of(study, runs),
+        grid_flops=grid_flops_of(runs),
         stream=out,
         tick_s=1.0,
     )

@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 import laws
 from orchestrator.config import StudyConfig
 from orchestrator.grid import PlannedRun, expand
-from orchestrator.live import Snapshot, block_lines, estimate_eta, selection_budget_of
+from orchestrator.live import (
+    Snapshot,
+    block_lines,
+    estimate_eta,
+    grid_flops_of,
+    selection_budget_of,
+)
 from orchestrator.mlflow_tracker import study_status
 from orchestrator.refit import RefitState, fit_summary
 from orchestrator.selection.selector import SelectionView
@@ -72,6 +78,7 @@ def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun])
         elapsed_s=st.elapsed_s,
         mean_run_s=mean,
         eta_s=eta,
+        grid_flops=grid_flops_of(runs),
     )
 
 

@@ -115,9 +115,11 @@ def test_flops_and_budget_fraction() -> None:
     assert "FLOPs 3e+18 of budget 1e+19 (30.0%)" in text
     assert "candidates left" in text
 
-    grid, _ = view(runs, clock)
+    grid, _ = view(runs, clock, grid_flops=1.5e19)
     grid(ev("skip", runs[3]))
     assert grid.snapshot().budget_fraction is None
+    # a grid shows its progress against the FLOPs of the whole grid
+    assert "FLOPs 8e+18 of 1.5e+19 for the grid (53.3%)" in "\n".join(grid.lines())
     assert "budget" not in "\n".join(grid.lines())
 
 
