@@ -37,7 +37,7 @@ class Clock:
 
 def fake_run(key: str, flops: float = 10.0) -> SimpleNamespace:
     plan = SimpleNamespace(n_params=1e6, tokens=2e7, flops=flops)
-    return SimpleNamespace(plan=plan, spec=SimpleNamespace(run_key=key), budget=None, tags={})
+    return SimpleNamespace(plan=plan, spec=SimpleNamespace(run_key=key), budget=None, tags={}, depends_on={})
 
 
 def ev(kind: str, run: SimpleNamespace, *, attempt: int = 1, error: str | None = None) -> Event:
