@@ -5,7 +5,7 @@ training dynamics (its SDE) unchanged only if every exponential moving average i
 is scaled too: a model EMA of momentum rho becomes rho ** kappa, which keeps its horizon in
 samples fixed (Busbridge et al., NeurIPS 2023, "How to scale your EMA"). The optimiser's rule for
 Adam is the square-root rule (Malladi et al., NeurIPS 2022, "On the SDEs and scaling rules for
-adaptive gradient algorithms"); see docs/laws.md section 7:
+adaptive gradient algorithms"):
 
     lr -> lr * sqrt(kappa)
     1 - beta_i -> kappa * (1 - beta_i)        (Adam's moment EMAs are EMAs as well)
