@@ -164,7 +164,11 @@ def bench_bootstrap(args: argparse.Namespace, inputs: dict[str, np.ndarray], los
     print(f"Bootstrap of the 5-parameter law: {boot.n_resamples} resamples of {boot.n_groups} configurations, "
           f"seed {args.seed}: {med:.2f} s (median of {len(times)}, best {min(times):.2f}; "
           f"CPU {float(np.median(CPU_TIMES)):.2f}); "
-          f"{int(boot.converged.sum())} resamples converged")
+          f"{boot.n_converged} resamples converged")
+    for w in boot.warnings:
+        print(f"warning: {w}")
+    if not boot.has_intervals:
+        return
     print("\n| quantity | fit | 95 % bootstrap interval | bootstrap SE |")
     print("|---|---|---|---|")
     for name in boot.get_law().param_names:

@@ -10,7 +10,9 @@ One JSON/YAML-able dict, versioned by ``schema_version``::
                                     "tokens_per_param": ..., "loss": ...,
                                     "N_opt_interval": [lo, hi] or None,
                                     "D_opt_interval": [lo, hi] or None}, ...],
-               "bootstrap": {...}  # only when bootstrap results are given
+               "bootstrap": {...}  # only when bootstrap results are given: intervals from the
+                                   # converged resamples (None when too few), n_converged,
+                                   # warnings (also appended to "report"."warnings")
               }, ...]}
 
 :func:`load_document` turns it back into :class:`~laws.result.LawFit` objects.
@@ -72,17 +74,22 @@ def bootstrap_entry(
         "n_resamples": boot.n_resamples,
         "seed": boot.seed,
         "n_groups": boot.n_groups,
-        "n_converged": int(boot.converged.sum()),
+        "n_converged": boot.n_converged,
         "level": level,
-        "method": "percentile bootstrap over configurations",
-        "intervals": {k: list(v) for k, v in boot.intervals(level).items()},
+        "method": "percentile bootstrap over configurations (converged resamples only)",
+        "intervals": {k: _pair(v) for k, v in boot.intervals(level).items()},
         "compute_optimal": [],
+        "warnings": list(boot.warnings),
     }
     if budgets and set(law_inputs) == {"N", "D"}:
         for c in budgets:
             opt = boot.optimum_interval(c, level)
-            entry["compute_optimal"].append({"C": c, "N_opt": list(opt["N_opt"]), "D_opt": list(opt["D_opt"])})
+            entry["compute_optimal"].append({"C": c, "N_opt": _pair(opt["N_opt"]), "D_opt": _pair(opt["D_opt"])})
     return entry
+
+
+def _pair(v: tuple[float, float] | None) -> list[float] | None:
+    return None if v is None else [float(v[0]), float(v[1])]
 
 
 def export_document(
@@ -107,6 +114,8 @@ def export_document(
     for entry, boot in zip(entries, bootstrap or [None] * len(fits), strict=True):
         if boot is not None:
             entry["bootstrap"] = bootstrap_entry(boot, law_inputs=entry["inputs"], budgets=budgets, level=level)
+            # the fit's report carries the bootstrap's warnings too: it is what readers check
+            entry["report"]["warnings"] = [*entry["report"]["warnings"], *(f"bootstrap: {w}" for w in boot.warnings)]
     return {"schema_version": SCHEMA_VERSION, "budgets": budgets, "laws": entries}
 
 
