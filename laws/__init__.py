@@ -13,7 +13,9 @@ mixture_additive, mixture_joint, forgetting, forgetting_ft, and custom laws from
 expression (:func:`custom_law`). Uncertainty: :func:`parametric_intervals`,
 :func:`prediction_interval`, :func:`laws.bootstrap.bootstrap`. Recipes beyond compute-optimal
 allocation: :mod:`laws.optimal` (mixture weights, sparsity, pretraining-data injection) and
-:mod:`laws.distill_plan` (distil or train supervised). ``isoflop fit``: :mod:`laws.cli`.
+:mod:`laws.distill_plan` (distil or train supervised), with intervals on the optimal sparsity and
+the optimal mixture in :mod:`laws.optimal_intervals` (delta method and bootstrap, joint across
+per-domain laws: :func:`laws.bootstrap.joint_bootstrap`). ``isoflop fit``: :mod:`laws.cli`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ interval (None) below ``min_converged``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,9 @@ class BootstrapResult:
     seconds: float = 0.0
     min_converged: float = MIN_CONVERGED
     warnings: tuple[str, ...] = ()
+    #: digest of the resampled multiplicities [R, n]: equal digests mean the same resamples of
+    #: the same runs (a joint bootstrap of several laws, :func:`joint_bootstrap`)
+    resample_digest: str = ""
 
     def get_law(self) -> ScalingLaw:
         from laws.registry import law_from_spec
@@ -263,6 +267,7 @@ def bootstrap(
     if not fit_.report.converged and fit_.report.n_starts:
         warns.insert(0, "the fit being bootstrapped did not converge: resamples start from it")
     return BootstrapResult(
+        resample_digest=hashlib.sha1(np.ascontiguousarray(w).tobytes()).hexdigest(),
         law_spec=law.spec(),
         theta=res.theta[rows].numpy(),
         objective=obj[torch.arange(n_resamples), best].numpy(),
@@ -273,3 +278,41 @@ def bootstrap(
         min_converged=min_converged,
         warnings=tuple(warns),
     )
+
+
+def joint_bootstrap(
+    fits: Sequence[LawFit],
+    inputs: Mapping[str, ArrayLike],
+    losses: Sequence[ArrayLike],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    groups: ArrayLike | None = None,
+    grid_starts: int = 2,
+    options: NewtonOptions | None = None,
+    threads: int | None = 1,
+    min_converged: float = MIN_CONVERGED,
+) -> list[BootstrapResult]:
+    """Bootstrap several laws fitted to the same runs (e.g. one mixture law per target domain:
+    the same ``inputs``, one loss per law in ``losses``) with the SAME resampled configurations:
+    resample r of every law draws the same runs, so a recipe that combines the laws (the optimal
+    mixture) sees the laws' correlated errors. Returns one :class:`BootstrapResult` per law, all
+    with the same ``resample_digest``.
+    """
+    if len(fits) != len(losses):
+        raise ValueError(f"joint_bootstrap: {len(fits)} fits but {len(losses)} loss arrays; give one loss per fit")
+    if not fits:
+        raise ValueError("joint_bootstrap needs at least one fit")
+    lengths = {np.asarray(v).reshape(-1).shape[0] for v in (*inputs.values(), *losses)}
+    if len(lengths) != 1:
+        raise ValueError(f"joint_bootstrap: inputs and losses must describe the same runs; got lengths {sorted(lengths)}")
+    if groups is None:
+        # one configuration = one distinct value of every input any of the laws takes
+        names = sorted({k for f in fits for k in f.get_law().inputs})
+        groups = np.column_stack([np.asarray(inputs[k], dtype=np.float64).reshape(-1) for k in names])
+    out = []
+    for fit_, loss in zip(fits, losses, strict=True):
+        law_inputs = {k: inputs[k] for k in fit_.get_law().inputs}
+        out.append(bootstrap(fit_, law_inputs, loss, n_resamples=n_resamples, seed=seed, groups=groups,
+                             grid_starts=grid_starts, options=options, threads=threads, min_converged=min_converged))
+    return out

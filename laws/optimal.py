@@ -31,11 +31,14 @@ def optimal_mixture(
     steps: int = 2000,
     lr: float = 0.5,
     tol: float = 1e-12,
+    init: Sequence[float] | None = None,
 ) -> MixtureOptimum:
     """Minimise sum_j w_j L_j(N, D, h) over the simplex by mirror descent (exponentiated gradient:
     h <- h exp(-lr grad) / Z, as Shukor et al. 2025 do), one fitted mixture law per target domain.
 
-    ``target_weights`` w (default uniform) weight the target domains' losses.
+    ``target_weights`` w (default uniform) weight the target domains' losses. ``init``: the
+    starting weights (default uniform), e.g. a nearby optimum when re-solving under bootstrap
+    resamples; zeros are lifted to 1e-9 (mirror descent cannot leave a zero weight).
     """
     if not fits:
         raise ValueError("optimal_mixture needs at least one fitted mixture law")
@@ -58,7 +61,14 @@ def optimal_mixture(
         (g,) = torch.autograd.grad(total, h)
         return float(total.detach()), g.numpy()
 
-    h = np.full(k, 1.0 / k)
+    if init is None:
+        h = np.full(k, 1.0 / k)
+    else:
+        h = np.asarray(init, dtype=np.float64).reshape(-1)
+        if h.shape != (k,) or np.any(~np.isfinite(h)) or np.any(h < 0) or not h.sum() > 0:
+            raise ValueError(f"init must be {k} non-negative weights, got {list(h)}")
+        h = np.maximum(h, 1e-9)
+        h = h / h.sum()
     value, grad = loss_and_grad(torch.from_numpy(h))
     it = 0
     for it in range(1, steps + 1):  # noqa: B007 - reported
