@@ -128,7 +128,13 @@ def _param_spec(name: str, value: Any) -> tuple[Param, list[float]]:
 
 
 class CustomLaw(FormulaLaw):
-    """A law compiled from a spec (see the module docstring); build it with :func:`custom_law`."""
+    """A law compiled from a spec (see the module docstring); build it with :func:`custom_law`.
+
+    An input with one value in every run is reported in the fit's warnings rather than refused:
+    whether the expression stays identified depends on how it uses the input.
+    """
+
+    varying_inputs: tuple[str, ...] | None = ()
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         if not isinstance(spec, Mapping):
