@@ -41,14 +41,15 @@ BEST_ABS_TOL = 1e-15
 #: to convergence only crawls there. The recipe's phase gets ``NewtonOptions.max_iter``.
 CONTINUATION_MAX_ITER = 50
 #: when the best start has not converged after ``NewtonOptions.max_iter`` iterations, this many
-#: of the best unconverged starts continue for up to ``POLISH_FACTOR`` x ``max_iter`` more. An optimum
+#: of the best unconverged starts continue, in up to ``POLISH_FACTOR`` rounds of ``max_iter``,
+#: until the best start has converged. An optimum
 #: approached along a weakly identified direction (a residual crossing the Huber kink at every
 #: other step while a parameter drifts towards a boundary such as log E -> -inf) needs several
 #: hundred damped steps: with 200 and no polish, the best start of noisy sparsity and mixture fits
 #: stopped with a gradient of 1e-4 (and a bootstrap started there converged in no resample).
 #: Polishing only a few starts keeps the cost of the stragglers off the batch.
 POLISH_STARTS = 8
-POLISH_FACTOR = 4
+POLISH_FACTOR = 10
 
 
 def fit(
@@ -237,21 +238,25 @@ def run_starts(
 
 
 def _polish(objective: Objective, res: BatchResult, options: NewtonOptions) -> tuple[BatchResult, int]:
-    """When the best start has not converged, continue the ``POLISH_STARTS`` best unconverged
-    starts for up to ``POLISH_FACTOR * options.max_iter`` more iterations (the rest of the batch is not paid for);
-    returns the updated results and the iterations run."""
-    finite = torch.where(torch.isfinite(res.objective), res.objective, torch.inf)
-    best = int(torch.argmin(finite))
-    if bool(res.converged[best]) or not torch.isfinite(finite[best]) or POLISH_FACTOR <= 0:
-        return res, 0
-    order = torch.argsort(finite)
-    order = order[torch.isfinite(finite[order]) & ~res.converged[order]][:POLISH_STARTS]
-    more = minimise_batched(objective.jet, objective.value, res.theta[order],
-                            options=replace(options, max_iter=POLISH_FACTOR * options.max_iter))
+    """While the best start has not converged, continue the ``POLISH_STARTS`` best unconverged
+    starts in rounds of ``options.max_iter`` iterations, at most ``POLISH_FACTOR`` rounds (the
+    rest of the batch is not paid for); stops as soon as the lowest objective belongs to a
+    converged start. Returns the updated results and the iterations run."""
     theta, objective_, gnorm, conv = (t.clone() for t in (res.theta, res.objective, res.grad_norm, res.converged))
-    theta[order], objective_[order], gnorm[order], conv[order] = more.theta, more.objective, more.grad_norm, more.converged
+    total = 0
+    for _ in range(max(POLISH_FACTOR, 0)):
+        finite = torch.where(torch.isfinite(objective_), objective_, torch.inf)
+        best = int(torch.argmin(finite))
+        if bool(conv[best]) or not torch.isfinite(finite[best]):
+            break
+        order = torch.argsort(finite)
+        order = order[torch.isfinite(finite[order]) & ~conv[order]][:POLISH_STARTS]
+        more = minimise_batched(objective.jet, objective.value, theta[order], options=options)
+        theta[order], objective_[order], gnorm[order], conv[order] = (
+            more.theta, more.objective, more.grad_norm, more.converged)
+        total += more.iterations
     return BatchResult(theta=theta, objective=objective_, grad_norm=gnorm, converged=conv,
-                       iterations=res.iterations + more.iterations), more.iterations
+                       iterations=res.iterations + total), total
 
 
 def _continuation(objectives: Sequence[Objective]) -> str:

@@ -4,6 +4,8 @@ the true optimum and shrinks with more data (each configuration run with more se
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,14 @@ def mixture_runs(seeds: int, truths=(DOMAIN_A,), seed: int = 0):
     rng = np.random.default_rng(seed)
     losses = [law.predict(t, **x) * np.exp(rng.normal(0.0, 0.005, x["N"].size)) for t in truths]
     return law, x, losses
+
+
+@functools.cache
+def mixture_fits(seeds: int) -> tuple[laws.ScalingLaw, dict, list[np.ndarray], list[laws.LawFit]]:
+    """Both domains' laws fitted to :func:`mixture_runs` (cached: several tests share them; the
+    first domain's losses are those of ``mixture_runs(seeds)``)."""
+    law, x, losses = mixture_runs(seeds, truths=(DOMAIN_A, DOMAIN_B))
+    return law, x, losses, [laws.fit(law, x, y) for y in losses]
 
 
 def width(iv: tuple[float, float], log: bool = False) -> float:
@@ -129,8 +139,7 @@ def test_parametric_mixture_interval_covers_and_shrinks():
     truth = optimal_mixture([law_fit("mixture_additive", DOMAIN_A)], **AT).weights[0]
     ivs = []
     for seeds in (1, 3):
-        law, x, (loss,) = mixture_runs(seeds)
-        fit = laws.fit(law, x, loss)
+        fit = mixture_fits(seeds)[3][0]
         iv = optimal_mixture_intervals([fit], **AT)
         lo, hi = iv.weights[0]
         assert lo < truth < hi
@@ -150,8 +159,7 @@ def test_joint_bootstrap_mixture_interval_covers_and_shrinks():
     truth = optimal_mixture([law_fit("mixture_additive", t) for t in (DOMAIN_A, DOMAIN_B)], **AT).weights[0]
     widths = []
     for seeds in (1, 3):
-        law, x, losses = mixture_runs(seeds, truths=(DOMAIN_A, DOMAIN_B))
-        fits = [laws.fit(law, x, y) for y in losses]
+        _, x, losses, fits = mixture_fits(seeds)
         boots = joint_bootstrap(fits, x, losses, n_resamples=20, seed=0, grid_starts=0,
                                 options=laws.NewtonOptions(max_iter=1000))
         iv = bootstrap_optimal_mixture(boots, fits, **AT)
