@@ -24,7 +24,7 @@ from laws.base import FitRecipe, LinearLSELaw, Param, ScalingLaw
 from laws.bootstrap import BootstrapResult
 from laws.custom import CustomLaw, CustomLawError, custom_law
 from laws.export import SCHEMA_VERSION, export_document, load_document
-from laws.fit import fit
+from laws.fit import Screen, fit
 from laws.io import load_table
 from laws.optimizer import NewtonOptions
 from laws.recipes import Allocation, IsoflopMinimum, compute_optimal, isoflop_minima
@@ -47,6 +47,7 @@ __all__ = [
     "NewtonOptions",
     "Param",
     "ScalingLaw",
+    "Screen",
     "compute_optimal",
     "custom_law",
     "export_document",

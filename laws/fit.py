@@ -182,6 +182,8 @@ class Screen:
     iterations: int = 3
     keep: int = 64
     min_starts: int = 512
+    # ``iterations=0`` ranks the starts by their objective alone (values, no derivatives): the
+    # cheap screen for very large grids such as the distillation law's full 162,000 starts
 
 
 def run_starts(
@@ -195,11 +197,18 @@ def run_starts(
     scr = screen if screen is not None else (Screen() if s > Screen().min_starts else Screen(keep=0))
     screened = 0 < scr.keep < s
     iterations = 0
-    if screened:
+    if screened and scr.iterations == 0:
+        # rank the starts by their objective alone: one value evaluation each, no derivatives
+        with torch.no_grad():
+            f0 = objectives[0].value(starts, torch.arange(s))
+        first = BatchResult(theta=starts, objective=f0, grad_norm=torch.full_like(f0, float("nan")),
+                            converged=torch.zeros(s, dtype=torch.bool), iterations=0)
+    elif screened:
         first = minimise_batched(
             objectives[0].jet, objectives[0].value, starts, options=replace(options, max_iter=scr.iterations)
         )
         iterations += first.iterations
+    if screened:
         order = torch.argsort(torch.where(torch.isfinite(first.objective), first.objective, torch.inf))
         keep = order[: scr.keep]
         theta_k = first.theta[keep]
@@ -233,6 +242,9 @@ def run_starts(
     method = (
         f"{_continuation(objectives)}batched damped Newton (exact Hessian): all {s} starts x "
         f"{scr.iterations} iterations, then the best {scr.keep} to convergence{note}"
+        if scr.iterations else
+        f"{_continuation(objectives)}batched damped Newton (exact Hessian): all {s} starts ranked by their "
+        f"objective, the best {scr.keep} to convergence{note}"
     )
     return BatchResult(theta=theta, objective=objective, grad_norm=gnorm, converged=conv, iterations=iterations), method
 
