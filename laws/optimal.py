@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy import optimize
 
+from laws.optimizer import torch_threads
 from laws.result import LawFit
 
 
@@ -38,8 +39,23 @@ def optimal_mixture(
 
     ``target_weights`` w (default uniform) weight the target domains' losses. ``init``: the
     starting weights (default uniform), e.g. a nearby optimum when re-solving under bootstrap
-    resamples; zeros are lifted to 1e-9 (mirror descent cannot leave a zero weight).
+    resamples; zeros are lifted to 1e-9 (mirror descent cannot leave a zero weight). Runs on one
+    torch thread (small tensors: see :func:`laws.optimizer.torch_threads`).
     """
+    with torch_threads(1):
+        return _optimal_mixture(fits, N, D, target_weights, steps, lr, tol, init)
+
+
+def _optimal_mixture(
+    fits: Sequence[LawFit],
+    N: float,
+    D: float,
+    target_weights: Sequence[float] | None,
+    steps: int,
+    lr: float,
+    tol: float,
+    init: Sequence[float] | None,
+) -> MixtureOptimum:
     if not fits:
         raise ValueError("optimal_mixture needs at least one fitted mixture law")
     law_list = [f.get_law() for f in fits]
@@ -102,7 +118,13 @@ def optimal_sparsity(fit_: LawFit, budget: float, *, max_sparsity: float = 0.98)
 
     Active parameters are taken as N (1 - S) (every parameter routed), so compute is
     C = 6 N (1 - S) D. A coarse grid over (log N, S) then bounded L-BFGS-B from its best cell.
+    Runs on one torch thread (small tensors: see :func:`laws.optimizer.torch_threads`).
     """
+    with torch_threads(1):
+        return _optimal_sparsity(fit_, budget, max_sparsity)
+
+
+def _optimal_sparsity(fit_: LawFit, budget: float, max_sparsity: float) -> SparsityOptimum:
     law = fit_.get_law()
     if set(law.inputs) != {"N", "D", "S"}:
         raise ValueError(f"optimal_sparsity needs a law in N, D and S; {law.name!r} takes {list(law.inputs)}")
