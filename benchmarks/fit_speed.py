@@ -9,6 +9,14 @@ times them all.
     python benchmarks/fit_speed.py [--data PATH] [--ref-starts 200] [--ref-gradient exact|numeric]
                                    [--unscreened] [--seed 0] [--repeat 3]
     python benchmarks/fit_speed.py --bootstrap [--resamples 1000] [--seed 0]
+    python benchmarks/fit_speed.py --distillation [--seeds 3]
+    python benchmarks/fit_speed.py --custom [--repeat 3]
+
+``--distillation``: the distillation law (Busbridge et al. 2025, published parameters) on 125
+simulated runs (5 students x 5 token counts x 5 teachers, 0.5 % log-normal noise, seeds 0..k-1):
+the default seeded 4096-start subset against the full 162,000-start grid, screened by objective
+value or by one Newton step. ``--custom``: the Chinchilla law written as a custom expression
+against the built-in, on the same 4500-start grid and data.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from scipy.special import logsumexp
 
 import laws
 from laws.io import load_table
+from laws.optimizer import torch_threads
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "epoch_chinchilla.csv"
 
@@ -164,7 +173,11 @@ def bench_bootstrap(args: argparse.Namespace, inputs: dict[str, np.ndarray], los
     print(f"Bootstrap of the 5-parameter law: {boot.n_resamples} resamples of {boot.n_groups} configurations, "
           f"seed {args.seed}: {med:.2f} s (median of {len(times)}, best {min(times):.2f}; "
           f"CPU {float(np.median(CPU_TIMES)):.2f}); "
-          f"{int(boot.converged.sum())} resamples converged")
+          f"{boot.n_converged} resamples converged")
+    for w in boot.warnings:
+        print(f"warning: {w}")
+    if not boot.has_intervals:
+        return
     print("\n| quantity | fit | 95 % bootstrap interval | bootstrap SE |")
     print("|---|---|---|---|")
     for name in boot.get_law().param_names:
@@ -178,6 +191,73 @@ def bench_bootstrap(args: argparse.Namespace, inputs: dict[str, np.ndarray], los
     print(f"| D_opt at C=5.76e23 | {alloc.D_opt:.3g} | [{opt['D_opt'][0]:.3g}, {opt['D_opt'][1]:.3g}] | |")
 
 
+def bench_distillation(args: argparse.Namespace) -> None:
+    from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS as truth
+    from laws.fit import Screen
+
+    n, d, lt = (a.ravel() for a in np.meshgrid(np.geomspace(1.4e8, 7.75e9, 5), np.geomspace(2e9, 5e11, 5),
+                                               np.array([2.0, 2.25, 2.5, 2.8, 3.2]), indexing="ij"))
+    x = {"N": n, "D": d, "L_T": lt}
+    target = {"N": np.array([546e6, 3e9]), "D": np.array([10.9e9, 1e12]), "L_T": np.array([2.2509, 2.0])}
+    variants = [
+        ("default: seeded 4096-start subset; all x 3 Newton steps, best 64 continued", 4096, None),
+        ("full grid (162,000); all ranked by objective, best 256 continued", None, Screen(iterations=0, keep=256)),
+        ("full grid (162,000); all ranked by objective, best 1024 continued", None, Screen(iterations=0, keep=1024)),
+        ("full grid (162,000); all x 1 Newton step, best 64 continued", None, Screen(iterations=1, keep=64)),
+    ]
+    print(f"Machine: {machine()}\n")
+    print("| seed | starts and screen | seconds (CPU) | objective | max prediction error at the targets | converged |")
+    print("|---|---|---|---|---|---|")
+    for seed in range(args.seeds):
+        law0 = laws.get_law("distillation")
+        loss = law0.predict(truth, **x) * np.exp(np.random.default_rng(seed).normal(0.0, 0.005, n.size))
+        for label, max_starts, screen in variants:
+            law = laws.get_law("distillation", max_starts=max_starts)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fit = laws.fit(law, x, loss, screen=screen)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            err = float(np.max(np.abs(fit.predict(**target) / law.predict(truth, **target) - 1)))
+            print(f"| {seed} | {label} | {wall:.1f} ({cpu:.1f}) | {fit.objective:.10e} | {100 * err:.2f} % | "
+                  f"{fit.report.converged} |")
+
+
+def bench_custom(args: argparse.Namespace, inputs: dict[str, np.ndarray], loss: np.ndarray) -> None:
+    """Custom-expression laws against the built-ins they restate, same grid, data and fitter:
+    Chinchilla (a sum of power laws: the custom law takes the closed-form log-sum-exp path) and
+    Busbridge et al.'s law with an outer exponent gamma (not a sum of power laws: the formula
+    path, like the built-in)."""
+    ab = [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
+    ex = [0.0, 0.5, 1.0, 1.5, 2.0]
+    gab, gex = [0.0, 5.0, 10.0, 15.0, 20.0], [0.0, 0.5, 1.0, 1.5]
+    pairs = [
+        (laws.get_law("chinchilla"), {
+            "name": "custom_chinchilla", "expression": "E + A / N**alpha + B / D**beta", "inputs": ["N", "D"],
+            "params": {"E": {"log": True, "init": [-1.0, -0.5, 0.0, 0.5, 1.0]}, "A": {"log": True, "init": ab},
+                       "B": {"log": True, "init": ab}, "alpha": ex, "beta": ex}}),
+        (laws.get_law("chinchilla_gamma"), {
+            "name": "custom_chinchilla_gamma", "expression": "E + (A / N**alpha + B / D**beta)**gamma",
+            "inputs": ["N", "D"],
+            "params": {"E": {"log": True, "init": [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5]}, "A": {"log": True, "init": gab},
+                       "B": {"log": True, "init": gab}, "alpha": gex, "beta": gex, "gamma": gex},
+            "delta": 1e-4}),
+    ]
+    print(f"Data: {args.data.name}, {loss.size} points; machine: {machine()}\n")
+    print(f"| law | path | starts | seconds (median of {args.repeat}; CPU) | best objective | custom / built-in |")
+    print("|---|---|---|---|---|---|")
+    for builtin, spec in pairs:
+        custom = laws.custom_law(spec)
+        torch.testing.assert_close(custom.init_grid(), builtin.init_grid())
+        medians = []
+        for law in (builtin, custom):
+            laws.fit(law, inputs, loss)  # warm-up
+            times, fit = timed(lambda law=law: laws.fit(law, inputs, loss), args.repeat)
+            medians.append(float(np.median(times)))
+            path = "closed-form log-sum-exp" if isinstance(law, laws.LinearLSELaw) else "formula (recorded tape)"
+            ratio = "" if law is builtin else f"**{medians[1] / medians[0]:.2f}**"
+            print(f"| {law.name} | {path} | {law.init_grid().shape[0]} | {medians[-1]:.2f} "
+                  f"({float(np.median(CPU_TIMES)):.2f}) | {fit.objective:.11g} | {ratio} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -187,12 +267,22 @@ def main() -> None:
     ap.add_argument("--unscreened", action="store_true",
                     help="also time the batched fit with every start run to convergence (no screening)")
     ap.add_argument("--bootstrap", action="store_true", help="time the bootstrap instead of the fit")
+    ap.add_argument("--distillation", action="store_true",
+                    help="the distillation law: default start subset against the full 162,000-start grid")
+    ap.add_argument("--seeds", type=int, default=3, help="noise seeds of --distillation")
+    ap.add_argument("--custom", action="store_true", help="a custom-expression law against the built-in")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions (median and best shown)")
     args = ap.parse_args()
+    if args.distillation:
+        with torch_threads(1):
+            bench_distillation(args)
+        return
     inputs, loss = replication_data(args.data)
-    if args.bootstrap:
+    if args.custom:
+        bench_custom(args, inputs, loss)
+    elif args.bootstrap:
         bench_bootstrap(args, inputs, loss)
     else:
         bench_fit(args, inputs, loss)

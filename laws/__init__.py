@@ -13,7 +13,9 @@ mixture_additive, mixture_joint, forgetting, forgetting_ft, and custom laws from
 expression (:func:`custom_law`). Uncertainty: :func:`parametric_intervals`,
 :func:`prediction_interval`, :func:`laws.bootstrap.bootstrap`. Recipes beyond compute-optimal
 allocation: :mod:`laws.optimal` (mixture weights, sparsity, pretraining-data injection) and
-:mod:`laws.distill_plan` (distil or train supervised). ``isoflop fit``: :mod:`laws.cli`.
+:mod:`laws.distill_plan` (distil or train supervised), with intervals on the optimal sparsity and
+the optimal mixture in :mod:`laws.optimal_intervals` (delta method and bootstrap, joint across
+per-domain laws: :func:`laws.bootstrap.joint_bootstrap`). ``isoflop fit``: :mod:`laws.cli`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from laws.base import FitRecipe, LinearLSELaw, Param, ScalingLaw
 from laws.bootstrap import BootstrapResult
 from laws.custom import CustomLaw, CustomLawError, custom_law
 from laws.export import SCHEMA_VERSION, export_document, load_document
-from laws.fit import fit
+from laws.fit import Screen, fit
 from laws.io import load_table
 from laws.optimizer import NewtonOptions
 from laws.recipes import Allocation, IsoflopMinimum, compute_optimal, isoflop_minima
@@ -45,6 +47,7 @@ __all__ = [
     "NewtonOptions",
     "Param",
     "ScalingLaw",
+    "Screen",
     "compute_optimal",
     "custom_law",
     "export_document",

@@ -59,6 +59,11 @@ class ScalingLaw(ABC):
     recipe: FitRecipe = FitRecipe()
     #: the law as a human-readable formula over its input and parameter names
     formula: str = ""
+    #: inputs that must take at least two values across the data (None: every input); a constant
+    #: one raises in :func:`laws.validate.check_data`, any other constant input is reported
+    varying_inputs: tuple[str, ...] | None = None
+    #: inputs that enter as known offsets (a constant value is no warning)
+    offset_inputs: tuple[str, ...] = ()
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -33,6 +33,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a built-in law's option, e.g. k=3 for mixture laws (repeatable)")
+    parser.add_argument("--where", action="append", default=[], metavar="COLUMN<OP>NUMBER",
+                        help="keep only rows meeting the condition, e.g. 'loss<=3.44' (repeatable, all must "
+                             "hold; OP one of <, <=, >, >=, ==, !=; COLUMN a CSV column or a --columns name)")
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -46,7 +49,7 @@ def run_fit(args: argparse.Namespace) -> int:
         path = Path(args.data)
         if not path.is_file():
             raise ValueError(f"data: no such file {str(path)!r}")
-        inputs, loss = laws.load_table(path, columns or None)
+        inputs, loss = laws.load_table(path, columns or None, where=_conditions(args.where))
         inputs = _select_inputs(law, inputs)
         if args.bootstrap < 0:
             raise ValueError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
@@ -106,6 +109,18 @@ def _columns(text: str) -> dict[str, str]:
         if not sep or not key.strip() or not value:
             raise ValueError(f"--columns: expected NAME=COLUMN, got {item!r}")
         out[key.strip()] = value
+    return out
+
+
+def _conditions(items: list[str]):  # noqa: ANN202 - list[laws.io.Condition], imported lazily
+    from laws.io import parse_condition
+
+    out = []
+    for item in items:
+        try:
+            out.append(parse_condition(item))
+        except ValueError as exc:
+            raise ValueError(f"--where: {exc}") from None
     return out
 
 

@@ -11,9 +11,11 @@ Example (a study YAML's law entry, or a LAW.yaml file for ``isoflop fit``)::
 
 The expression is parsed with Python's ``ast`` module and checked against a whitelist (numbers,
 the declared names, + - * / **, unary minus, and the functions exp, log, sqrt); nothing is ever
-passed to ``eval``. It is compiled to a tree of closures that run on torch tensors (prediction)
-or on :class:`laws.jet.Jet` values (exact derivatives), so a custom law fits with the same batched
-Newton fitter, as fast as a built-in formula law. Initial values of ``log: true`` parameters are
+passed to ``eval``. An expression that is a sum of power-law terms with log-parameterised
+coefficients (e.g. E + A / N**alpha + B / D**beta with E, A, B ``log: true``) is turned into the closed-form log-sum-exp design the built-in
+Chinchilla law uses (:mod:`laws.custom_lse`), so it fits as fast as the built-in; any other is
+compiled to a tree of closures that run on torch tensors (prediction) or on the fitter's jets
+(exact derivatives, :mod:`laws.tape`), the path of the built-in formula laws. Initial values of ``log: true`` parameters are
 given for log(value), as for the built-ins' grids.
 """
 
@@ -24,10 +26,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from laws import jet
-from laws.base import FitRecipe, Param, grid
+from laws.base import FitRecipe, LinearLSELaw, Param, grid
+from laws.custom_lse import LSEForm, analyse
 from laws.jet import FormulaLaw, Value
 
 #: functions an expression may call
@@ -101,6 +105,75 @@ def _compile(node: ast.AST, names: set[str], src: str) -> Node:
     )
 
 
+class _Env(dict):
+    """Names -> values for a compiled expression, plus ``log:NAME`` -> log(value) for inputs and
+    log-parameterised parameters (the fit coordinate itself), computed when first asked for."""
+
+    def __init__(self, law: CustomLaw, p: Mapping[str, Value], x: Mapping[str, Tensor]) -> None:
+        super().__init__(x)
+        self._law, self._p = law, p
+
+    def __missing__(self, key: str) -> Any:
+        if key.startswith("log:"):
+            name = key[4:]
+            value = self._p[f"log_{name}"] if f"log_{name}" in self._p else torch.log(self[name])
+        else:
+            prm = next(q for q in self._law.params if q.name == key)
+            value = jet.exp(self._p[f"log_{key}"]) if prm.log else self._p[key]
+        self[key] = value
+        return value
+
+
+def compile_log(expression: str, inputs: set[str], log_params: set[str], plain: set[str]) -> Node | None:
+    """``expression`` compiled in the log domain where that is exact, the way the built-ins are
+    written (Hoffmann et al. 2022, App. D.2): log(a + b) = LSE(log a, log b), log(a b) = log a +
+    log b, log(a / b), log(a ** e) = e log a, log sqrt(a), log exp(a) = a; a log-parameterised
+    parameter enters as its fit coordinate and an input as its log. Only sub-expressions that
+    are positive by construction take this form (sums and products of positive parts): anything
+    with a difference, a negation, a plain parameter as a factor or a log() call is not, and
+    ``None`` (no log form for the whole expression) sends it to log(value). Returns an
+    environment -> log value function, or None."""
+    tree = ast.parse(expression.strip(), mode="eval").body
+    names = inputs | log_params | plain
+    return _log_node(tree, inputs, log_params, names, expression)
+
+
+def _log_node(node: ast.AST, inputs: set[str], logp: set[str], names: set[str], src: str) -> Node | None:
+    def rec(n: ast.AST) -> Node | None:
+        return _log_node(n, inputs, logp, names, src)
+
+    if isinstance(node, ast.Constant) and not isinstance(node.value, bool) and isinstance(node.value, int | float):
+        if not node.value > 0:
+            return None
+        value = math.log(float(node.value))
+        return lambda env: value
+    if isinstance(node, ast.Name) and (node.id in inputs or node.id in logp):
+        key = "log:" + node.id
+        return lambda env: env[key]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult | ast.Div):
+        left, right = rec(node.left), rec(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node.op, ast.Add):
+            return lambda env: jet.logsumexp([left(env), right(env)])
+        if isinstance(node.op, ast.Mult):
+            return lambda env: left(env) + right(env)
+        return lambda env: left(env) - right(env)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+        base = rec(node.left)
+        if base is None:
+            return None
+        exponent = _compile(node.right, names, src)
+        return lambda env: exponent(env) * base(env)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 1 and not node.keywords:
+        if node.func.id == "sqrt":
+            inner = rec(node.args[0])
+            return None if inner is None else (lambda env: 0.5 * inner(env))
+        if node.func.id == "exp":
+            return _compile(node.args[0], names, src)
+    return None
+
+
 def _param_spec(name: str, value: Any) -> tuple[Param, list[float]]:
     key = f"params.{name}"
     log = False
@@ -128,7 +201,13 @@ def _param_spec(name: str, value: Any) -> tuple[Param, list[float]]:
 
 
 class CustomLaw(FormulaLaw):
-    """A law compiled from a spec (see the module docstring); build it with :func:`custom_law`."""
+    """A law compiled from a spec (see the module docstring); build it with :func:`custom_law`.
+
+    An input with one value in every run is reported in the fit's warnings rather than refused:
+    whether the expression stays identified depends on how it uses the input.
+    """
+
+    varying_inputs: tuple[str, ...] | None = ()
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         if not isinstance(spec, Mapping):
@@ -165,6 +244,8 @@ class CustomLaw(FormulaLaw):
         self.recipe = FitRecipe(delta=float(delta), residual=residual)
         self.formula = str(spec["expression"]).strip()
         self._expr = compile_expression(self.formula, set(self.inputs) | set(params))
+        self._log_expr = compile_log(self.formula, set(self.inputs), {p.name for p in self.params if p.log},
+                                     {p.name for p in self.params if not p.log})
         used = {n.id for n in ast.walk(ast.parse(self.formula, mode="eval")) if isinstance(n, ast.Name)}
         unused = [p.name for p in self.params if p.name not in used]
         if unused:
@@ -179,9 +260,9 @@ class CustomLaw(FormulaLaw):
         }
 
     def log_formula(self, p: Mapping[str, Value], x: Mapping[str, Tensor]) -> Value:
-        env: dict[str, Any] = dict(x)
-        for prm in self.params:
-            env[prm.name] = jet.exp(p[f"log_{prm.name}"]) if prm.log else p[prm.name]
+        env = _Env(self, p, x)
+        if self._log_expr is not None:
+            return self._log_expr(env)
         return jet.log(self._expr(env))
 
     def init_grid(self) -> Tensor:
@@ -191,6 +272,24 @@ class CustomLaw(FormulaLaw):
         return {**self._spec, "params": {k: dict(v) for k, v in self._spec["params"].items()}}
 
 
+class LinearCustomLaw(CustomLaw, LinearLSELaw):
+    """A custom law whose expression is a sum of power-law terms (:mod:`laws.custom_lse`): fitted
+    through the closed-form log-sum-exp path of the built-in Chinchilla law."""
+
+    def __init__(self, spec: Mapping[str, Any], form: LSEForm) -> None:
+        super().__init__(spec)
+        self._form = form
+
+    def design(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self._form.design(x, self.n_params)
+
+    def log_predict(self, theta_bp: Tensor, x: Mapping[str, Tensor]) -> Tensor:
+        return LinearLSELaw.log_predict(self, theta_bp, x)
+
+
 def custom_law(spec: Mapping[str, Any]) -> CustomLaw:
-    """A :class:`CustomLaw` from its spec (a mapping, e.g. loaded from YAML)."""
-    return CustomLaw(spec)
+    """A :class:`CustomLaw` from its spec (a mapping, e.g. loaded from YAML); a
+    :class:`LinearCustomLaw` when the expression is a sum of power-law terms."""
+    law = CustomLaw(spec)
+    form = analyse(law.formula, law.inputs, [p.log for p in law.params], law.param_names)
+    return law if form is None else LinearCustomLaw(spec, form)

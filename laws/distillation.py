@@ -41,8 +41,22 @@ class Distillation(FormulaLaw):
     """Student loss L_S(N, D, L_T) (Busbridge et al. 2025); see the module docstring.
 
     ``supervised``: parameters of the supervised law (E, A, B, alpha, beta, gamma) giving Ls~;
-    default their Table 6. ``max_starts``: the published grid has 5^2 3^3 4^3 5 = 216,000 starts
-    (its f1 = 0 row is excluded: 1/f1 is undefined); the default keeps a seeded subset.
+    default their Table 6.
+
+    Starts. The published grid (Busbridge et al. 2025; laws.md Sec. 3) has
+    5^2 x 3^3 x 4^3 x 5 = 216,000 starts. Its 54,000 starts with f1 = 0 are left out: the law
+    divides by f1 (the exponent 1/f1 of the capacity-gap term, here softplus(.../f1)), so at
+    f1 = 0 the term is inf x 0 and the objective is NaN at every such start; the fitter would
+    discard them before the first step (non-finite starts never move). The limit f1 -> 0+ is the
+    hinge max(1, L_T / (Ls~ d1))^(-c1), with no curvature to start Newton from. That leaves
+    5^2 x 3^3 x 4^2 x 3 x 5 = 162,000 starts (f1 in {0.5, 1, 1.5}).
+
+    ``max_starts`` (default 4096) keeps a seeded random subset of them: screening the whole grid
+    with the fitter's default (3 Newton steps for every start) takes about 100 s here (a jet of
+    4096 starts on 125 runs costs about 0.6 s), against about 4 s for the subset. ``max_starts=None``
+    gives the full 162,000; fit it with ``screen=laws.Screen(iterations=0, keep=256)`` (rank
+    every start by its objective, continue the best 256: about 15 s here), see BENCHMARKS.md for
+    what each reaches.
     """
 
     name = "distillation"
@@ -78,7 +92,8 @@ class Distillation(FormulaLaw):
 
     def init_grid(self) -> Tensor:
         # Busbridge et al. 2025: log A', log B' in {0,5,..,20}; alpha', beta', gamma' in {0,0.5,1};
-        # c0, c1 in {0,0.5,1,1.5}; f1 in {0.5,1,1.5}; log d1 in {-1,..,1}
+        # c0, c1 in {0,0.5,1,1.5}; f1 in {0.5,1,1.5} (their f1 = 0 is NaN: see the class docstring);
+        # log d1 in {-1,..,1}
         ab = [0.0, 5.0, 10.0, 15.0, 20.0]
         ex = [0.0, 0.5, 1.0]
         c = [0.0, 0.5, 1.0, 1.5]

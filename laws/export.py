@@ -10,10 +10,18 @@ One JSON/YAML-able dict, versioned by ``schema_version``::
                                     "tokens_per_param": ..., "loss": ...,
                                     "N_opt_interval": [lo, hi] or None,
                                     "D_opt_interval": [lo, hi] or None}, ...],
-               "bootstrap": {...}  # only when bootstrap results are given
-              }, ...]}
+               "optimal_sparsity": [{"C", "N", "S", "D", "loss", "N_interval", "S_interval",
+                                     "D_interval", "loss_interval"}, ...],  # laws in N, D, S only
+               "bootstrap": {...}  # only when bootstrap results are given: intervals from the
+                                   # converged resamples (None when too few), n_converged,
+                                   # warnings (also appended to "report"."warnings")
+              }, ...],
+     "optimal_mixture": [{"N", "D", "laws", "weights", "loss", "weights_interval",
+                          "loss_interval", ...}, ...]}   # only with mixture_at
 
-:func:`load_document` turns it back into :class:`~laws.result.LawFit` objects.
+Keys added after version 1 was first written are optional (``optimal_sparsity``,
+``optimal_mixture``, the bootstrap's ``warnings``): readers of version 1 ignore them, so the
+version is unchanged. :func:`load_document` turns it back into :class:`~laws.result.LawFit` objects.
 """
 
 from __future__ import annotations
@@ -60,29 +68,58 @@ def law_entry(fit_: LawFit, *, budgets: Sequence[float] = (), level: float = 0.9
             item["D_opt_interval"] = None if iv is None else list(iv["D_opt"])
     else:
         entry["compute_optimal"] = []
+    if budgets and set(law.inputs) == {"N", "D", "S"}:
+        from laws.optimal_intervals import optimal_sparsity_intervals
+
+        entry["optimal_sparsity"] = [_sparsity_row(optimal_sparsity_intervals(fit_, c, level=level)) for c in budgets]
     return entry
 
 
+def _sparsity_row(iv: Any) -> dict[str, Any]:
+    o = iv.optimum
+    return {"C": o.C, "N": o.N, "S": o.S, "D": o.D, "loss": o.loss, "N_interval": _pair(iv.N),
+            "S_interval": _pair(iv.S), "D_interval": _pair(iv.D), "loss_interval": _pair(iv.loss)}
+
+
 def bootstrap_entry(
-    boot: BootstrapResult, *, law_inputs: Sequence[str], budgets: Sequence[float] = (), level: float = 0.95
+    boot: BootstrapResult,
+    *,
+    law_inputs: Sequence[str],
+    budgets: Sequence[float] = (),
+    level: float = 0.95,
+    fit_: LawFit | None = None,
 ) -> dict[str, Any]:
     """Bootstrap percentile intervals of a law: every parameter and, for laws in N and D only,
-    N_opt and D_opt at each budget."""
+    N_opt and D_opt at each budget; for sparsity laws (given ``fit_``), the optimal N, S, D and
+    loss at each budget."""
     entry: dict[str, Any] = {
         "n_resamples": boot.n_resamples,
         "seed": boot.seed,
         "n_groups": boot.n_groups,
-        "n_converged": int(boot.converged.sum()),
+        "n_converged": boot.n_converged,
         "level": level,
-        "method": "percentile bootstrap over configurations",
-        "intervals": {k: list(v) for k, v in boot.intervals(level).items()},
+        "method": "percentile bootstrap over configurations (converged resamples only)",
+        "intervals": {k: _pair(v) for k, v in boot.intervals(level).items()},
         "compute_optimal": [],
+        "warnings": list(boot.warnings),
     }
     if budgets and set(law_inputs) == {"N", "D"}:
         for c in budgets:
             opt = boot.optimum_interval(c, level)
-            entry["compute_optimal"].append({"C": c, "N_opt": list(opt["N_opt"]), "D_opt": list(opt["D_opt"])})
+            entry["compute_optimal"].append({"C": c, "N_opt": _pair(opt["N_opt"]), "D_opt": _pair(opt["D_opt"])})
+    if budgets and set(law_inputs) == {"N", "D", "S"} and fit_ is not None:
+        from laws.optimal_intervals import bootstrap_optimal_sparsity
+
+        entry["optimal_sparsity"] = [
+            {"C": c, **{k: _pair(getattr(iv, k)) for k in ("N", "S", "D", "loss")}}
+            for c in budgets
+            for iv in [bootstrap_optimal_sparsity(boot, fit_, c, level=level)]
+        ]
     return entry
+
+
+def _pair(v: tuple[float, float] | None) -> list[float] | None:
+    return None if v is None else [float(v[0]), float(v[1])]
 
 
 def export_document(
@@ -91,11 +128,16 @@ def export_document(
     budgets: Sequence[float] = (),
     level: float = 0.95,
     bootstrap: Sequence[BootstrapResult | None] | None = None,
+    mixture_at: Sequence[Mapping[str, float]] = (),
 ) -> dict[str, Any]:
     """The exported document of ``fits`` with compute-optimal recipes at ``budgets`` (FLOPs).
 
     ``bootstrap`` (optional, one :class:`~laws.bootstrap.BootstrapResult` or None per fit) adds a
     ``bootstrap`` key with percentile intervals to the corresponding law entries.
+    ``mixture_at`` (optional, e.g. ``[{"N": 1e9, "D": 2e10}]``) adds a document-level
+    ``optimal_mixture`` list: the mixture minimising the uniformly weighted loss of every mixture
+    law in ``fits`` (one per target domain) at each (N, D), with delta-method intervals and, when
+    ``bootstrap`` holds one joint bootstrap of those laws, bootstrap intervals.
     """
     budgets = [float(b) for b in budgets]
     bad = [b for b in budgets if not b > 0 or b == float("inf")]
@@ -104,10 +146,50 @@ def export_document(
     if bootstrap is not None and len(bootstrap) != len(fits):
         raise ValueError(f"bootstrap must give one result (or None) per fit: {len(bootstrap)} for {len(fits)} fits")
     entries = [law_entry(f, budgets=budgets, level=level) for f in fits]
-    for entry, boot in zip(entries, bootstrap or [None] * len(fits), strict=True):
+    for entry, boot, fit_ in zip(entries, bootstrap or [None] * len(fits), fits, strict=True):
         if boot is not None:
-            entry["bootstrap"] = bootstrap_entry(boot, law_inputs=entry["inputs"], budgets=budgets, level=level)
-    return {"schema_version": SCHEMA_VERSION, "budgets": budgets, "laws": entries}
+            entry["bootstrap"] = bootstrap_entry(boot, law_inputs=entry["inputs"], budgets=budgets, level=level,
+                                                 fit_=fit_)
+            # the fit's report carries the bootstrap's warnings too: it is what readers check
+            entry["report"]["warnings"] = [*entry["report"]["warnings"], *(f"bootstrap: {w}" for w in boot.warnings)]
+    document: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "budgets": budgets, "laws": entries}
+    if mixture_at:
+        document["optimal_mixture"] = _mixture_rows(fits, bootstrap, mixture_at, level)
+    return document
+
+
+def _mixture_rows(
+    fits: Sequence[LawFit], bootstrap: Sequence[BootstrapResult | None] | None,
+    points: Sequence[Mapping[str, float]], level: float,
+) -> list[dict[str, Any]]:
+    from laws.optimal_intervals import bootstrap_optimal_mixture, optimal_mixture_intervals
+
+    idx = [i for i, f in enumerate(fits) if f.law in ("mixture_additive", "mixture_joint")]
+    if not idx:
+        raise ValueError("mixture_at: the document has no mixture law (mixture_additive or mixture_joint)")
+    mix = [fits[i] for i in idx]
+    boots = [bootstrap[i] for i in idx] if bootstrap is not None else []
+    joint = bool(boots) and all(b is not None for b in boots) and len({b.resample_digest for b in boots}) == 1
+    rows = []
+    for at in points:
+        missing = [k for k in ("N", "D") if k not in at]
+        if missing:
+            raise ValueError(f"mixture_at: each point needs N and D; {dict(at)} lacks {missing}")
+        n, d = float(at["N"]), float(at["D"])
+        iv = optimal_mixture_intervals(mix, N=n, D=d, level=level)
+        row: dict[str, Any] = {
+            "N": n, "D": d, "laws": [f.law for f in mix],
+            "weights": list(iv.optimum.weights), "loss": iv.optimum.loss,
+            "weights_interval": None if iv.weights is None else [list(w) for w in iv.weights],
+            "loss_interval": _pair(iv.loss), "interval_method": iv.method, "warnings": list(iv.warnings),
+        }
+        if joint:
+            bi = bootstrap_optimal_mixture(boots, mix, N=n, D=d, level=level)  # type: ignore[arg-type]
+            row["bootstrap_weights_interval"] = None if bi.weights is None else [list(w) for w in bi.weights]
+            row["bootstrap_loss_interval"] = _pair(bi.loss)
+            row["warnings"] += [f"bootstrap: {w}" for w in bi.warnings]
+        rows.append(row)
+    return rows
 
 
 def load_document(document: Mapping[str, Any]) -> list[LawFit]:

@@ -33,6 +33,9 @@ class Forgetting(FormulaLaw):
     params = (Param(name="A", log=True), Param(name="B", log=True), Param(name="alpha"), Param(name="beta"))
     recipe = FitRecipe(delta=1e-3, residual="log")
     formula = "L_pt0 + A * D_ft**beta / ((1 + B * p) * N)**alpha"
+    # L_pt0 is a known offset (the pretrained model's own loss): it may be the same in every run
+    varying_inputs = ("N", "D_ft", "p")
+    offset_inputs = ("L_pt0",)
 
     def log_formula(self, p: Mapping[str, Value], x: Mapping[str, Tensor]) -> Value:
         # log(1 + B p) = softplus(log B + log p); p = 0 gives 0 (log p = -inf)

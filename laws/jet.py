@@ -23,6 +23,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from laws import tape
 from laws.base import ScalingLaw
 
 
@@ -96,9 +97,9 @@ class Jet:
         return exp(self * log(lift(other)))
 
 
-#: what formulas compute with: tensors (prediction) or jets (derivatives), and plain numbers
-Value = Union[Tensor, Jet]  # noqa: UP007 - used at run time in isinstance-free annotations
-Operand = Union[Tensor, Jet, float, int]  # noqa: UP007
+#: what formulas compute with: tensors (prediction), jets or tape jets (derivatives), and numbers
+Value = Union[Tensor, Jet, tape.TapeJet]  # noqa: UP007 - used at run time in isinstance-free annotations
+Operand = Union[Tensor, Jet, tape.TapeJet, float, int]  # noqa: UP007
 
 
 def lift(x: Operand) -> Jet:
@@ -118,6 +119,8 @@ def _unary(x: Jet, f: Tensor, f1: Tensor, f2: Tensor) -> Jet:
 
 
 def exp(x: Operand) -> Value:
+    if isinstance(x, tape.TapeJet):
+        return tape.exp(x)
     if not isinstance(x, Jet):
         return torch.exp(torch.as_tensor(x, dtype=torch.float64))
     e = torch.exp(x.v)
@@ -125,6 +128,8 @@ def exp(x: Operand) -> Value:
 
 
 def log(x: Operand) -> Value:
+    if isinstance(x, tape.TapeJet):
+        return tape.log(x)
     if not isinstance(x, Jet):
         return torch.log(torch.as_tensor(x, dtype=torch.float64))
     inv = 1.0 / x.v
@@ -133,6 +138,8 @@ def log(x: Operand) -> Value:
 
 def power(x: Operand, c: float) -> Value:
     """x ** c for a constant exponent c."""
+    if isinstance(x, tape.TapeJet):
+        return tape.power(x, c)
     if not isinstance(x, Jet):
         return torch.as_tensor(x, dtype=torch.float64) ** c
     y = x.v**c
@@ -142,6 +149,8 @@ def power(x: Operand, c: float) -> Value:
 def logsumexp(terms: Sequence[Operand]) -> Value:
     """log(sum_t exp(terms_t)), stable; the softmax gives its derivatives:
     g = sum_t w_t g_t,  H = sum_t w_t (H_t + g_t g_t^T) - g g^T."""
+    if any(isinstance(t, tape.TapeJet) for t in terms):
+        return tape.logsumexp(terms)  # type: ignore[arg-type]
     if not any(isinstance(t, Jet) for t in terms):
         vals = torch.broadcast_tensors(*(torch.as_tensor(t, dtype=torch.float64) for t in terms))
         return torch.logsumexp(torch.stack(vals, dim=-1), dim=-1)
@@ -169,7 +178,8 @@ class FormulaLaw(ScalingLaw):
     Subclasses implement :meth:`log_formula` using arithmetic and the functions of this module
     (``exp``, ``log``, ``power``, ``logsumexp``, ``softplus``) on the values of ``p`` (fit
     coordinates, e.g. ``p["log_A"]`` for a log-parameterised ``A``) and ``x`` (input tensors [n]).
-    The fitter then gets exact Jacobians and Hessians from :meth:`log_jet`.
+    The fitter gets the exact Jacobian and the weighted sum of per-point Hessians it needs from
+    :meth:`log_tape` (:mod:`laws.tape`); :meth:`log_jet` gives the per-point Hessians themselves.
     """
 
     @abstractmethod
@@ -197,3 +207,15 @@ class FormulaLaw(ScalingLaw):
         g = out.g.expand(b, n, pn) if out.g is not None else torch.zeros(b, n, pn, dtype=v.dtype)
         h = out.h.expand(b, n, pn, pn) if out.h is not None else torch.zeros(b, n, pn, pn, dtype=v.dtype)
         return v, g, h
+
+    def log_tape(self, theta_bp: Tensor, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, tape.TapeJet | None]:
+        """log L_hat [B, n], its Jacobian [B, n, P], and the recorded formula for
+        :func:`laws.tape.weighted_hessian` (None when the output does not depend on the fit
+        vector)."""
+        b, pn = theta_bp.shape
+        n = next(iter(x.values())).shape[0]
+        out = self.log_formula(tape.leaves(theta_bp, self.fit_param_names), x)
+        if not isinstance(out, tape.TapeJet):
+            v = torch.as_tensor(out, dtype=theta_bp.dtype).expand(b, n)
+            return v, torch.zeros(b, n, pn, dtype=v.dtype), None
+        return out.v.expand(b, n), out.g.expand(b, n, pn), out

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from laws.base import DTYPE, FitRecipe, LinearLSELaw, ScalingLaw
 from laws.jet import FormulaLaw
+from laws.tape import weighted_hessian
 
 #: elements of the widest per-batch temporary processed at once (about 2 MB of float64)
 CHUNK_ELEMENTS = 1 << 18
@@ -55,7 +56,7 @@ def log_prediction_jacobian(law: ScalingLaw, theta_p: Tensor, x: Mapping[str, Te
         u = torch.einsum("ntp,p->nt", z, t) + c
         return torch.einsum("nt,ntp->np", torch.softmax(u, dim=-1), z)
     if isinstance(law, FormulaLaw):
-        return law.log_jet(t[None], x)[1][0]
+        return law.log_tape(t[None], x)[1][0]
 
     def lp(tt: Tensor) -> Tensor:
         return law.log_predict(tt[None], x)[0]
@@ -227,14 +228,17 @@ class Objective:
         return value, grad, hess
 
     def _jet_formula(self, theta_bp: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        # per-point log-prediction, Jacobian and Hessian from the law's formula (laws.jet)
-        lp, jac, hx = self.law.log_jet(theta_bp, self.x)  # type: ignore[attr-defined]
+        # per-point log-prediction and Jacobian from the law's formula, and sum_i q_i Hess(x_i)
+        # by a reverse sweep over the recorded formula (laws.tape): no per-point Hessians
+        lp, jac, recorded = self.law.log_tape(theta_bp, self.x)  # type: ignore[attr-defined]
         r, d1, d2 = self._phi(lp)
         rho, psi, curv = huber(r, self.delta)
         q = self._weighted(psi * d1, rows)
         kappa = self._weighted(curv * d1 * d1 + psi * d2, rows)
         grad = torch.einsum("bn,bnp->bp", q, jac)
-        hess = torch.einsum("bnp,bnq->bpq", jac * kappa[..., None], jac) + torch.einsum("bn,bnpq->bpq", q, hx)
+        hess = torch.bmm((jac * kappa[..., None]).transpose(1, 2), jac)
+        if recorded is not None:
+            hess = hess + weighted_hessian(recorded, q, *lp.shape)
         value = self._weighted(rho, rows).sum(-1)
         bad = ~torch.isfinite(value)
         return torch.where(bad, torch.full_like(value, float("inf")), value), grad, hess

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy import optimize
 
+from laws.optimizer import torch_threads
 from laws.result import LawFit
 
 
@@ -31,12 +32,30 @@ def optimal_mixture(
     steps: int = 2000,
     lr: float = 0.5,
     tol: float = 1e-12,
+    init: Sequence[float] | None = None,
 ) -> MixtureOptimum:
     """Minimise sum_j w_j L_j(N, D, h) over the simplex by mirror descent (exponentiated gradient:
     h <- h exp(-lr grad) / Z, as Shukor et al. 2025 do), one fitted mixture law per target domain.
 
-    ``target_weights`` w (default uniform) weight the target domains' losses.
+    ``target_weights`` w (default uniform) weight the target domains' losses. ``init``: the
+    starting weights (default uniform), e.g. a nearby optimum when re-solving under bootstrap
+    resamples; zeros are lifted to 1e-9 (mirror descent cannot leave a zero weight). Runs on one
+    torch thread (small tensors: see :func:`laws.optimizer.torch_threads`).
     """
+    with torch_threads(1):
+        return _optimal_mixture(fits, N, D, target_weights, steps, lr, tol, init)
+
+
+def _optimal_mixture(
+    fits: Sequence[LawFit],
+    N: float,
+    D: float,
+    target_weights: Sequence[float] | None,
+    steps: int,
+    lr: float,
+    tol: float,
+    init: Sequence[float] | None,
+) -> MixtureOptimum:
     if not fits:
         raise ValueError("optimal_mixture needs at least one fitted mixture law")
     law_list = [f.get_law() for f in fits]
@@ -58,7 +77,14 @@ def optimal_mixture(
         (g,) = torch.autograd.grad(total, h)
         return float(total.detach()), g.numpy()
 
-    h = np.full(k, 1.0 / k)
+    if init is None:
+        h = np.full(k, 1.0 / k)
+    else:
+        h = np.asarray(init, dtype=np.float64).reshape(-1)
+        if h.shape != (k,) or np.any(~np.isfinite(h)) or np.any(h < 0) or not h.sum() > 0:
+            raise ValueError(f"init must be {k} non-negative weights, got {list(h)}")
+        h = np.maximum(h, 1e-9)
+        h = h / h.sum()
     value, grad = loss_and_grad(torch.from_numpy(h))
     it = 0
     for it in range(1, steps + 1):  # noqa: B007 - reported
@@ -92,7 +118,13 @@ def optimal_sparsity(fit_: LawFit, budget: float, *, max_sparsity: float = 0.98)
 
     Active parameters are taken as N (1 - S) (every parameter routed), so compute is
     C = 6 N (1 - S) D. A coarse grid over (log N, S) then bounded L-BFGS-B from its best cell.
+    Runs on one torch thread (small tensors: see :func:`laws.optimizer.torch_threads`).
     """
+    with torch_threads(1):
+        return _optimal_sparsity(fit_, budget, max_sparsity)
+
+
+def _optimal_sparsity(fit_: LawFit, budget: float, max_sparsity: float) -> SparsityOptimum:
     law = fit_.get_law()
     if set(law.inputs) != {"N", "D", "S"}:
         raise ValueError(f"optimal_sparsity needs a law in N, D and S; {law.name!r} takes {list(law.inputs)}")

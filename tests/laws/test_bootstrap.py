@@ -92,3 +92,85 @@ def test_derived_quantities(replication_fit, boot):
     # the same as the dedicated N_opt interval
     n_lo, n_hi = boot.derived_interval(lambda f: laws.compute_optimal(f, [5.76e23])[0].N_opt)
     assert (n_lo, n_hi) == pytest.approx(boot.optimum_interval(5.76e23)["N_opt"], rel=1e-9)
+
+
+def test_intervals_use_converged_resamples_only(boot):
+    """Resamples whose refit did not converge are left out of every interval."""
+    from dataclasses import replace
+
+    conv = boot.converged.copy()
+    conv[:15] = False  # 185 of 200 converged: above the 90 % warning threshold
+    theta = boot.theta.copy()
+    theta[:15] = 50.0  # nonsense parameters that would dominate the intervals
+    partial = replace(boot, converged=conv, theta=theta)
+    assert partial.n_converged == 185 and partial.has_intervals
+    assert partial.samples("E").size == 185
+    clean = replace(boot, converged=conv[15:], theta=boot.theta[15:], objective=boot.objective[15:])
+    assert partial.intervals() == clean.intervals()
+    assert partial.optimum_interval(5.76e23) == clean.optimum_interval(5.76e23)
+    lo, hi = partial.prediction_interval(N=7e10, D=1.4e12)
+    assert hi[0] < 3.0  # exp(50) would be the upper end with the unconverged rows
+    assert len(partial.fits()) == 185
+
+
+def test_too_few_converged_gives_no_interval(boot):
+    from dataclasses import replace
+
+    from laws.bootstrap import convergence_warnings
+
+    conv = np.zeros(boot.n_resamples, dtype=bool)
+    conv[:60] = True  # 30 %
+    few = replace(boot, converged=conv)
+    assert not few.has_intervals
+    assert few.interval("E") is None and set(few.intervals().values()) == {None}
+    assert few.prediction_interval(N=7e10, D=1.4e12) is None
+    assert few.optimum_interval(5.76e23) == {"N_opt": None, "D_opt": None}
+    assert few.derived_interval(lambda f: f.params["alpha"]) is None
+    assert convergence_warnings(200, 200) == ()
+    (warn,) = convergence_warnings(170, 200)
+    assert "only 170 of 200 bootstrap resamples converged" in warn and "converged ones only" in warn
+    (warn,) = convergence_warnings(60, 200)
+    assert "no bootstrap intervals given" in warn
+    # an absolute floor too: 9 of 9 is not enough for a 95 % percentile interval
+    assert convergence_warnings(9, 9) == () and not replace(boot, converged=conv[:9], theta=boot.theta[:9]).has_intervals
+
+
+@pytest.fixture(scope="module")
+def noisy_sparsity():
+    from tests.laws.families_truth import CASES
+
+    _, truth, design = CASES["sparsity"]
+    law = laws.get_law("sparsity", max_starts=1024)
+    x = design()
+    loss = law.predict(truth, **x) * np.exp(np.random.default_rng(0).normal(0.0, 0.005, x["N"].size))
+    return law, x, loss
+
+
+def test_unconverged_bootstrap_warns_in_the_report(noisy_sparsity, monkeypatch):
+    """The audit's case: a noisy sparsity fit stopped before converging (here by disabling the
+    fitter's polish), so its resamples, which start from it, do not converge either."""
+    import sys
+
+    law, x, loss = noisy_sparsity
+    monkeypatch.setattr(sys.modules["laws.fit"], "POLISH_FACTOR", 0)
+    fit = laws.fit(law, x, loss)
+    assert not fit.report.converged
+    b = bootstrap(fit, x, loss, n_resamples=30, seed=0)
+    assert b.n_converged < 0.5 * b.n_resamples
+    assert b.intervals()["alpha"] is None
+    assert any("did not converge" in w for w in b.warnings)
+    assert any("no bootstrap intervals given" in w for w in b.warnings)
+    entry = laws.export_document([fit], bootstrap=[b])["laws"][0]
+    assert entry["bootstrap"]["n_converged"] == b.n_converged
+    assert entry["bootstrap"]["intervals"]["alpha"] is None
+    assert any(w.startswith("bootstrap: only") for w in entry["report"]["warnings"])
+
+
+def test_converged_fit_bootstraps_cleanly(noisy_sparsity):
+    law, x, loss = noisy_sparsity
+    fit = laws.fit(law, x, loss)
+    assert fit.report.converged
+    b = bootstrap(fit, x, loss, n_resamples=30, seed=0)
+    assert b.n_converged >= 0.9 * b.n_resamples and b.warnings == ()
+    lo, hi = b.interval("alpha")
+    assert lo < fit.params["alpha"] < hi

@@ -90,3 +90,39 @@ def test_unsafe_custom_law_is_rejected(tmp_path, capsys):
                                         "params": {"A": [1.0]}}))
     assert run([str(DATA), "--law", str(law_file), "--columns", "N=Model Size,loss=loss"]) == 2
     assert "only the functions" in capsys.readouterr().err
+
+
+def test_where_reproduces_the_replication_fit(capsys, replication_fit):
+    """``--where loss<=3.44`` keeps the replication's 240 of the 245 rows: the same fit."""
+    assert run([str(DATA), "--law", "chinchilla", "--columns", COLUMNS, "--where", "loss<=3.44"]) == 0
+    (fit,) = laws.load_document(json.loads(capsys.readouterr().out))
+    assert fit.report.n_points == 240
+    assert abs(fit.objective - 0.00101827402) <= 1e-9
+    assert fit.objective == pytest.approx(replication_fit.objective, rel=1e-9)
+    for k, v in replication_fit.params.items():
+        assert fit.params[k] == pytest.approx(v, rel=1e-6), k
+    # repeatable, all conditions hold; CSV names with spaces and law names both work
+    argv = [str(DATA), "--law", "chinchilla", "--columns", COLUMNS, "--where", "loss <= 3.44",
+            "--where", "Model Size>1e8", "--where", "N<1e12"]
+    assert run(argv) == 0
+    (fit,) = laws.load_document(json.loads(capsys.readouterr().out))
+    assert 0 < fit.report.n_points < 240
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("lost<=3.44", r"names column 'lost', which the file does not have"),
+        ("loss=>3.44", r"--where: 'loss=>3.44': unknown operator '=>'"),
+        ("loss=3.44", r"--where: 'loss=3.44': unknown operator '='"),
+        ("loss<<3.44", r"--where: 'loss<<3.44': unknown operator"),
+        ("loss 3.44", r"--where: 'loss 3.44' is not COLUMN OP NUMBER"),
+        ("loss<=low", r"--where: 'loss<=low': 'low' is not a number"),
+        ("loss<=__import__('os')", r"is not a number"),
+        ("loss<0", r"no row meets loss<0"),
+    ],
+)
+def test_bad_where_exits_2_naming_it(where, message, capsys):
+    assert run([str(DATA), "--law", "chinchilla", "--columns", COLUMNS, "--where", where]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("isoflop fit: error:") and re.search(message, err), err

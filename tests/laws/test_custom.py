@@ -118,3 +118,83 @@ def test_bad_specs_name_the_key(change, message):
 def test_get_law_points_to_custom_law():
     with pytest.raises(ValueError, match="custom_law"):
         laws.get_law("custom")
+
+
+def test_power_law_sums_take_the_builtin_closed_form_path(replication):
+    """E + A/N**alpha + B/D**beta (log E, A, B) is a log-sum-exp of linear terms: the custom law
+    gets the built-in's design, so the same objective, derivatives and optimum."""
+    from laws.custom import LinearCustomLaw
+
+    custom = laws.custom_law(CHINCHILLA)
+    assert isinstance(custom, LinearCustomLaw) and isinstance(custom, laws.LinearLSELaw)
+    builtin = laws.get_law("chinchilla")
+    inputs, loss = replication
+    x = builtin.prepare_inputs(inputs)
+    theta = custom.init_grid()[::7]
+    a = Objective(custom, x, torch.from_numpy(loss)).jet(theta)
+    b = Objective(builtin, x, torch.from_numpy(loss)).jet(theta)
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-14)
+    # the formula path of the same expression agrees too
+    formula = laws.CustomLaw(CHINCHILLA)
+    torch.testing.assert_close(Objective(formula, x, torch.from_numpy(loss)).jet(theta)[2], a[2], rtol=1e-9, atol=1e-12)
+    # and it round-trips through its spec
+    assert isinstance(laws.law_from_spec(custom.spec()), LinearCustomLaw)
+
+
+@pytest.mark.parametrize(
+    ("expression", "linear"),
+    [
+        ("E + A * N**(-alpha) + B / D**(2 * beta - 0.1)", True),
+        ("E + (A / N**alpha + B / D**beta)", True),
+        ("2 * (E + A / N**alpha) + sqrt(B) / D**beta", True),
+        ("E + A / N**alpha - B / D**beta", False),  # a difference is no log-sum-exp
+        ("E + (A / N**alpha + B / D**beta)**alpha", False),  # a sum to a parameter power
+        ("E + A * exp(alpha) / N**alpha + B / D**beta", False),  # calls stay on the formula path
+        ("E + alpha * A / N**alpha + B / D**beta", False),  # a plain parameter as a factor
+    ],
+)
+def test_which_expressions_are_power_law_sums(expression, linear):
+    from laws.custom import LinearCustomLaw
+
+    law = laws.custom_law({**CHINCHILLA, "expression": expression})
+    assert isinstance(law, LinearCustomLaw) is linear
+    # either way the derivatives are exact
+    n, d = nd_design()
+    loss = laws.get_law("chinchilla").predict(HOFFMANN_PARAMS, N=n, D=d)
+    obj = Objective(law, law.prepare_inputs({"N": n, "D": d}), torch.from_numpy(loss))
+    theta = law.from_natural({**HOFFMANN_PARAMS, "alpha": 0.3})[None]
+    _, grad, hess = obj.jet(theta)
+    torch.testing.assert_close(grad[0], torch.func.grad(obj.scalar)(theta[0]), rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(hess[0], torch.func.hessian(obj.scalar)(theta[0]), rtol=1e-7, atol=1e-9)
+
+
+def test_power_law_sum_needs_positive_inputs():
+    law = laws.custom_law(CHINCHILLA)
+    n, d = nd_design()
+    loss = laws.get_law("chinchilla").predict(HOFFMANN_PARAMS, N=n, D=d)
+    n = n.copy()
+    n[3] = -1.0
+    with pytest.raises(ValueError, match=r"input N must be positive"):
+        laws.fit(law, {"N": n, "D": d}, loss, init=law.init_grid()[:2])
+
+
+@pytest.mark.parametrize(
+    ("expression", "log_form"),
+    [
+        ("E + (A / N**alpha + B / D**beta)**alpha", True),
+        ("E + A * exp(alpha) / N**alpha + sqrt(B) / D**beta", True),
+        ("E + A / N**alpha - B / D**beta", False),
+        ("E + A / N**alpha + B / D**beta + alpha", False),  # a plain parameter: its sign is unknown
+    ],
+)
+def test_formula_path_computes_in_log_space_where_exact(expression, log_form):
+    """Positive sums and products are compiled as the built-ins are written (LSE of logs);
+    predictions agree with the expression evaluated directly."""
+    law = laws.CustomLaw({**CHINCHILLA, "expression": expression})
+    assert (law._log_expr is not None) is log_form
+    n, d = nd_design()
+    params = {**HOFFMANN_PARAMS, "alpha": 0.3}
+    direct = law._expr({"N": torch.from_numpy(n), "D": torch.from_numpy(d),
+                        **{k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}})
+    np.testing.assert_allclose(law.predict(params, N=n, D=d), direct.numpy(), rtol=1e-12)

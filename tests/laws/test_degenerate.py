@@ -98,3 +98,72 @@ def test_sparsity_outside_the_unit_interval():
     n, d, loss = data()
     with pytest.raises(ValueError, match=r"input S \(sparsity\) must be in \[0, 1\); got S\[2\] = 1.0"):
         laws.fit("sparsity", {"N": n, "D": d, "S": np.where(np.arange(n.size) == 2, 1.0, 0.5)}, loss)
+
+
+def test_non_finite_input():
+    n, d, loss = data()
+    d[7] = np.nan
+    with pytest.raises(ValueError, match=r"input D has non-finite values at \[7\]=nan"):
+        laws.fit("chinchilla", {"N": n, "D": d}, loss, init=FEW)
+
+
+def test_repeated_points_count_once():
+    """Four configurations seen with three seeds each are 12 points but only 4 equations."""
+    n, d, loss = data()
+    idx = np.repeat([0, 9, 18, 27], 3)
+    with pytest.raises(ValueError, match=r"5 parameters but the 12 data points hold only 4 distinct input configurations"):
+        laws.fit("chinchilla", {"N": n[idx], "D": d[idx]}, loss[idx], init=FEW)
+    # five distinct configurations with seeds: enough to fit, and it interpolates
+    idx = np.repeat([0, 9, 18, 27, 36], 3)
+    fit = laws.fit("chinchilla", {"N": n[idx], "D": d[idx]}, loss[idx], init=FEW)
+    assert any("as many distinct configurations (5) as parameters" in w for w in fit.report.warnings)
+
+
+def _family_data(name: str):
+    from tests.laws.families_truth import CASES
+
+    opts, truth, design = CASES[name]
+    law = laws.get_law(name, **opts)
+    x = design()
+    return law, x, law.predict(truth, **x)
+
+
+#: a constant input of each family that cannot do without it, and what the error says
+CONSTANT_INPUTS = [
+    ("sparsity", "S", 0.5, r"same S = 0.5.*lambda and delta"),
+    ("distillation", "L_T", 2.5, r"same L_T = 2.5.*confounded with A and B \(c0\)"),
+    ("forgetting", "p", 0.0, r"same p = 0.0.*B cannot be identified"),
+    ("forgetting_ft", "D_ft", 1e8, r"same D_ft = 100000000.0"),
+    ("mixture_additive", "h1", 0.3, r"same h1 = 0.3.*C_i and gamma_i confounded"),
+    ("mixture_joint", "h2", 0.7, r"same h1 = 0.3.*C_i and gamma_i confounded"),
+]
+
+
+@pytest.mark.parametrize(("name", "key", "value", "message"), CONSTANT_INPUTS)
+def test_constant_input_names_the_input(name, key, value, message):
+    law, x, loss = _family_data(name)
+    x[key] = np.full_like(x[key], value)
+    if key == "h1":
+        x["h2"] = 1.0 - x["h1"]
+    if key == "h2":
+        x["h1"] = 1.0 - x["h2"]
+    with pytest.raises(ValueError, match=message):
+        laws.fit(law, x, loss, init=law.init_grid()[:2])
+
+
+def test_constant_offset_input_is_allowed():
+    """Forgetting's L_pt0 is a known offset: every run may finetune the same pretrained model."""
+    law, x, loss = _family_data("forgetting")
+    x["L_pt0"] = np.full_like(x["L_pt0"], 2.5)
+    fit = laws.fit(law, x, loss, init=law.init_grid()[:2])
+    assert not any("L_pt0" in w for w in fit.report.warnings)
+
+
+def test_constant_input_of_a_custom_law_is_a_warning():
+    law = laws.custom_law({"expression": "E + A / N**alpha + T", "inputs": ["N", "T"],
+                           "params": {"E": {"log": True, "init": [0.0]}, "A": {"log": True, "init": [5.0]},
+                                      "alpha": [0.3]}})
+    n = np.geomspace(1e7, 1e10, 8)
+    loss = 1.7 + 300.0 / n**0.3 + 0.1
+    fit = laws.fit(law, {"N": n, "T": np.full_like(n, 0.1)}, loss)
+    assert any("same T = 0.1" in w for w in fit.report.warnings)

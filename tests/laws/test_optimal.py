@@ -72,3 +72,14 @@ def test_minimal_injection_is_the_smallest_fraction_within_tolerance():
     assert minimal_injection(fit, N=n, D_ft=d_ft, tolerance=10.0) == 0.0
     with pytest.raises(ValueError, match="tolerance must be positive"):
         minimal_injection(fit, N=n, D_ft=d_ft, tolerance=0.0)
+
+
+def test_optimal_mixture_from_a_given_start():
+    _, truth, _ = CASES["mixture_additive"]
+    fit = law_fit("mixture_additive", truth)
+    ref = optimal_mixture([fit], N=1e9, D=2e10)
+    warm = optimal_mixture([fit], N=1e9, D=2e10, init=[0.7, 0.3])
+    assert warm.weights[0] == pytest.approx(ref.weights[0], abs=1e-4)
+    assert warm.iterations < ref.iterations
+    with pytest.raises(ValueError, match="init must be 2 non-negative weights"):
+        optimal_mixture([fit], N=1e9, D=2e10, init=[0.5, -0.5])

@@ -10,7 +10,11 @@ from tests.laws import reference
 
 #: published refit of the 240 points with the Hoffmann recipe (Besiroglu et al. 2024)
 PUBLISHED = {"E": 1.8172, "A": 477.8, "B": 2143.0, "alpha": 0.3473, "beta": 0.3672}
+#: the published summed-Huber objective, 0.00101827, is the 6-significant-figure rounding of the
+#: optimum; SciPy L-BFGS-B and the batched fitter both reach 1.018274017800e-03 (agreeing to 1e-17),
+#: whose 11-decimal value is this one
 PUBLISHED_OBJECTIVE = 0.00101827
+OPTIMUM_OBJECTIVE = 0.00101827402
 
 
 def test_data_is_the_240_points(replication):
@@ -21,7 +25,14 @@ def test_data_is_the_240_points(replication):
 
 
 def test_objective_matches_published(replication_fit):
-    # the published objective is rounded to 6 significant figures (half a unit: 5e-9)
+    """The objective is within 1e-9 of the optimum.
+
+    The issue asks for "within 1e-9 of 0.00101827", but that figure is the published value rounded
+    to 6 significant figures: the true optimum, 1.018274017800e-03 (SciPy and this fitter agree to
+    1e-17), is 4.0e-9 away from it, so a 1e-9 tolerance is only meaningful around the unrounded
+    optimum, 0.00101827402. The rounding itself is checked too (half a unit of the 6th figure).
+    """
+    assert abs(replication_fit.objective - OPTIMUM_OBJECTIVE) <= 1e-9
     assert abs(replication_fit.objective - PUBLISHED_OBJECTIVE) <= 5e-9
 
 
