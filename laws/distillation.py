@@ -43,7 +43,7 @@ class Distillation(FormulaLaw):
     ``supervised``: parameters of the supervised law (E, A, B, alpha, beta, gamma) giving Ls~;
     default their Table 6.
 
-    Starts. The published grid (Busbridge et al. 2025; laws.md Sec. 3) has
+    Starts. The published grid (Busbridge et al. 2025) has
     5^2 x 3^3 x 4^3 x 5 = 216,000 starts. Its 54,000 starts with f1 = 0 are left out: the law
     divides by f1 (the exponent 1/f1 of the capacity-gap term, here softplus(.../f1)), so at
     f1 = 0 the term is inf x 0 and the objective is NaN at every such start; the fitter would

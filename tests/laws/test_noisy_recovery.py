@@ -1,6 +1,6 @@
 """Recovery from noisy runs, for every family beyond Chinchilla (those are in test_recovery.py).
 
-Losses are simulated from known parameters (published ones where laws.md gives them) with 0.5 %
+Losses are simulated from known parameters (published ones where the papers give them) with 0.5 %
 log-normal noise, the residual scale of the Chinchilla replication data, one fixed seed each.
 What is asserted is what the design identifies: the fit converges, predicts an extrapolated
 target within 1 %, and recovers the derived quantities (optimal sparsity, optimal mixture,
