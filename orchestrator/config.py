@@ -267,6 +267,9 @@ class ExportConfig:
     # bootstrap resamples of every law (whole configurations resampled, seeded by the study's
     # seed) for percentile intervals next to the parametric ones; 0 = parametric intervals only
     bootstrap: int = 0
+    # (N, D) points at which to give the optimal data mixture of the study's mixture laws (one
+    # per target domain, equally weighted), e.g. [{N: 1.0e9, D: 2.0e10}]; empty = none
+    mixture_at: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,9 +7,10 @@ from typing import Any
 
 import laws
 from laws.bootstrap import bootstrap as bootstrap_fit
+from laws.bootstrap import joint_bootstrap
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
-from orchestrator.fitting import fit_laws, study_laws
+from orchestrator.fitting import LawOutcome, StudyLaw, fit_laws, study_laws
 from orchestrator.secrets import redact_text
 from orchestrator.study import open_tracker, tracking_uri
 from orchestrator.tracking import FinishedRun
@@ -25,6 +26,44 @@ def export_study(
 ) -> dict[str, Any]:
     """Refit the study's laws on its finished runs and describe them (see ``laws.export_document``)."""
     return export_with_runs(study, budgets=budgets, bootstrap=bootstrap)[0]
+
+
+#: mixture laws leave E weakly identified (traded against the scale of the mixture term), so a
+#: resample's optimum lies far along a flat valley: up to about 1000 Newton iterations away
+MIXTURE_RESAMPLE_OPTIONS = laws.NewtonOptions(max_iter=1000)
+
+
+def _bootstraps(
+    fitted: Sequence[tuple[StudyLaw, LawOutcome]], runs: Sequence[FinishedRun], resamples: int, *, seed: int
+) -> tuple[list[laws.BootstrapResult | None], dict[str, str]]:
+    """A bootstrap per law (resampling whole configurations), and why a law has none. Mixture laws
+    fitted to the same runs (one per target domain) are resampled jointly, the same runs in every
+    resample, so the optimal mixture they imply together gets intervals that see their correlated
+    errors."""
+    boots: dict[str, laws.BootstrapResult | None] = {}
+    failed: dict[str, str] = {}
+    mixtures = [(law, o) for law, o in fitted if o.fit is not None and o.fit.law.startswith("mixture")]
+    tables = {law.name: law.table(runs) for law, _ in mixtures}
+    same_runs = len({tuple(law.select_keys(runs)) for law, _ in mixtures}) == 1
+    if len(mixtures) > 1 and same_runs:
+        first = tables[mixtures[0][0].name][0]
+        try:
+            joint = joint_bootstrap(
+                [o.fit for _, o in mixtures], first, [tables[law.name][1] for law, _ in mixtures],  # type: ignore[misc]
+                n_resamples=resamples, seed=seed, options=MIXTURE_RESAMPLE_OPTIONS,
+            )
+            boots.update({law.name: b for (law, _), b in zip(mixtures, joint, strict=True)})
+        except ValueError as exc:
+            failed.update({law.name: str(exc) for law, _ in mixtures})
+    for law, outcome in fitted:
+        if law.name in boots or law.name in failed:
+            continue
+        try:
+            inputs, y = law.table(runs)
+            boots[law.name] = bootstrap_fit(outcome.fit, inputs, y, n_resamples=resamples, seed=seed)  # type: ignore[arg-type]
+        except ValueError as exc:  # e.g. too few configurations to resample: parametric only
+            failed[law.name] = str(exc)
+    return [boots.get(law.name) for law, _ in fitted], failed
 
 
 def fit_histories(study: StudyConfig, names: Sequence[str]) -> dict[str, dict[int, dict[str, float]]]:
@@ -49,19 +88,12 @@ def export_with_runs(
     outcomes = fit_laws(chosen, runs, seed=study.seed)
     fitted = [(law, o) for law, o in zip(chosen, outcomes, strict=True) if o.fit is not None]
     resamples = study.export.bootstrap if bootstrap is None else bootstrap
-    boots: list[laws.BootstrapResult | None] = []
-    failed: dict[str, str] = {}
-    for law, outcome in fitted:
-        if resamples <= 0:
-            break
-        try:
-            inputs, y = law.table(runs)
-            boots.append(bootstrap_fit(outcome.fit, inputs, y, n_resamples=resamples, seed=study.seed))  # type: ignore[arg-type]
-        except ValueError as exc:  # e.g. too few configurations to resample: parametric only
-            boots.append(None)
-            failed[law.name] = str(exc)
+    boots, failed = _bootstraps(fitted, runs, resamples, seed=study.seed) if resamples > 0 else (None, {})
     document = laws.export_document(
-        [o.fit for _, o in fitted], budgets=budgets, bootstrap=boots if resamples > 0 else None  # type: ignore[misc]
+        [o.fit for _, o in fitted],  # type: ignore[misc]
+        budgets=budgets,
+        bootstrap=boots,
+        mixture_at=study.export.mixture_at if any(o.fit.law.startswith("mixture") for _, o in fitted) else (),  # type: ignore[union-attr]
     )
     for entry, (law, outcome) in zip(document["laws"], fitted, strict=True):
         # which law of the study this is, and what it was fitted to

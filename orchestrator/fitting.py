@@ -40,6 +40,10 @@ class StudyLaw:
         chosen = runs if self.runs == "all" else (r for r in runs if r.stage == self.runs)
         return sorted(chosen, key=lambda r: r.run_key)
 
+    def select_keys(self, runs: Iterable[FinishedRun]) -> list[str]:
+        """The run keys of :meth:`select`, in its order."""
+        return [r.run_key for r in self.select(runs)]
+
     def table(self, runs: Sequence[FinishedRun]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The law's inputs and observed losses over the runs it is fitted to."""
         return law_table(self.law, self.select(runs), loss=self.loss)

@@ -129,6 +129,7 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("trainer.optim.ema", f"must be in [0, 1) (0 = no EMA), got {t.optim.ema}")
     if t.optim.ema_batch_size < 0:
         raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
+    _validate_mixture_at(study)
     if study.export.bootstrap < 0:
         raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
     if study.tracking.figures_every_s < 0:
@@ -311,6 +312,19 @@ def _validate_grid(study: StudyConfig) -> None:
         if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
             raise StudyError(key, f"weights must be non-negative and sum to 1, got {list(weights)}")
     _validate_dependencies(study, list(domains))
+
+
+def _validate_mixture_at(study: StudyConfig) -> None:
+    """export.mixture_at: (N, D) points, for a study that fits a mixture law."""
+    for i, point in enumerate(study.export.mixture_at):
+        key = f"export.mixture_at[{i}]"
+        if set(point) != {"N", "D"}:
+            raise StudyError(key, f"needs exactly N and D, got {sorted(point)}")
+        for name, value in point.items():
+            if not value > 0:
+                raise StudyError(f"{key}.{name}", f"must be positive, got {value}")
+    if study.export.mixture_at and not any(c.family.startswith("mixture") for c in study.laws):
+        raise StudyError("export.mixture_at", "the study fits no mixture law (mixture_additive or mixture_joint)")
 
 
 def _validate_space(study: StudyConfig) -> None:

@@ -300,3 +300,46 @@ def test_another_studys_finished_runs_are_found_for_teachers(store) -> None:
     adopted = adopted_runs(student)
     assert set(adopted) == {r.key for r in expand(donor)}
     assert all(run.final_loss > 0 for run in adopted.values())
+
+
+@pytest.mark.slow
+def test_mixture_laws_of_one_study_are_bootstrapped_jointly_for_the_optimal_mixture() -> None:
+    """Two target domains' mixture laws fitted to the same runs: the export resamples the same
+    runs for both (one resample digest), and gives the optimal mixture at export.mixture_at with
+    parametric and joint-bootstrap intervals that hold the optimum; a law of another kind gets a
+    bootstrap of its own."""
+    import numpy as np
+
+    from laws.optimal import optimal_mixture
+    from orchestrator.export import _bootstraps
+    from orchestrator.fitting import LawOutcome, StudyLaw
+    from orchestrator.tracking import FinishedRun
+    from tests.laws.test_optimal_intervals import AT, DOMAIN_A, DOMAIN_B, mixture_fits
+
+    law, x, losses, fits = mixture_fits(1)
+    runs = [
+        FinishedRun(run_key=f"r{i:03d}", run_id=str(i), inputs={k: float(v[i]) for k, v in x.items()},
+                    final_loss=float((losses[0][i] + losses[1][i]) / 2),
+                    metrics={"eval_loss/a": float(losses[0][i]), "eval_loss/b": float(losses[1][i])})
+        for i in range(len(x["N"]))
+    ]
+    chin = laws.get_law("chinchilla")
+    chin_fit = laws.fit(chin, {"N": x["N"], "D": x["D"]}, np.array([r.final_loss for r in runs]))
+    studied = [
+        (StudyLaw(name="mix_a", law=law, loss="eval_loss/a"), LawOutcome(name="mix_a", fit=fits[0], n_points=len(runs))),
+        (StudyLaw(name="mix_b", law=law, loss="eval_loss/b"), LawOutcome(name="mix_b", fit=fits[1], n_points=len(runs))),
+        (StudyLaw(name="chinchilla", law=chin), LawOutcome(name="chinchilla", fit=chin_fit, n_points=len(runs))),
+    ]
+    by_key = {r.run_key: r for r in runs}
+    ordered = [by_key[k] for k in sorted(by_key)]  # the order StudyLaw.select gives
+    assert [r.inputs["N"] for r in ordered] == list(studied[0][0].table(runs)[0]["N"])
+    boots, failed = _bootstraps(studied, runs, 20, seed=0)
+    assert not failed and all(b is not None for b in boots)
+    assert boots[0].resample_digest == boots[1].resample_digest != boots[2].resample_digest
+    document = laws.export_document(fits, bootstrap=boots[:2], mixture_at=[AT])
+    (row,) = document["optimal_mixture"]
+    truth = optimal_mixture([laws.LawFit(law="mixture_additive", params=t, objective=0.0, report=fits[0].report,
+                                         law_spec=fits[0].law_spec) for t in (DOMAIN_A, DOMAIN_B)], **AT).weights[0]
+    assert row["weights_interval"][0][0] < truth < row["weights_interval"][0][1]
+    assert row["bootstrap_weights_interval"] is not None, row["warnings"]
+    assert row["bootstrap_weights_interval"][0][0] <= row["weights"][0] <= row["bootstrap_weights_interval"][0][1]
