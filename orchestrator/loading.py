@@ -192,7 +192,8 @@ def _validate_simulated(study: StudyConfig) -> None:
         law = get_law(sim.law, k=k) if k and sim.law.startswith("mixture") else get_law(sim.law)
     except (TypeError, ValueError) as exc:
         raise StudyError("trainer.simulated.law", str(exc)) from None
-    have = {"N", "D", "S", *(f"h{i + 1}" for i in range(k))}
+    # a student's teacher loss L_T comes from its teacher (grid.teachers)
+    have = {"N", "D", "S", *(f"h{i + 1}" for i in range(k)), *(["L_T"] if study.grid.teachers is not None else [])}
     if missing := [name for name in law.inputs if name not in have]:
         raise StudyError("trainer.simulated.law", f"{sim.law!r} needs inputs {missing} that a simulated run does not have")
     if sim.params and set(sim.params) != set(law.param_names):
@@ -202,6 +203,18 @@ def _validate_simulated(study: StudyConfig) -> None:
         )
     if not sim.params and sim.law != "chinchilla":
         raise StudyError("trainer.simulated.params", f"give the parameters of the {sim.law!r} ground truth")
+    if sim.law != "distillation":
+        if sim.supervised:
+            raise StudyError("trainer.simulated.supervised", f"is for a distillation ground truth, not {sim.law!r}")
+        return
+    # the teachers' truth, which is also the student's supervised loss Ls~ (Busbridge et al. 2025)
+    supervised = get_law("chinchilla_gamma").param_names
+    if set(sim.supervised) != set(supervised):
+        raise StudyError(
+            "trainer.simulated.supervised",
+            f"a distillation truth needs the teachers' supervised law (chinchilla_gamma) with parameters "
+            f"{list(supervised)}, got {sorted(sim.supervised) or 'none'}",
+        )
 
 
 def _validate_workers(study: StudyConfig) -> None:
@@ -373,8 +386,12 @@ def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:
         raise StudyError("grid.finetune", "a study has teachers or finetuning runs, not both")
     if g.teachers is not None:
         t = g.teachers
-        if kind != "distill":
-            raise StudyError("grid.teachers", f"teachers need trainer.kind distill, not {kind!r}")
+        simulated = kind == "simulated" and study.trainer.simulated.law == "distillation"
+        if kind != "distill" and not simulated:
+            raise StudyError(
+                "grid.teachers",
+                f"teachers need trainer.kind distill (or simulated with trainer.simulated.law distillation), not {kind!r}",
+            )
         if not t.N:
             raise StudyError("grid.teachers.N", "list at least one teacher size")
         if bool(t.D) == bool(t.tokens_per_param):

@@ -17,7 +17,7 @@ from typing import Protocol
 from orchestrator.executors import Completion, Executor, RunTask
 from orchestrator.grid import PlannedRun, branch_step, trained_flops
 from orchestrator.tracking import STAGE_TAG, FinishedRun, Tracker
-from trainers.checkpoint import checkpoint_path, kept_checkpoint_path
+from trainers.checkpoint import checkpoint_path, final_checkpoint, kept_checkpoint_path
 
 #: how a dependency's final loss enters its dependent's law inputs
 DEPENDENCY_INPUTS = {"teacher": "L_T", "init": "L_pt0"}
@@ -182,7 +182,7 @@ class Scheduler:
         if run.key not in self._needed or self.checkpoints is None:
             return False
         folder = self.checkpoints.directory(run.key)
-        files = [checkpoint_path(folder), *(kept_checkpoint_path(folder, s) for s in run.spec.keep_steps)]
+        files = [final_checkpoint(folder, run.spec.trainer), *(kept_checkpoint_path(folder, s) for s in run.spec.keep_steps)]
         return not all(f.is_file() for f in files)
 
     @property
@@ -311,7 +311,8 @@ class Scheduler:
             assert self.checkpoints is not None
             path = str(checkpoint_path(self.checkpoints.directory(dep)))
             if use == "teacher":
-                spec = replace(spec, teacher_checkpoint=path)
+                # a simulated teacher leaves its final loss, not weights (the student is simulated too)
+                spec = replace(spec, teacher_checkpoint=str(final_checkpoint(self.checkpoints.directory(dep), spec.trainer)))
             elif use == "branch":
                 kept = kept_checkpoint_path(self.checkpoints.directory(dep), branch_step(run.plan, spec.trainer))
                 spec = replace(spec, branch_from=str(kept))
