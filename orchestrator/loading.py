@@ -518,17 +518,31 @@ def _validate_selection(study: StudyConfig) -> None:
         raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
     if sel.mode == "grid":
         return
-    if study.grid.teachers is not None or study.grid.finetune is not None or study.grid.cooldown_branches:
+    if study.grid.finetune is not None or study.grid.cooldown_branches:
         raise StudyError(
             "selection.mode",
-            f"{sel.mode} selection cannot yet choose among runs that depend on others "
-            "(grid.teachers, grid.finetune, grid.cooldown_branches); use grid",
+            f"{sel.mode} selection cannot yet choose among finetuning runs or cooldown branches "
+            "(grid.finetune, grid.cooldown_branches); use grid",
         )
     if sel.budget_flops is None and sel.budget_fraction is None:
         raise StudyError("selection.budget_flops", f"selection mode {sel.mode!r} needs a budget_flops or budget_fraction")
     from orchestrator.selection.selector import selection_law
 
-    law = selection_law(study).law
+    chosen = selection_law(study)
+    law = chosen.law
+    if study.grid.teachers is not None:
+        # the candidates are the students; their teachers are trained when a student needs one
+        if chosen.runs != "main":
+            raise StudyError(
+                "selection.law",
+                f"{chosen.name!r} is fitted to the {chosen.runs} runs, but a selection chooses among the students "
+                "(the grid's own runs): name a law fitted to them, e.g. selection.law: distillation",
+            )
+        if "L_T" in law.inputs and chosen.law.name != "distillation":
+            raise StudyError(
+                "selection.law",
+                f"{chosen.name!r} takes the teacher's loss L_T but cannot predict it for teachers not trained yet; use a distillation law",
+            )
     t = sel.target
     if sel.mode == "active" and t.budget is None and not t.points:
         raise StudyError("selection.target", "active selection needs a target: a budget or points")

@@ -262,7 +262,12 @@ def test_checkpoint_all_gives_every_run_a_checkpoint_dir(tmp_path: Path) -> None
         ("teacher tokens twice", lambda raw: raw["grid"]["teachers"].update(tokens_per_param=[20.0]), "grid.teachers.D"),
         ("supervised law after", lambda raw: raw["laws"].reverse(), "laws[0].supervised"),
         ("supervised of a non-distillation law", lambda raw: raw["laws"][0].update(supervised="x"), "laws[0].supervised"),
-        ("selection over dependents", lambda raw: raw.update(selection={"mode": "random", "budget_fraction": 0.5}), "selection.mode"),
+        # students are chosen by a law of the students, not by the teachers' supervised law
+        ("selection by the teachers' law", lambda raw: raw.update(selection={"mode": "random", "budget_fraction": 0.5}), "selection.law"),
+        ("selection law taking L_T that cannot predict it",
+         lambda raw: raw.update(laws=[{"family": "custom", "name": "lt", "expression": "L_T + A / N**alpha", "inputs": ["N", "L_T"],
+                                       "params": {"A": [1.0], "alpha": [0.5]}}],
+                                selection={"mode": "random", "budget_fraction": 0.5}), "selection.law"),
     ],
 )
 def test_bad_distillation_studies_name_the_key(label: str, change, key: str) -> None:
