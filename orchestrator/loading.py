@@ -518,11 +518,11 @@ def _validate_selection(study: StudyConfig) -> None:
         raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
     if sel.mode == "grid":
         return
-    if study.grid.finetune is not None or study.grid.cooldown_branches:
+    if study.grid.finetune is not None:
+        # a finetuning run's law input L_pt0 is its pretrained run's loss, which no law of the
+        # study predicts before that run has trained
         raise StudyError(
-            "selection.mode",
-            f"{sel.mode} selection cannot yet choose among finetuning runs or cooldown branches "
-            "(grid.finetune, grid.cooldown_branches); use grid",
+            "selection.mode", f"{sel.mode} selection cannot yet choose among finetuning runs (grid.finetune); use grid"
         )
     if sel.budget_flops is None and sel.budget_fraction is None:
         raise StudyError("selection.budget_flops", f"selection mode {sel.mode!r} needs a budget_flops or budget_fraction")

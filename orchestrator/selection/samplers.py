@@ -11,7 +11,7 @@ and only proposes runs that fit in the remaining compute budget.
 - :class:`CheapestSampler`: cheapest first, a baseline.
 
 Candidates may start from runs that are not candidates themselves (a distillation student from
-its teacher: :attr:`Pool.upstream`). Such a run is paid for once, by the first trial whose
+its teacher, a cooldown branch from its trunk: :attr:`Pool.upstream`). Such a run is paid for once, by the first trial whose
 candidate needs it (the trial's user attribute :data:`UPSTREAM_FLOPS`; the Optuna journal is the
 record of what the selection has spent, so a resumed selection counts it again exactly), and
 costs nothing when it had finished before this selection needed it or is adopted from another

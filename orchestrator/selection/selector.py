@@ -6,11 +6,13 @@ good. Optuna's storage is a journal file kept with the study's tracking store, s
 resume`` continues the same selection: trials left ``RUNNING`` by a driver that died are proposed
 again first. Each MLflow child run carries its trial number (tag ``isoflop.trial``).
 
-Runs that start from other runs (distillation students from their teachers): only the grid's own
-runs (stage ``main``) are candidates. A proposed student comes right after its teacher the first
-time this invocation needs that teacher (the scheduler trains it, or skips it when the store or
-an adopted study has it, and parks the student until it has finished); the teacher is paid for
-once (:mod:`orchestrator.selection.samplers`). A student's L_T, unknown until its teacher has
+Runs that start from other runs (distillation students from their teachers, WSD cooldown
+branches from their trunks): only the grid's own runs (stage ``main``) are candidates. A
+proposed student comes right after its teacher the first time this invocation needs that
+teacher (the scheduler trains it, or skips it when the store or an adopted study has it, and
+parks the student until it has finished); the teacher is paid for once
+(:mod:`orchestrator.selection.samplers`), and so is a trunk, its branches paying only for their
+cooldowns (:func:`~orchestrator.grid.trained_flops`). A student's L_T, unknown until its teacher has
 trained, is its teacher's finished loss when known, else the teacher's supervised loss as the
 selection law's own supervised law predicts it (the fitted one a distillation fit carries, or the
 published one before the first fit); the pool's inputs are refreshed before every proposal.
@@ -154,7 +156,7 @@ def make_pool(
     # the space-filling design spreads over the inputs that are known up front, and over the
     # size and tokens of the run a candidate starts from (its L_T is not known up front)
     columns = [v for k, v in inputs.items() if k not in given]
-    if upstream:
+    if given:  # (a cooldown branch's trunk is fixed by the branch's own N: nothing to add)
         columns += [np.array([float(u.plan.n_params) for u in upstream])[up], np.array([float(u.plan.tokens) for u in upstream])[up]]
     space = np.column_stack(
         [np.log(v) if np.all(v > 0) else v for v in columns if np.ptp(v) > 0] or [np.zeros(len(runs))]
@@ -205,7 +207,7 @@ class Selector:
         cheapest = float((self.pool.cost if adopting else effective_cost_now(self.pool)).min())
         if self.pool.budget < cheapest:
             key = "selection.budget_flops" if sel.budget_flops is not None else "selection.budget_fraction"
-            what = "run" if not self.upstream else "run with its teacher"
+            what = "run" if not self.upstream else "run with the run it starts from"
             raise StudyError(
                 key, f"a budget of {self.pool.budget:.3g} FLOPs cannot pay for even the cheapest {what} ({cheapest:.3g})"
             )

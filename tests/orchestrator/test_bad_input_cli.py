@@ -73,16 +73,11 @@ MORE = [
      {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6],
                                                              "teachers": {"N": [6e4], "D": [4e6], "from_studies": ["nope"]}}},
      "grid.teachers.from_studies"),
-    # budgeted selection chooses students of a distillation study, not finetuning runs or branches (yet)
+    # budgeted selection chooses students and cooldown branches, not finetuning runs (yet)
     ("selection over finetuning runs",
      {"name": "ft", "trainer": {"kind": "dense"},
       "grid": {"N": [1.2e4], "D": [4e3], "finetune": {"domain": "prose", "pretrain_tokens_per_param": 2}},
       "laws": [{"family": "forgetting", "loss": "pretrain_loss"}], "selection": {"mode": "random", "budget_fraction": 0.5}},
-     "selection.mode"),
-    ("selection over cooldown branches",
-     {"name": "br", "trainer": {"kind": "dense", "optim": {"schedule": "wsd"}},
-      "grid": {"N": [1.2e4], "D": [8e3, 1.6e4], "cooldown_branches": True},
-      "selection": {"mode": "cheapest", "budget_fraction": 0.5}},
      "selection.mode"),
     ("selection of students by the teachers' law",
      {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6], "teachers": {"N": [6e4], "D": [4e6]}},

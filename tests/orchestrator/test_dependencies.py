@@ -438,7 +438,6 @@ def test_cooldown_branch_study_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
         ("isoflop grid", lambda raw: raw.update(grid={"isoflop": {"budgets": [1e10]}, "cooldown_branches": True}), "grid.cooldown_branches"),
         ("branch inside warmup", lambda raw: raw["trainer"]["optim"].update(warmup_frac=0.9), "grid.cooldown_branches"),
         ("warmup steps given", lambda raw: raw["trainer"]["optim"].update(warmup_steps=3), "trainer.optim.warmup_steps"),
-        ("selection over branches", lambda raw: raw.update(selection={"mode": "cheapest", "budget_fraction": 0.5}), "selection.mode"),
     ],
 )
 def test_bad_branch_studies_name_the_key(label: str, change, key: str) -> None:

@@ -297,3 +297,37 @@ def test_students_l_t_is_their_teachers_loss_or_the_fitted_supervised_laws_predi
     assert sel.sampler._cache[0] != key_before and sel.sampler._cache[0][2] == sel.pool.inputs_key
     # the sampler scores with the fit's law, whose Ls~ is the fitted supervised law
     assert sel.sampler.law_of(fit_).supervised == pytest.approx(supervised)
+
+
+@pytest.mark.parametrize("mode", ["random", "cheapest"])
+def test_a_selection_of_cooldown_branches_pays_each_trunk_once_and_branches_their_cooldowns(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.orchestrator.test_dependencies import _branch_study
+
+    monkeypatch.chdir(tmp_path)
+    raw = _branch_study(N=[1.2e4, 2.4e4, 3.6e4])
+    raw["selection"] = {"mode": mode, "budget_fraction": 0.6, "refit_every": 1000}
+    study = study_from_dict(raw)
+    grid = expand(study)
+    trunk_of = {r.key: r.depends_on["branch"] for r in grid if r.stage == "main"}
+    by_key = {r.key: r for r in grid}
+    executor, tracker = FakeTrainingExecutor(), MemoryTracker()
+    storage = optuna.storages.InMemoryStorage()
+    outcome = run_study(study, tracker=tracker, executor=executor, optuna_storage=storage, background_refit=False)
+    trained = executor.order
+    assert len(trained) == len(set(trained))
+    branches = [k for k in trained if k in trunk_of]
+    assert branches and set(trained) - set(branches) == {trunk_of[k] for k in branches}, "exactly the trunks needed"
+    for k in branches:
+        assert trained.index(trunk_of[k]) < trained.index(k), "a branch starts from its trunk's kept checkpoint"
+    # a trunk once, each branch its cooldown only: what the journal spent is what was trained
+    cost = sum(trained_flops(by_key[k]) for k in trained)
+    assert outcome.stats.flops_done == pytest.approx(cost)
+    assert cost <= 0.6 * sum(trained_flops(r) for r in grid) * (1 + 1e-9)
+    trials = optuna.load_study(study_name=study.name, storage=storage).get_trials()
+    pool_cost = {k: trained_flops(by_key[k]) for k in branches}
+    assert sum(pool_cost[t.user_attrs["run_key"]] + t.user_attrs[UPSTREAM_FLOPS] for t in trials) == pytest.approx(cost)
+    if mode == "cheapest":  # the cheapest branch with its trunk first, then the cheap cooldowns of that trunk
+        first = trunk_of[branches[0]]
+        assert all(trunk_of[k] == first for k in branches[: sum(v == first for v in trunk_of.values())])
