@@ -23,6 +23,20 @@ with plausible coefficients (none published), 1 % noise; pool an isoFLOP grid of
 weight >= 0.1); target the loss of N = 1e10 on D = 2e11 tokens at h = (0.5, 0.3, 0.2), a mixture
 no candidate has.
 
+``--truth distillation``: students distilled from teachers (Busbridge et al. 2025). Teachers are
+simulated supervised runs of their Eq. 1 law with the published Table 6 coefficients, students
+follow the distillation law with Table 6's coefficients at their own teacher's (noisy) final
+loss L_T, 1 % noise on both. Pool: students N_S in {5e7, 2e8, 8e8} x D_S = {5, 20, 80} N_S, each
+distilled from each of 8 teachers, N_T in {1e8, 4e8, 1.6e9, 3.2e9} x D_T = {10, 40} N_T (below
+and above the students, so the capacity gap shows): 72 candidate students; a teacher is trained
+(and paid for, once) when the first student that needs it is chosen. The law is the distillation
+law on the published supervised law (its Ls~, and its prediction of an untrained teacher's L_T).
+Target: a 1e10-parameter student on 2e11 tokens distilled from a teacher of L_T = 1.8265 (the
+supervised loss of 3e10 parameters on 6e11 tokens), 3e21 FLOPs of student training: 10x the
+largest student candidate and beyond the strongest teacher. The budget fractions are of the full
+grid's FLOPs, every teacher counted once. The certified floor takes the teachers as free (a
+looser, still valid bound: any design pays at least its students).
+
 Strategies: ``active`` (the default criterion: the targets' error against the full grid's fit,
 with the law's misfit estimated from the residuals, the remaining budget planned), ``variance``
 (target variance alone, as if the law were exact), either with ``@G`` (the cost exponent fixed at
@@ -34,7 +48,7 @@ reference law (:func:`orchestrator.selection.criteria.design_bound`), as a ratio
 grid's standard deviation. No subset of the pool does better than this under the linearised
 model, whatever the strategy.
 
-    python benchmarks/selection.py [--truth simulated|replay|sparsity|mixture] [--fractions 0.01 0.05 0.1 0.25]
+    python benchmarks/selection.py [--truth simulated|replay|sparsity|mixture|distillation] [--fractions 0.01 0.05 0.1 0.25]
                                    [--seeds 3] [--first-seed 0] [--strategies active random cheapest] [--no-grid]
                                    [--out PATH]
 
@@ -46,9 +60,13 @@ as JSON when ``--out`` is given.
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,8 +74,10 @@ import numpy as np
 import optuna
 
 import laws
+from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS
+from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS
 from orchestrator.executors import InlineExecutor
-from orchestrator.grid import expand
+from orchestrator.grid import expand, trained_flops
 from orchestrator.loading import study_from_dict
 from orchestrator.selection.criteria import design_bound, target_gradients, target_variances
 from orchestrator.selection.selector import make_pool, targets_of
@@ -97,12 +117,24 @@ MIX_GRID = {
 }
 MIX_TARGET = {"N": 1e10, "D": 2e11, "h1": 0.5, "h2": 0.3, "h3": 0.2}
 
+# Distillation (Busbridge et al. 2025, Table 6 coefficients for both laws): students x teachers
+# below and above them; the target's teacher is the supervised loss of 3e10 parameters on 6e11
+# tokens under their Eq. 1 law (L_T = 1.8265)
+DISTILL_GRID = {
+    "N": [5e7, 2e8, 8e8],
+    "tokens_per_param": [5, 20, 80],
+    "teachers": {"N": [1e8, 4e8, 1.6e9, 3.2e9], "tokens_per_param": [10, 40]},
+}
+DISTILL_TARGET = {"N": 1e10, "D": 2e11, "L_T": 1.8265}
+
 #: worlds whose target is the loss at a point of the law's inputs (no N_opt): law, truth, grid,
-#: target and the trainer's data domains
+#: target and the trainer's data domains (and a distillation truth's supervised law)
 POINT_WORLDS = {
     "sparsity": {"law": "sparsity", "params": SPARSE_TRUTH, "grid": SPARSE_GRID, "target": SPARSE_TARGET},
     "mixture": {"law": "mixture_additive", "params": MIX_TRUTH, "grid": MIX_GRID, "target": MIX_TARGET,
                 "domains": MIX_DOMAINS},
+    "distillation": {"law": "distillation", "params": BUSBRIDGE_DISTILLATION_PARAMS, "grid": DISTILL_GRID,
+                     "target": DISTILL_TARGET, "supervised": BUSBRIDGE_SUPERVISED_PARAMS},
 }
 
 REPLAY_TARGET = 5.76e23
@@ -155,13 +187,16 @@ def attainable(kind: str, fractions: list[float]) -> dict[float, np.ndarray]:
     ref = reference_fit(kind)
     config = study(kind, "active", 1.0, 0)
     law = ref.get_law()
-    pool = make_pool(expand(config), law, config.selection, 0.0)
+    runs = expand(config)
+    main, upstream = [r for r in runs if r.stage == "main"], [r for r in runs if r.stage != "main"]
+    pool = make_pool(main, law, config.selection, 0.0, upstream)
     jac = laws.prediction_jacobian(law, law.from_natural(ref.params), pool.inputs)
     g = target_gradients(law, ref, targets_of(config.selection))
     full = target_variances(jac, g, sigma2=1.0, prior_precision=1e-8)
     out = {}
     for fraction in fractions:
-        budget = fraction * pool.cost.sum()
+        # a fraction of the full grid's FLOPs, every teacher once; the bound charges students only
+        budget = fraction * sum(trained_flops(r) for r in runs)
         lower = [design_bound(jac, pool.cost, g[t : t + 1], sigma2=1.0, budget=budget).lower for t in range(len(g))]
         out[fraction] = np.sqrt(np.array(lower) / full)
     return out
@@ -194,15 +229,27 @@ def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201
     elif kind in POINT_WORLDS:
         world = POINT_WORLDS[kind]
         simulated = {"law": world["law"], "params": world["params"], "noise": 0.01}
+        if "supervised" in world:
+            simulated["supervised"] = world["supervised"]
         raw["trainer"] = {"kind": "simulated", "simulated": simulated}
         if "domains" in world:
             raw["trainer"]["data"] = {"domains": world["domains"]}
         raw["grid"] = world["grid"]
         raw["laws"] = [world["law"]]
+        if "teachers" in world["grid"]:  # the simulated teachers' results, out of the working directory
+            raw["resources"] = {"checkpoint_dir": str(_scratch() / raw["name"])}
     else:
         raw["trainer"] = {"kind": "simulated", "simulated": {"noise": 0.01}}
         raw["grid"] = GRID
     return study_from_dict(raw)
+
+
+@functools.cache
+def _scratch() -> Path:
+    """A folder for the runs' checkpoints, removed when the benchmark exits."""
+    folder = Path(tempfile.mkdtemp(prefix="isoflop-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _outcome(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN202 - StudyOutcome

@@ -241,8 +241,14 @@ def _upstream_runs(
     stage: str,
     key: str,
 ) -> list[PlannedRun]:
-    """Dense runs other runs start from: every size crossed with every token count (or ratio)."""
-    config = replace(study.trainer, kind="dense")
+    """Dense runs other runs start from: every size crossed with every token count (or ratio).
+    A simulated study's are simulated supervised runs (``trainers.simulated.teacher_config``)."""
+    if study.trainer.kind == "simulated":
+        from trainers.simulated import teacher_config
+
+        config = teacher_config(study.trainer)
+    else:
+        config = replace(study.trainer, kind="dense")
     dense = get_trainer(config)
     out = []
     for n in sizes:

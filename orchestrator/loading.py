@@ -193,7 +193,8 @@ def _validate_simulated(study: StudyConfig) -> None:
         law = get_law(sim.law, k=k) if k and sim.law.startswith("mixture") else get_law(sim.law)
     except (TypeError, ValueError) as exc:
         raise StudyError("trainer.simulated.law", str(exc)) from None
-    have = {"N", "D", "S", *(f"h{i + 1}" for i in range(k))}
+    # a student's teacher loss L_T comes from its teacher (grid.teachers)
+    have = {"N", "D", "S", *(f"h{i + 1}" for i in range(k)), *(["L_T"] if study.grid.teachers is not None else [])}
     if missing := [name for name in law.inputs if name not in have]:
         raise StudyError("trainer.simulated.law", f"{sim.law!r} needs inputs {missing} that a simulated run does not have")
     if sim.params and set(sim.params) != set(law.param_names):
@@ -203,6 +204,18 @@ def _validate_simulated(study: StudyConfig) -> None:
         )
     if not sim.params and sim.law != "chinchilla":
         raise StudyError("trainer.simulated.params", f"give the parameters of the {sim.law!r} ground truth")
+    if sim.law != "distillation":
+        if sim.supervised:
+            raise StudyError("trainer.simulated.supervised", f"is for a distillation ground truth, not {sim.law!r}")
+        return
+    # the teachers' truth, which is also the student's supervised loss Ls~ (Busbridge et al. 2025)
+    supervised = get_law("chinchilla_gamma").param_names
+    if set(sim.supervised) != set(supervised):
+        raise StudyError(
+            "trainer.simulated.supervised",
+            f"a distillation truth needs the teachers' supervised law (chinchilla_gamma) with parameters "
+            f"{list(supervised)}, got {sorted(sim.supervised) or 'none'}",
+        )
 
 
 def _validate_workers(study: StudyConfig) -> None:
@@ -387,8 +400,12 @@ def _validate_dependencies(study: StudyConfig, domains: list[str]) -> None:
         raise StudyError("grid.finetune", "a study has teachers or finetuning runs, not both")
     if g.teachers is not None:
         t = g.teachers
-        if kind != "distill":
-            raise StudyError("grid.teachers", f"teachers need trainer.kind distill, not {kind!r}")
+        simulated = kind == "simulated" and study.trainer.simulated.law == "distillation"
+        if kind != "distill" and not simulated:
+            raise StudyError(
+                "grid.teachers",
+                f"teachers need trainer.kind distill (or simulated with trainer.simulated.law distillation), not {kind!r}",
+            )
         if not t.N:
             raise StudyError("grid.teachers.N", "list at least one teacher size")
         if bool(t.D) == bool(t.tokens_per_param):
@@ -515,17 +532,31 @@ def _validate_selection(study: StudyConfig) -> None:
         raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
     if sel.mode == "grid":
         return
-    if study.grid.teachers is not None or study.grid.finetune is not None or study.grid.cooldown_branches:
+    if study.grid.finetune is not None:
+        # a finetuning run's law input L_pt0 is its pretrained run's loss, which no law of the
+        # study predicts before that run has trained
         raise StudyError(
-            "selection.mode",
-            f"{sel.mode} selection cannot yet choose among runs that depend on others "
-            "(grid.teachers, grid.finetune, grid.cooldown_branches); use grid",
+            "selection.mode", f"{sel.mode} selection cannot yet choose among finetuning runs (grid.finetune); use grid"
         )
     if sel.budget_flops is None and sel.budget_fraction is None:
         raise StudyError("selection.budget_flops", f"selection mode {sel.mode!r} needs a budget_flops or budget_fraction")
     from orchestrator.selection.selector import selection_law
 
-    law = selection_law(study).law
+    chosen = selection_law(study)
+    law = chosen.law
+    if study.grid.teachers is not None:
+        # the candidates are the students; their teachers are trained when a student needs one
+        if chosen.runs != "main":
+            raise StudyError(
+                "selection.law",
+                f"{chosen.name!r} is fitted to the {chosen.runs} runs, but a selection chooses among the students "
+                "(the grid's own runs): name a law fitted to them, e.g. selection.law: distillation",
+            )
+        if "L_T" in law.inputs and chosen.law.name != "distillation":
+            raise StudyError(
+                "selection.law",
+                f"{chosen.name!r} takes the teacher's loss L_T but cannot predict it for teachers not trained yet; use a distillation law",
+            )
     t = sel.target
     if sel.mode == "active" and t.budget is None and not t.points:
         raise StudyError("selection.target", "active selection needs a target: a budget or points")

@@ -17,7 +17,7 @@ from typing import Protocol
 from orchestrator.executors import Completion, Executor, RunTask
 from orchestrator.grid import PlannedRun, branch_step, trained_flops
 from orchestrator.tracking import STAGE_TAG, FinishedRun, Tracker
-from trainers.checkpoint import checkpoint_path, kept_checkpoint_path
+from trainers.checkpoint import checkpoint_path, final_checkpoint, kept_checkpoint_path
 
 #: how a dependency's final loss enters its dependent's law inputs
 DEPENDENCY_INPUTS = {"teacher": "L_T", "init": "L_pt0"}
@@ -68,7 +68,17 @@ class SchedulerStats:
 
 
 class Proposer(Protocol):
-    """Supplies runs on demand (budgeted selection) instead of a fixed list."""
+    """Supplies runs on demand (budgeted selection) instead of a fixed list.
+
+    A proposed run that depends on others (a distillation student) comes after them, in the same
+    proposal or an earlier one (its teacher, whose stage is not ``main``); the scheduler trains a
+    proposed run another depends on with a checkpoint, skips it when the store (or a study it
+    adopts runs from) already has it finished with its checkpoint, and parks its dependents
+    until it has finished."""
+
+    def start(self, finished: Mapping[str, FinishedRun]) -> None:
+        """Called once, before the first :meth:`propose`, with the runs already finished: this
+        study's store and the runs adopted from other studies (``grid.teachers.from_studies``)."""
 
     def propose(self, k: int) -> list[PlannedRun]:
         """Up to ``k`` runs to start now; an empty list means no more runs will come, unless
@@ -157,8 +167,11 @@ class Scheduler:
         self._started = True
         if self._needed and self.checkpoints is None:
             raise ValueError("runs depend on other runs' checkpoints: the scheduler needs a CheckpointPolicy")
+        stored = self.tracker.finished_runs()
         adopted = {k: r for k, r in self._adopted.items() if k in self._needed}
-        done = self._stored = {**adopted, **self.tracker.finished_runs()}
+        done = self._stored = {**adopted, **stored}
+        if self.proposer is not None:
+            self.proposer.start({**self._adopted, **stored})
         known = {run.key for run in self.runs}
         for run in self.runs:
             unknown = [k for k in run.depends_on.values() if k not in known and k not in done]
@@ -182,7 +195,7 @@ class Scheduler:
         if run.key not in self._needed or self.checkpoints is None:
             return False
         folder = self.checkpoints.directory(run.key)
-        files = [checkpoint_path(folder), *(kept_checkpoint_path(folder, s) for s in run.spec.keep_steps)]
+        files = [final_checkpoint(folder, run.spec.trainer), *(kept_checkpoint_path(folder, s) for s in run.spec.keep_steps)]
         return not all(f.is_file() for f in files)
 
     @property
@@ -278,13 +291,35 @@ class Scheduler:
         return {**run.tags, STAGE_TAG: run.stage}
 
     def _admit(self, runs: list[PlannedRun]) -> list[PlannedRun]:
-        """Proposed runs minus those already finished (in the store or here), reported as skipped."""
+        """Proposed runs minus those already finished (in the store, adopted from another study,
+        or here), reported as skipped. Runs others depend on join the keys that need a
+        checkpoint first; one finished whose checkpoint is gone is trained again, as in
+        :meth:`start`."""
+        for run in runs:
+            self._planned[run.key] = run
+            self._needed.update(run.depends_on.values())
+            if run.stage != "main":
+                self._needed.add(run.key)
+        if self._needed and self.checkpoints is None:
+            raise ValueError("runs depend on other runs' checkpoints: the scheduler needs a CheckpointPolicy")
+        for run in runs:
+            unknown = [
+                k for k in run.depends_on.values()
+                if k not in self._planned and k not in self._stored and k not in self._adopted
+            ]
+            if unknown:
+                raise ValueError(f"run {run.key} depends on {unknown[0]}, which is neither planned nor finished")
         fresh = []
         for run in runs:
             self.runs.append(run)
-            self._planned[run.key] = run
             self.stats.total += 1
-            previous = self._stored.get(run.spec.run_key) or self.finished.get(run.spec.run_key)
+            key = run.spec.run_key
+            previous = self.finished.get(key) or self._stored.get(key)
+            if previous is None and key in self._needed:
+                previous = self._adopted.get(key)
+            if previous is not None and key not in self.finished and self._checkpoint_missing(run):
+                checkpoint_path(self.checkpoints.directory(run.key)).unlink(missing_ok=True)  # type: ignore[union-attr]
+                previous = None
             if previous is None:
                 fresh.append(run)
                 continue
@@ -311,7 +346,8 @@ class Scheduler:
             assert self.checkpoints is not None
             path = str(checkpoint_path(self.checkpoints.directory(dep)))
             if use == "teacher":
-                spec = replace(spec, teacher_checkpoint=path)
+                # a simulated teacher leaves its final loss, not weights (the student is simulated too)
+                spec = replace(spec, teacher_checkpoint=str(final_checkpoint(self.checkpoints.directory(dep), spec.trainer)))
             elif use == "branch":
                 kept = kept_checkpoint_path(self.checkpoints.directory(dep), branch_step(run.plan, spec.trainer))
                 spec = replace(spec, branch_from=str(kept))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from trainers.base import CurvePoint, ModelShape
-from trainers.config import ModelConfig
+from trainers.config import ModelConfig, TrainerConfig
 from trainers.model import GPT
 
 #: Version of the checkpoint layout; a file of another version is refused.
@@ -60,6 +60,17 @@ class TrainState:
 def checkpoint_path(checkpoint_dir: str | os.PathLike[str]) -> Path:
     """The latest checkpoint's path inside ``checkpoint_dir``."""
     return Path(checkpoint_dir) / LAST
+
+
+def final_checkpoint(checkpoint_dir: str | os.PathLike[str], config: TrainerConfig) -> Path:
+    """The file a finished run leaves for the runs that start from it: its latest checkpoint, or,
+    for a simulated run (which has no weights), the final loss it recorded
+    (:data:`trainers.simulated.RESULT_FILE`)."""
+    if config.kind == "simulated":
+        from trainers.simulated import RESULT_FILE
+
+        return Path(checkpoint_dir) / RESULT_FILE
+    return checkpoint_path(checkpoint_dir)
 
 
 def kept_checkpoint_path(checkpoint_dir: str | os.PathLike[str], step: int) -> Path:

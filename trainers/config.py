@@ -127,6 +127,10 @@ class SimulatedConfig:
     # MoE computes with N(1-S) active parameters) and mixture weights h1..hk
     law: str = "chinchilla"
     params: dict[str, float] = field(default_factory=dict)  # empty = the replication's Chinchilla fit (chinchilla only)
+    # law distillation (with grid.teachers) only: parameters of the supervised law
+    # chinchilla_gamma (E, A, B, alpha, beta, gamma) that the simulated teachers follow and that
+    # gives the distillation truth the student's supervised loss Ls~
+    supervised: dict[str, float] = field(default_factory=dict)
     noise: float = 0.01  # std of multiplicative log-normal noise on the final loss
     flops_per_second: float = 1e13  # simulated sustained throughput of one worker
     overhead_s: float = 2.0  # simulated fixed cost per run (start-up, evaluation)

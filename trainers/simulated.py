@@ -18,14 +18,28 @@ The law may take more than N and D: a run's sparsity S (``simulated.law: sparsit
 weights h1 .. hk come from its grid point. A simulated mixture-of-experts keeps every parameter in
 its experts, so a run of total size N at sparsity S computes with N (1 - S) active parameters:
 C = 6 N (1 - S) D, the convention of :func:`laws.optimal_sparsity`.
+
+Distillation (``simulated.law: distillation`` with ``grid.teachers``): a teacher is a simulated
+supervised run of the law ``chinchilla_gamma`` with the parameters ``simulated.supervised``
+(Busbridge et al. 2025, Eq. 1; :func:`teacher_config`); a student's truth is the distillation law
+with the parameters ``simulated.params`` and the same supervised law for its Ls~, evaluated at
+its own teacher's loss L_T. A simulated run has no weights to hand over: a run given a
+``checkpoint_dir`` (every teacher is) writes its final loss there as a small JSON file
+(:data:`RESULT_FILE`), and a student reads its teacher's from the folder of
+``spec.teacher_checkpoint``, so L_T is the teacher's noisy final loss, exactly the L_T the
+scheduler records as the student's law input.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,11 +57,55 @@ def noise_seed(spec: RunSpec) -> list[int]:
     return [spec.seed, int.from_bytes(digest[:8], "little")]
 
 
-def load_law(name: str) -> Any:
-    """The ground-truth law family ``name`` from ``laws`` (imported only when a run trains)."""
+#: what a simulated run leaves in its checkpoint directory: ``{"run_key": ..., "final_loss": ...}``
+RESULT_FILE = "result.json"
+
+
+def load_law(name: str, supervised: Mapping[str, float] | None = None) -> Any:
+    """The ground-truth law family ``name`` from ``laws`` (imported only when a run trains); a
+    distillation truth takes its supervised law's parameters (Ls~) from ``supervised``."""
     from laws import get_law
 
-    return get_law(name)
+    return get_law(name, supervised=dict(supervised)) if name == "distillation" and supervised else get_law(name)
+
+
+def teacher_config(config: TrainerConfig) -> TrainerConfig:
+    """The configuration of a simulated distillation study's teachers: supervised runs of the
+    ``chinchilla_gamma`` law with the study's ``simulated.supervised`` parameters."""
+    sim = config.simulated
+    return replace(config, simulated=replace(sim, law="chinchilla_gamma", params=dict(sim.supervised), supervised={}))
+
+
+def write_result(checkpoint_dir: str, run_key: str, final_loss: float) -> Path:
+    """Record a simulated run's final loss in its checkpoint directory (atomically: a reader
+    never sees half a file). Plain JSON: nothing a reader executes."""
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / RESULT_FILE
+    tmp = folder / f".{RESULT_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"run_key": run_key, "final_loss": float(final_loss)}))
+    os.replace(tmp, path)
+    return path
+
+
+def teacher_loss(spec: RunSpec) -> float:
+    """L_T of a simulated student: the final loss its teacher recorded next to
+    ``spec.teacher_checkpoint`` (that file, or a file or folder beside it)."""
+    if not spec.teacher_checkpoint:
+        raise ValueError(
+            f"teacher_checkpoint: simulated student {spec.run_key} needs its teacher's checkpoint "
+            f"(run {spec.point.teacher!r}); the scheduler fills it in once the teacher has finished"
+        )
+    given = Path(spec.teacher_checkpoint)
+    path = given if given.name == RESULT_FILE else (given if given.is_dir() else given.parent) / RESULT_FILE
+    try:
+        record = json.loads(path.read_text())
+        loss = float(record["final_loss"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"teacher_checkpoint: cannot read the teacher's result {path}: {exc}") from None
+    if spec.point.teacher is not None and record.get("run_key") not in (None, spec.point.teacher):
+        raise ValueError(f"teacher_checkpoint: {path} is run {record.get('run_key')}'s, not the teacher {spec.point.teacher}'s")
+    return loss
 
 
 def plan_simulated(point: RunPoint, config: TrainerConfig) -> RunPlan:
@@ -104,13 +162,17 @@ class SimulatedTrainer(Trainer):
         sim = config.simulated
         plan = plan_simulated(spec.point, config)
         n, d, k = plan.n_params, plan.tokens, plan.steps
-        law = load_law(sim.law)
+        law = load_law(sim.law, sim.supervised)
         optim = at_batch_size(config).optim  # the logged lr follows the batch-size rule too
 
         # D_i = D * i / K (whole tokens, at least 1); the last point is the run's end, D.
         tokens_k = np.maximum(1, (d * np.arange(1, k + 1)) // k).astype(np.int64)
         tokens_k[-1] = d
         point_k = law_point(spec.point, n, tokens_k)  # the law rejects inputs it lacks, naming them
+        metrics: dict[str, float] = {}
+        if "L_T" in law.inputs:  # a student: the distillation law at its own teacher's loss
+            metrics["teacher_eval_loss"] = teacher_loss(spec)
+            point_k["L_T"] = np.full(k, metrics["teacher_eval_loss"])
         clean_k = np.asarray(
             law.predict(law_params(config), **{name: x for name, x in point_k.items() if name in law.inputs}),
             dtype=np.float64,
@@ -135,14 +197,17 @@ class SimulatedTrainer(Trainer):
             )
             if sim.sleep_s > 0:
                 time.sleep(sim.sleep_s / k)
-        sink.log_metrics({"eval_loss": final_loss}, step=k)
+        sink.log_metrics({"eval_loss": final_loss, **metrics}, step=k)
 
+        if spec.checkpoint_dir:  # its "model" for the runs that start from it: the final loss
+            write_result(spec.checkpoint_dir, spec.run_key, final_loss)
         wall = sim.overhead_s + plan.flops / sim.flops_per_second
         return RunResult(
             run_key=spec.run_key,
             plan=plan,
             final_loss=final_loss,
             eval_losses={},
+            metrics=metrics,
             curve=tuple(curve),
             wall_time_s=wall,
             tokens_per_s=d / wall if wall > 0 and math.isfinite(wall) else 0.0,

@@ -5,6 +5,17 @@ candidate (``study.ask``), and it reports results back (``study.tell``) as runs 
 good. Optuna's storage is a journal file kept with the study's tracking store, so ``isoflop
 resume`` continues the same selection: trials left ``RUNNING`` by a driver that died are proposed
 again first. Each MLflow child run carries its trial number (tag ``isoflop.trial``).
+
+Runs that start from other runs (distillation students from their teachers, WSD cooldown
+branches from their trunks): only the grid's own runs (stage ``main``) are candidates. A
+proposed student comes right after its teacher the first time this invocation needs that
+teacher (the scheduler trains it, or skips it when the store or an adopted study has it, and
+parks the student until it has finished); the teacher is paid for once
+(:mod:`orchestrator.selection.samplers`), and so is a trunk, its branches paying only for their
+cooldowns (:func:`~orchestrator.grid.trained_flops`). A student's L_T, unknown until its teacher has
+trained, is its teacher's finished loss when known, else the teacher's supervised loss as the
+selection law's own supervised law predicts it (the fitted one a distillation fit carries, or the
+published one before the first fit); the pool's inputs are refreshed before every proposal.
 """
 
 from __future__ import annotations
@@ -24,11 +35,12 @@ import laws
 from orchestrator.config import SelectionConfig, StudyConfig
 from orchestrator.errors import StudyError
 from orchestrator.fitting import StudyLaw, study_laws
-from orchestrator.grid import PlannedRun
-from orchestrator.scheduler import Event
+from orchestrator.grid import PlannedRun, trained_flops
+from orchestrator.scheduler import DEPENDENCY_INPUTS, Event
 from orchestrator.selection.criteria import Target, target_gradients
 from orchestrator.selection.samplers import (
     PARAM,
+    UPSTREAM_FLOPS,
     CheapestSampler,
     InformationSampler,
     Pool,
@@ -36,8 +48,9 @@ from orchestrator.selection.samplers import (
     RandomPoolSampler,
     available,
     budget_left,
+    committed,
 )
-from orchestrator.tracking import law_inputs
+from orchestrator.tracking import FinishedRun, law_inputs
 
 TRIAL_TAG = "isoflop.trial"
 
@@ -93,21 +106,75 @@ def targets_of(selection: SelectionConfig) -> list[Target]:
     return out
 
 
-def make_pool(runs: Sequence[PlannedRun], law: laws.ScalingLaw, selection: SelectionConfig, budget: float) -> Pool:
-    rows = [law_inputs(r.plan, r.spec) for r in runs]
-    missing = [k for k in law.inputs if k not in rows[0]]
-    if missing:
-        raise StudyError("selection.law", f"law {law.name!r} needs inputs {missing} that these runs do not have")
-    inputs = {k: np.array([row[k] for row in rows], dtype=np.float64) for k in law.inputs}
-    cost = np.array([r.plan.flops for r in runs], dtype=np.float64) + selection.cost_overhead_flops
+def supervised_losses(law: laws.ScalingLaw, runs: Sequence[PlannedRun]) -> np.ndarray:
+    """The supervised loss ``law``'s own supervised law expects of each run (a teacher) at its
+    (N, D): a distillation law's Ls~ law (Busbridge et al. 2025, Eq. 1), evaluated at the
+    teacher's size and tokens instead of the student's. [len(runs)]"""
+    supervised = getattr(law, "supervised", None)
+    if not isinstance(supervised, Mapping):
+        raise StudyError(
+            "selection.law",
+            f"law {law.name!r} takes the teacher's loss L_T but has no supervised law to predict it before the teacher trains; "
+            "use a distillation law",
+        )
+    n = np.array([float(r.plan.n_params) for r in runs])
+    d = np.array([float(r.plan.tokens) for r in runs])
+    return np.asarray(laws.get_law("chinchilla_gamma").predict({"gamma": 1.0, **supervised}, N=n, D=d), dtype=np.float64)
+
+
+def make_pool(
+    runs: Sequence[PlannedRun],
+    law: laws.ScalingLaw,
+    selection: SelectionConfig,
+    budget: float,
+    upstream: Sequence[PlannedRun] = (),
+) -> Pool:
+    """The candidate pool of ``runs`` (the grid's own runs) for ``law``. ``upstream``: the runs
+    they start from (teachers), never candidates themselves; a candidate's law input that one of
+    them gives (L_T) starts as ``law``'s prediction (:func:`supervised_losses`) and is refreshed
+    by the selector. Costs are the FLOPs each run trains (:func:`~orchestrator.grid.trained_flops`)
+    plus the fixed overhead."""
+    runs = list(runs)
+    index = {r.key: i for i, r in enumerate(upstream)}
+    dependent = [next(iter(r.depends_on.values()), None) for r in runs]
+    if any(len(r.depends_on) > 1 for r in runs):
+        raise StudyError("grid", "a candidate run may start from one other run at most")
+    if missing := sorted({k for k in dependent if k is not None and k not in index}):
+        raise StudyError("grid", f"candidate runs depend on {missing[:1]}, which is not among the study's runs")
+    given = {DEPENDENCY_INPUTS[use] for r in runs for use in r.depends_on if use in DEPENDENCY_INPUTS}
+    rows = [law_inputs(r.plan, r.spec, r.inputs) for r in runs]
+    missing_inputs = [k for k in law.inputs if k not in rows[0] and k not in given]
+    if missing_inputs:
+        raise StudyError("selection.law", f"law {law.name!r} needs inputs {missing_inputs} that these runs do not have")
+    up = np.array([index[k] if k is not None else -1 for k in dependent], dtype=int)
+    inputs = {k: np.array([row[k] for row in rows], dtype=np.float64) for k in law.inputs if k not in given}
+    if "L_T" in law.inputs and "L_T" in given:
+        inputs["L_T"] = supervised_losses(law, upstream)[up]
+    inputs = {k: inputs[k] for k in law.inputs}  # the law's order
+    overhead = selection.cost_overhead_flops
+    cost = np.array([trained_flops(r) for r in runs], dtype=np.float64) + overhead
+    # the space-filling design spreads over the inputs that are known up front, and over the
+    # size and tokens of the run a candidate starts from (its L_T is not known up front)
+    columns = [v for k, v in inputs.items() if k not in given]
+    if given:  # (a cooldown branch's trunk is fixed by the branch's own N: nothing to add)
+        columns += [np.array([float(u.plan.n_params) for u in upstream])[up], np.array([float(u.plan.tokens) for u in upstream])[up]]
     space = np.column_stack(
-        [np.log(v) if np.all(v > 0) else v for v in inputs.values() if np.ptp(v) > 0] or [np.zeros(len(runs))]
+        [np.log(v) if np.all(v > 0) else v for v in columns if np.ptp(v) > 0] or [np.zeros(len(runs))]
     )
-    return Pool(inputs=inputs, cost=cost, budget=budget, space=space)
+    if not upstream:
+        return Pool(inputs=inputs, cost=cost, budget=budget, space=space)
+    return Pool(
+        inputs=inputs, cost=cost, budget=budget, space=space, upstream=up,
+        upstream_cost=np.array([trained_flops(u) for u in upstream], dtype=np.float64) + overhead,
+        upstream_free=np.zeros(len(upstream), dtype=bool), upstream_failed=np.zeros(len(upstream), dtype=bool),
+    )
 
 
 class Selector:
-    """Proposes runs from ``candidates`` under the study's selection settings."""
+    """Proposes runs from ``candidates`` under the study's selection settings.
+
+    ``candidates``: the expanded grid; its runs of stage ``main`` are the pool, the others (the
+    teachers they start from) are proposed with them when needed, never on their own."""
 
     def __init__(
         self,
@@ -122,19 +189,30 @@ class Selector:
         if sel.mode == "grid":
             raise ValueError("grid mode runs every candidate; it needs no selector")
         self.config = sel
-        self.candidates = list(candidates)
+        runs = list(candidates)
+        self.candidates = [r for r in runs if r.stage == "main"]
+        self.upstream = {r.key: r for r in runs if r.stage != "main"}  # teachers: proposed with their students
+        self._upstream_index = {k: u for u, k in enumerate(self.upstream)}
         self.index = {r.spec.run_key: i for i, r in enumerate(self.candidates)}
         chosen = selection_law(study)
         law_name = chosen.name
         self.law_name = law_name  # the study's name for the law (its family is self.law.name)
         self.law = chosen.law
-        grid_cost = float(sum(r.plan.flops for r in self.candidates))
-        self.pool = make_pool(self.candidates, self.law, sel, selection_budget(sel, grid_cost))
-        if self.pool.budget < self.pool.cost.min():
+        # the full grid's cost: every run it trains, each teacher once
+        grid_cost = float(sum(trained_flops(r) for r in runs))
+        self.pool = make_pool(self.candidates, self.law, sel, selection_budget(sel, grid_cost), list(self.upstream.values()))
+        # the cheapest run this budget must pay for: a student and its teacher, unless teachers
+        # may be adopted from other studies
+        adopting = study.grid.teachers is not None and bool(study.grid.teachers.from_studies)
+        cheapest = float((self.pool.cost if adopting else effective_cost_now(self.pool)).min())
+        if self.pool.budget < cheapest:
             key = "selection.budget_flops" if sel.budget_flops is not None else "selection.budget_fraction"
+            what = "run" if not self.upstream else "run with the run it starts from"
             raise StudyError(
-                key, f"a budget of {self.pool.budget:.3g} FLOPs cannot pay for even the cheapest run ({self.pool.cost.min():.3g})"
+                key, f"a budget of {self.pool.budget:.3g} FLOPs cannot pay for even the cheapest {what} ({cheapest:.3g})"
             )
+        self._upstream_loss: dict[str, float] = {}  # final losses of upstream runs known so far
+        self._sent: set[str] = set()  # upstream runs proposed by this invocation
         self.targets = targets_of(sel)
         self._fit = lambda: fit_provider(law_name)
         self.sampler = self._sampler(study)
@@ -182,17 +260,32 @@ class Selector:
         return again
 
     # -- the proposer protocol used by the scheduler -----------------------------------------------
+    def start(self, finished: Mapping[str, FinishedRun]) -> None:
+        """The runs finished before this invocation (the store's and adopted ones): a teacher
+        among them costs nothing here, and its loss is its students' L_T."""
+        for key, run in finished.items():
+            u = self._upstream_index.get(key)
+            if u is not None:
+                self.pool.upstream_free[u] = True
+                self._upstream_loss[key] = run.final_loss
+
     def propose(self, k: int) -> list[PlannedRun]:
-        """Up to ``k`` new runs (fewer, or none, when the budget or the stopping rule says so)."""
+        """Up to ``k`` new candidate runs (fewer, or none, when the budget or the stopping rule
+        says so), each preceded by the teacher it starts from the first time this invocation
+        needs that teacher (so a proposal may hold more than ``k`` runs)."""
+        self.refresh_inputs()
         out: list[PlannedRun] = []
-        while self._requeue and len(out) < k:
-            out.append(self._tagged(self._requeue.pop(0)))
-        while len(out) < k and self.stopped is None:
+        n = 0
+        while self._requeue and n < k:
+            out += self._with_upstream(self._tagged(self._requeue.pop(0)))
+            n += 1
+        while n < k and self.stopped is None:
             if self.waiting():
                 break
             if not available(self.study, self.pool).any():
                 self.stopped = f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)"
                 break
+            before = committed(self.study, self.pool)
             trial = self.study.ask({PARAM: self.pool.distribution()})
             i = int(trial.params[PARAM])
             run = self.candidates[i]
@@ -200,9 +293,37 @@ class Selector:
             trial.set_user_attr("run_key", run.spec.run_key)
             trial.set_user_attr("inputs", {k: float(v[i]) for k, v in self.pool.inputs.items()})
             trial.set_user_attr("flops", float(run.plan.flops))
+            if self.pool.upstream is not None and (u := int(self.pool.upstream[i])) >= 0:
+                # the journal records what this proposal spends on its teacher: paid once
+                trial.set_user_attr("upstream", list(self.upstream)[u])
+                trial.set_user_attr(UPSTREAM_FLOPS, 0.0 if before[u] else float(self.pool.upstream_cost[u]))
             self._trials[run.spec.run_key] = trial.number
-            out.append(self._tagged(run))
+            out += self._with_upstream(self._tagged(run))
+            n += 1
         return out
+
+    def _with_upstream(self, run: PlannedRun) -> list[PlannedRun]:
+        """``run``, after the runs it starts from that this invocation has not proposed yet."""
+        first = [self.upstream[k] for k in run.depends_on.values() if k in self.upstream and k not in self._sent]
+        self._sent.update(r.key for r in first)
+        return [*first, run]
+
+    def refresh_inputs(self) -> None:
+        """Recompute the law inputs that come from teachers (L_T): a finished teacher's loss, or
+        the supervised loss the current fit's law (``fit_.get_law()``, whose supervised law is the
+        study's latest fit of it) predicts for it. The pool's inputs are replaced when they change."""
+        if self.pool.upstream is None or "L_T" not in self.law.inputs:
+            return
+        fit_ = self._fit()
+        law = self.law if fit_ is None or not fit_.law_spec else fit_.get_law()
+        runs = list(self.upstream.values())
+        lt = supervised_losses(law, runs)
+        for u, r in enumerate(runs):
+            if r.key in self._upstream_loss:
+                lt[u] = self._upstream_loss[r.key]
+        column = lt[self.pool.upstream]
+        if not np.array_equal(column, self.pool.inputs["L_T"]):
+            self.pool.inputs = {**self.pool.inputs, "L_T": column}
 
     def waiting(self) -> bool:
         """True when active selection has proposed its space-filling start and waits for a fit
@@ -220,7 +341,15 @@ class Selector:
         return self._refit_behind() or any(t.state == TrialState.RUNNING for t in trials)
 
     def observe(self, event: Event) -> None:
-        """Tell Optuna how a proposed run ended."""
+        """Tell Optuna how a proposed run ended; note a teacher's loss when it has finished, and
+        that its students cannot train when it has failed for good."""
+        u = self._upstream_index.get(event.run.spec.run_key)
+        if u is not None:
+            if event.kind in ("finish", "skip") and event.finished is not None:
+                self._upstream_loss[event.run.spec.run_key] = event.finished.final_loss
+            elif event.kind == "fail":
+                self.pool.upstream_failed[u] = True
+            return
         number = self._trials.get(event.run.spec.run_key)
         if number is None:
             return
@@ -273,6 +402,13 @@ class Selector:
 
     def _tagged(self, run: PlannedRun) -> PlannedRun:
         return replace(run, tags={**run.tags, TRIAL_TAG: str(self._trials[run.spec.run_key])})
+
+
+def effective_cost_now(pool: Pool) -> np.ndarray:
+    """Each candidate's cost with its teacher, before anything is proposed or known finished."""
+    if pool.upstream is None:
+        return pool.cost
+    return pool.cost + np.where(pool.upstream >= 0, pool.upstream_cost[np.maximum(pool.upstream, 0)], 0.0)
 
 
 def target_widths(fit_: laws.LawFit, targets: Sequence[Target], level: float = 0.95) -> dict[str, float]:

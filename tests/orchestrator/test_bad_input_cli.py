@@ -73,6 +73,22 @@ MORE = [
      {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6],
                                                              "teachers": {"N": [6e4], "D": [4e6], "from_studies": ["nope"]}}},
      "grid.teachers.from_studies"),
+    # budgeted selection chooses students and cooldown branches, not finetuning runs (yet)
+    ("selection over finetuning runs",
+     {"name": "ft", "trainer": {"kind": "dense"},
+      "grid": {"N": [1.2e4], "D": [4e3], "finetune": {"domain": "prose", "pretrain_tokens_per_param": 2}},
+      "laws": [{"family": "forgetting", "loss": "pretrain_loss"}], "selection": {"mode": "random", "budget_fraction": 0.5}},
+     "selection.mode"),
+    ("selection of students by the teachers' law",
+     {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6], "teachers": {"N": [6e4], "D": [4e6]}},
+      "laws": [{"family": "chinchilla", "name": "supervised", "runs": "teacher"}, {"family": "distillation", "supervised": "supervised"}],
+      "selection": {"mode": "random", "budget_fraction": 0.5}},
+     "selection.law"),
+    ("simulated distillation truth without its supervised law",
+     {"name": "sd", "trainer": {"kind": "simulated", "simulated": {"law": "distillation", "params": {
+         "A": 2243.0, "B": 24181.0, "alpha": 0.321, "beta": 0.637, "gamma": 0.764, "c0": 2.549, "c1": 522.6, "f1": 0.09, "d1": 1.315}}},
+      "grid": {"N": [1e8], "D": [1e9], "teachers": {"N": [1e8], "D": [2e9]}}, "laws": [{"family": "distillation"}]},
+     "trainer.simulated.supervised"),
     ("negative flush interval", {**_SIM, "tracking": {"flush_every_s": -1}}, "tracking.flush_every_s"),
     # Ray would retry these addresses for ever: refused before anything starts
     ("cluster address where nothing listens", {**_SIM, "cluster": {"address": "127.0.0.1:1"}}, "cluster.address"),

@@ -262,7 +262,12 @@ def test_checkpoint_all_gives_every_run_a_checkpoint_dir(tmp_path: Path) -> None
         ("teacher tokens twice", lambda raw: raw["grid"]["teachers"].update(tokens_per_param=[20.0]), "grid.teachers.D"),
         ("supervised law after", lambda raw: raw["laws"].reverse(), "laws[0].supervised"),
         ("supervised of a non-distillation law", lambda raw: raw["laws"][0].update(supervised="x"), "laws[0].supervised"),
-        ("selection over dependents", lambda raw: raw.update(selection={"mode": "random", "budget_fraction": 0.5}), "selection.mode"),
+        # students are chosen by a law of the students, not by the teachers' supervised law
+        ("selection by the teachers' law", lambda raw: raw.update(selection={"mode": "random", "budget_fraction": 0.5}), "selection.law"),
+        ("selection law taking L_T that cannot predict it",
+         lambda raw: raw.update(laws=[{"family": "custom", "name": "lt", "expression": "L_T + A / N**alpha", "inputs": ["N", "L_T"],
+                                       "params": {"A": [1.0], "alpha": [0.5]}}],
+                                selection={"mode": "random", "budget_fraction": 0.5}), "selection.law"),
     ],
 )
 def test_bad_distillation_studies_name_the_key(label: str, change, key: str) -> None:
@@ -284,6 +289,7 @@ def test_bad_distillation_studies_name_the_key(label: str, change, key: str) -> 
         ("pretrain_loss without finetuning", lambda raw: raw["grid"].pop("finetune"), "laws[0].loss"),
         ("unknown domain loss", lambda raw: raw["laws"][1].update(loss="eval_loss/poems"), "laws[1].loss"),
         ("two laws one name", lambda raw: raw["laws"][1].update(name="forgetting"), "laws[1].name"),
+        ("selection over finetuning runs", lambda raw: raw.update(selection={"mode": "random", "budget_fraction": 0.5}), "selection.mode"),
     ],
 )
 def test_bad_finetuning_studies_name_the_key(label: str, change, key: str) -> None:
@@ -607,3 +613,45 @@ def test_feasibility_is_judged_run_by_run_not_on_the_largest_of_each_need() -> N
     with pytest.raises(StudyError) as info:  # one run needing both fits nowhere
         check_runs_feasible(nodes, 1, [*needs, (1.0, 16 * 2**30, 1)])
     assert info.value.key == "resources.memory_per_run"
+
+
+def test_a_simulated_distillation_study_trains_teachers_then_students_on_their_losses(tmp_path: Path) -> None:
+    """Simulated teachers (Eq. 1 of Busbridge et al. 2025) leave their final loss next to their
+    checkpoint; each simulated student reads its own teacher's, and its L_T input is that loss.
+    With no noise the distillation law fitted on the students is the truth at the target."""
+    import numpy as np
+
+    from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS
+    from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS
+
+    simulated = {"law": "distillation", "params": BUSBRIDGE_DISTILLATION_PARAMS, "supervised": BUSBRIDGE_SUPERVISED_PARAMS,
+                 "noise": 0.0}
+    study = study_from_dict({
+        "name": "sim-distil",
+        "trainer": {"kind": "simulated", "simulated": simulated},
+        "grid": {"N": [1e8, 4e8], "tokens_per_param": [5, 20, 80],
+                 "teachers": {"N": [1e8, 8e8, 3.2e9], "tokens_per_param": [20]}},
+        "laws": [{"family": "chinchilla_gamma", "name": "supervised", "runs": "teacher"}, {"family": "distillation"}],
+        "resources": {"checkpoint_dir": str(tmp_path / "ckpt")},
+    })
+    runs = expand(study)
+    assert {r.spec.trainer.simulated.law for r in runs if r.stage == "teacher"} == {"chinchilla_gamma"}
+    tracker = MemoryTracker()
+    outcome = run_study(study, tracker=tracker, executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.failed == 0 and outcome.stats.finished == 3 + 6 * 3
+    finished = tracker.finished_runs()
+    for run in runs:
+        if run.stage == "main":
+            teacher = finished[run.depends_on["teacher"]]
+            assert finished[run.key].inputs["L_T"] == teacher.final_loss == finished[run.key].metrics["teacher_eval_loss"]
+    fit_ = {o.name: o.fit for o in outcome.laws}["distillation"]
+    assert fit_ is not None
+    target = {"N": np.array([1e9]), "D": np.array([2e10]), "L_T": np.array([2.0])}
+    truth = laws_predict(BUSBRIDGE_DISTILLATION_PARAMS, target)
+    assert float(fit_.predict(**target)[0]) == pytest.approx(truth, rel=1e-3)
+
+
+def laws_predict(params: dict, inputs: dict) -> float:
+    import laws
+
+    return float(laws.get_law("distillation").predict(params, **inputs)[0])

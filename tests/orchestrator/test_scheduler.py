@@ -172,6 +172,9 @@ class _WaitingProposer:
         self.batches = [runs[:2], [], [], [], runs[2:3], []]
         self.asks = 0
 
+    def start(self, finished) -> None:  # noqa: ANN001
+        pass
+
     def propose(self, k: int) -> list:
         self.asks += 1
         return self.batches.pop(0) if self.batches else []

@@ -142,3 +142,96 @@ def test_a_bad_ground_truth_names_the_key(simulated: dict, key: str) -> None:
         study_from_dict({"name": "s", "trainer": {"kind": "simulated", "simulated": simulated},
                          "grid": {"N": [1e6], "D": [1e8]}})
     assert info.value.key == key
+
+
+def _distill_config(noise: float = 0.0) -> TrainerConfig:
+    from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS
+    from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS
+
+    simulated = SimulatedConfig(law="distillation", params=BUSBRIDGE_DISTILLATION_PARAMS,
+                                supervised=BUSBRIDGE_SUPERVISED_PARAMS, noise=noise)
+    return TrainerConfig(kind="simulated", simulated=simulated)
+
+
+@pytest.mark.parametrize(("teacher_loss", "student_loss"), [(2.5149, 2.5428), (2.2509, 2.4238), (2.0036, 2.3760)])
+def test_a_simulated_student_follows_the_distillation_law_at_its_teachers_loss(
+    teacher_loss: float, student_loss: float, tmp_path
+) -> None:
+    """Busbridge et al. 2025, Table 6: a 546M student on 10.9B tokens distilled from teachers of
+    546M, 1.82B and 7.75B parameters (their L_T given) reaches 2.5428, 2.4238 and 2.3760."""
+    from trainers.simulated import write_result
+
+    config = _distill_config()
+    folder = tmp_path / "teacher"
+    write_result(str(folder), "t", teacher_loss)  # what a simulated teacher leaves behind
+    point = RunPoint(n_params=546_000_000, tokens=10_900_000_000, teacher="t")
+    spec = RunSpec(run_key="s", study="test", seed=0, point=point, trainer=config,
+                   teacher_checkpoint=str(folder / "result.json"))
+    result = SimulatedTrainer(config).train(spec, NullSink())
+    assert result.final_loss == pytest.approx(student_loss, abs=1.5e-4)
+    assert result.metrics["teacher_eval_loss"] == teacher_loss
+    # the student reads its teacher's folder, whichever of its files the scheduler names
+    again = replace(spec, teacher_checkpoint=str(folder / "last.pt"))
+    assert SimulatedTrainer(config).train(again, NullSink()).final_loss == result.final_loss
+
+
+def test_a_simulated_teacher_is_a_supervised_run_that_records_its_loss(tmp_path) -> None:
+    """The teachers follow Eq. 1 with Table 6's coefficients (L(546M, 10.9B) = 2.5149) and leave
+    their final loss, noise included, as JSON in their checkpoint directory."""
+    import json
+
+    from trainers.simulated import RESULT_FILE, teacher_config
+
+    config = teacher_config(_distill_config(noise=0.02))
+    assert config.simulated.law == "chinchilla_gamma" and config.kind == "simulated"
+    point = RunPoint(n_params=546_000_000, tokens=10_900_000_000)
+    clean = replace(config, simulated=replace(config.simulated, noise=0.0))
+    exact = SimulatedTrainer(clean).train(RunSpec(run_key="t", study="test", seed=0, point=point, trainer=clean), NullSink())
+    assert exact.final_loss == pytest.approx(2.5149, abs=5e-4)
+    spec = RunSpec(run_key="t", study="test", seed=0, point=point, trainer=config, checkpoint_dir=str(tmp_path / "t"))
+    noisy = SimulatedTrainer(config).train(spec, NullSink())
+    assert noisy.final_loss != exact.final_loss
+    assert json.loads((tmp_path / "t" / RESULT_FILE).read_text()) == {"run_key": "t", "final_loss": noisy.final_loss}
+
+
+def test_a_simulated_student_without_its_teachers_result_names_the_key(tmp_path) -> None:
+    config = _distill_config()
+    spec = RunSpec(run_key="s", study="test", seed=0, point=RunPoint(n_params=10**8, tokens=10**9, teacher="t"),
+                   trainer=config)
+    with pytest.raises(ValueError, match="^teacher_checkpoint: "):
+        SimulatedTrainer(config).train(spec, NullSink())
+    with pytest.raises(ValueError, match="^teacher_checkpoint: cannot read"):
+        SimulatedTrainer(config).train(replace(spec, teacher_checkpoint=str(tmp_path / "last.pt")), NullSink())
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda sim: sim.pop("supervised"), "trainer.simulated.supervised"),
+        (lambda sim: sim["supervised"].pop("gamma"), "trainer.simulated.supervised"),
+        (lambda sim: sim.pop("params"), "trainer.simulated.params"),
+        (lambda sim: sim["params"].pop("d1"), "trainer.simulated.params"),
+        (lambda sim: sim.update(law="chinchilla", params={}), "grid.teachers"),
+    ],
+)
+def test_a_simulated_distillation_study_without_its_truths_names_the_key(change, key: str) -> None:
+    from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS
+    from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS
+    from orchestrator.errors import StudyError
+    from orchestrator.loading import study_from_dict
+
+    simulated = {"law": "distillation", "params": dict(BUSBRIDGE_DISTILLATION_PARAMS),
+                 "supervised": dict(BUSBRIDGE_SUPERVISED_PARAMS)}
+    raw = {"name": "s", "trainer": {"kind": "simulated", "simulated": simulated},
+           "grid": {"N": [1e8], "D": [1e9], "teachers": {"N": [1e8], "D": [2e9]}},
+           "laws": [{"family": "distillation"}]}
+    study_from_dict(raw)  # complete, it loads
+    change(simulated)
+    with pytest.raises(StudyError) as info:
+        study_from_dict(raw)
+    assert info.value.key == key, str(info.value)
+    # a supervised law is for a distillation truth only
+    with pytest.raises(StudyError) as info:
+        study_from_dict({"name": "s", "trainer": {"kind": "simulated", "simulated": {"supervised": {"E": 1.0}}},
+                         "grid": {"N": [1e6], "D": [1e8]}})
+    assert info.value.key == "trainer.simulated.supervised"
