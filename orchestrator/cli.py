@@ -183,8 +183,9 @@ def _run(study) -> int:  # noqa: ANN001
     if sel.mode == "grid":
         print(f"isoflop: study {study.name!r}: {len(runs)} runs", flush=True)
     else:
-        total = sum(r.plan.flops for r in runs)
-        budget = sel.budget_flops if sel.budget_flops is not None else (sel.budget_fraction or 1.0) * total
+        from orchestrator.live import grid_flops_of, selection_budget_of
+
+        total, budget = grid_flops_of(runs), selection_budget_of(study, runs)
         print(
             f"isoflop: study {study.name!r}: {sel.mode} selection from {len(runs)} candidate runs, "
             f"budget {budget:.3g} of {total:.3g} FLOPs",

@@ -63,14 +63,14 @@ class Snapshot:
 
 def selection_budget_of(study: object, runs: Sequence[PlannedRun]) -> float | None:
     """The FLOPs a budgeted selection may spend: ``selection.budget_flops``, or
-    ``selection.budget_fraction`` times the FLOPs of the whole grid; None in grid mode."""
+    ``selection.budget_fraction`` times the FLOPs the whole grid trains (each teacher or trunk
+    once, a cooldown branch its cooldown), as the selector counts them; None in grid mode."""
     sel = study.selection  # type: ignore[attr-defined]
     if sel.mode == "grid":
         return None
-    if sel.budget_flops is not None:
-        return float(sel.budget_flops)
-    total = sum(r.plan.flops for r in runs)
-    return float(sel.budget_fraction if sel.budget_fraction is not None else 1.0) * total
+    from orchestrator.selection.selector import selection_budget
+
+    return selection_budget(sel, grid_flops_of(runs))
 
 
 def grid_flops_of(runs: Sequence[PlannedRun]) -> float:
