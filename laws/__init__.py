@@ -23,7 +23,7 @@ from __future__ import annotations
 from laws.base import FitRecipe, LinearLSELaw, Param, ScalingLaw
 from laws.bootstrap import BootstrapResult
 from laws.custom import CustomLaw, CustomLawError, custom_law
-from laws.export import SCHEMA_VERSION, export_document, load_document
+from laws.export import SCHEMA_VERSION, document_schema, export_document, load_document
 from laws.fit import Screen, fit
 from laws.io import load_table
 from laws.optimizer import NewtonOptions
@@ -50,6 +50,7 @@ __all__ = [
     "Screen",
     "compute_optimal",
     "custom_law",
+    "document_schema",
     "export_document",
     "fit",
     "get_law",

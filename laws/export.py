@@ -19,6 +19,7 @@ One JSON/YAML-able dict, versioned by ``schema_version``::
      "optimal_mixture": [{"N", "D", "laws", "weights", "loss", "weights_interval",
                           "loss_interval", ...}, ...]}   # only with mixture_at
 
+The JSON Schema of the document is ``laws/export.schema.json`` (:func:`document_schema`).
 Keys added after version 1 was first written are optional (``optimal_sparsity``,
 ``optimal_mixture``, the bootstrap's ``warnings``): readers of version 1 ignore them, so the
 version is unchanged. :func:`load_document` turns it back into :class:`~laws.result.LawFit` objects.
@@ -26,7 +27,9 @@ version is unchanged. :func:`load_document` turns it back into :class:`~laws.res
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from laws.bootstrap import BootstrapResult
@@ -35,6 +38,14 @@ from laws.result import LawFit
 from laws.uncertainty import parametric_intervals
 
 SCHEMA_VERSION = 1
+#: the document's JSON Schema (draft 2020-12), shipped with the package
+SCHEMA_PATH = Path(__file__).with_name("export.schema.json")
+
+
+def document_schema() -> dict[str, Any]:
+    """The JSON Schema every exported document satisfies (validate with any JSON Schema library,
+    e.g. ``jsonschema.validate(document, laws.document_schema())``)."""
+    return json.loads(SCHEMA_PATH.read_text())
 
 
 def law_entry(fit_: LawFit, *, budgets: Sequence[float] = (), level: float = 0.95) -> dict[str, Any]:

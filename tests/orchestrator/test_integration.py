@@ -83,8 +83,11 @@ def test_simulated_study_is_tracked_nested_deduplicated_and_exported(ray_local, 
     assert again.stats.skipped == 15 and again.stats.finished == 0
     assert len(_children(client, outcome.parent_run_id)) == 15, "a re-run must not duplicate runs"
 
-    document = export_study(study)
-    json.dumps(document)  # JSON-able
+    document = export_study(study, bootstrap=40)
+    import jsonschema
+
+    jsonschema.validate(json.loads(json.dumps(document)), laws.document_schema())  # the published schema
+    assert document["laws"][0]["bootstrap"]["n_resamples"] == 40
     assert document["study"]["finished_runs"] == 15
     assert len(document["runs"]) == 15
     # the exported law loads back and predicts without MLflow or Ray
@@ -337,6 +340,9 @@ def test_mixture_laws_of_one_study_are_bootstrapped_jointly_for_the_optimal_mixt
     assert not failed and all(b is not None for b in boots)
     assert boots[0].resample_digest == boots[1].resample_digest != boots[2].resample_digest
     document = laws.export_document(fits, bootstrap=boots[:2], mixture_at=[AT])
+    import jsonschema
+
+    jsonschema.validate(json.loads(json.dumps(document)), laws.document_schema())
     (row,) = document["optimal_mixture"]
     truth = optimal_mixture([laws.LawFit(law="mixture_additive", params=t, objective=0.0, report=fits[0].report,
                                          law_spec=fits[0].law_spec) for t in (DOMAIN_A, DOMAIN_B)], **AT).weights[0]
