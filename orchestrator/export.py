@@ -95,6 +95,9 @@ def export_with_runs(
         bootstrap=boots,
         mixture_at=study.export.mixture_at if any(o.fit.law.startswith("mixture") for _, o in fitted) else (),  # type: ignore[union-attr]
     )
+    mixture_names = [law.name for law, o in fitted if o.fit.law.startswith("mixture")]  # type: ignore[union-attr]
+    for row in document.get("optimal_mixture", []):
+        row["laws"] = mixture_names  # the study's names for them, in the same order
     for entry, (law, outcome) in zip(document["laws"], fitted, strict=True):
         # which law of the study this is, and what it was fitted to
         entry["name"] = law.name

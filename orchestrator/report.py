@@ -82,7 +82,30 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
                     f"| {row['C']:.3g} | {row['N_opt']:.3g} | {n_iv} | {row['D_opt']:.3g} | {d_iv} | "
                     f"{row['tokens_per_param']:.1f} | {row['loss']:.4f} |"
                 )
+        if entry.get("optimal_sparsity"):
+            lines += [
+                "",
+                f"Optimal sparsity at each budget (total size N, sparsity S, tokens D), {level} % intervals:",
+                "",
+                "| budget C (FLOPs) | N | S | D | predicted loss |",
+                "|---:|---|---|---|---|",
+            ]
+            for row in entry["optimal_sparsity"]:
+                cells = [f"{row[k]:.3g} {_interval(row.get(f'{k}_interval'))}" for k in ("N", "S", "D")]
+                lines.append(f"| {row['C']:.3g} | " + " | ".join(cells) + f" | {row['loss']:.4f} {_interval(row.get('loss_interval'))} |")
         lines.append("")
+    for row in document.get("optimal_mixture") or []:
+        weights = ", ".join(f"{w:.3f}" for w in row["weights"])
+        ivs = row.get("bootstrap_weights_interval") or row.get("weights_interval")
+        lines += [
+            f"## Optimal mixture at N = {row['N']:.3g}, D = {row['D']:.3g}",
+            "",
+            f"Weights ({weights}) minimise the mean loss of {', '.join(f'`{n}`' for n in row['laws'])}: "
+            f"predicted loss {row['loss']:.4f} {_interval(row.get('loss_interval'))}."
+            + (f" Weight intervals: {'; '.join(_interval(iv) for iv in ivs)}." if ivs else ""),
+            *[f"> {w}" for w in row.get("warnings", [])],
+            "",
+        ]
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     else:

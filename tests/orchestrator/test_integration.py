@@ -349,3 +349,7 @@ def test_mixture_laws_of_one_study_are_bootstrapped_jointly_for_the_optimal_mixt
     assert row["weights_interval"][0][0] < truth < row["weights_interval"][0][1]
     assert row["bootstrap_weights_interval"] is not None, row["warnings"]
     assert row["bootstrap_weights_interval"][0][0] <= row["weights"][0] <= row["bootstrap_weights_interval"][0][1]
+    from orchestrator.report import markdown_report
+
+    text = markdown_report(document)
+    assert f"## Optimal mixture at N = {AT['N']:.3g}, D = {AT['D']:.3g}" in text and "Weight intervals: [" in text
