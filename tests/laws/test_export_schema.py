@@ -67,3 +67,30 @@ def test_the_fit_command_writes_a_valid_document() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     _valid(json.loads(proc.stdout))
+
+
+def test_an_exported_law_loads_and_answers_without_mlflow_ray_or_the_orchestrator(tmp_path: Path) -> None:
+    """In a fresh interpreter: load a document, predict, take the recipes; none of the heavy
+    platform packages may be imported for it."""
+    law = laws.get_law("chinchilla")
+    truth = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
+    n, d = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e9, 4), np.geomspace(1e9, 1e11, 4)))
+    fit = laws.fit(law, {"N": n, "D": d}, law.predict(truth, N=n, D=d))
+    path = tmp_path / "law.json"
+    path.write_text(json.dumps(laws.export_document([fit], budgets=[1e21])))
+    script = f"""
+import json, sys
+import laws
+(fit,) = laws.load_document(json.load(open({str(path)!r})))
+print(fit.predict(N=1e9, D=2e10))
+print(laws.compute_optimal(fit, [1e22])[0].N_opt)
+heavy = sorted(m for m in ("mlflow", "ray", "optuna", "orchestrator", "matplotlib") if m in sys.modules)
+print(json.dumps(heavy))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    predicted, n_opt, heavy = proc.stdout.strip().splitlines()
+    assert float(predicted) == pytest.approx(float(law.predict(truth, N=1e9, D=2e10)), rel=1e-6)
+    assert float(n_opt) > 0
+    assert json.loads(heavy) == []
