@@ -33,6 +33,7 @@ EXECUTION_ONLY: tuple[tuple[str, ...], ...] = (("compile",),)
 #: Key path -> default of fields left out of the identity while at that default.
 NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("optim", "reference_batch_size"): None,
+    ("simulated", "supervised"): {},
 }
 
 
