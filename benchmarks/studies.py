@@ -4,7 +4,7 @@ Each study of ``studies/`` (or those named) runs through the real command line (
 embedded MLflow store and checkpoints of its own, a local Ray), then ``isoflop export`` writes
 its fitted laws. Reported per study: the runs trained, the wall time of ``run`` and of
 ``export``, the exit codes, and every law with its fitted parameters (or why it was not
-fitted). The issue's bar for the family studies: each finishes on a 2-core CPU in a few minutes
+fitted). The bar for the family studies: each finishes on a 2-core CPU in a few minutes
 and exports a fitted law.
 
     python benchmarks/studies.py [NAME ...] [--out PATH]

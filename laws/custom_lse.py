@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from laws.validate import may_be_nonpositive
+
 
 class NotLinear(Exception):
     """The expression (or a part of it) is not a sum of log-linear terms."""
@@ -104,6 +106,8 @@ def analyse(expression: str, inputs: Sequence[str], log_params: Sequence[bool], 
     if all(t.constant for t in terms):
         return None
     used = sorted({name for t in terms for name in t.b} | {name for t in terms for name, _ in t.d})
+    if any(may_be_nonpositive(name) for name in used):
+        return None  # its logarithm may be -inf (S = 0, p = 0, h_i = 0): the formula path takes it
     return LSEForm(terms=tuple(terms), log_inputs=tuple(used))
 
 

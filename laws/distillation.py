@@ -52,11 +52,11 @@ class Distillation(FormulaLaw):
     5^2 x 3^3 x 4^2 x 3 x 5 = 162,000 starts (f1 in {0.5, 1, 1.5}).
 
     ``max_starts`` (default 4096) keeps a seeded random subset of them: screening the whole grid
-    with the fitter's default (3 Newton steps for every start) takes about 100 s here (a jet of
-    4096 starts on 125 runs costs about 0.6 s), against about 4 s for the subset. ``max_starts=None``
-    gives the full 162,000; fit it with ``screen=laws.Screen(iterations=0, keep=256)`` (rank
-    every start by its objective, continue the best 256: about 15 s here), see BENCHMARKS.md for
-    what each reaches.
+    with the fitter's default (3 Newton steps for every start) costs about 40x the subset's fit.
+    ``max_starts=None`` gives the full 162,000; fit it with
+    ``screen=laws.Screen(iterations=0, keep=256)`` (rank every start by its objective, continue
+    the best 256: about 3x the subset's cost). BENCHMARKS.md (the distillation law's starts)
+    gives the times and what each reaches.
     """
 
     name = "distillation"

@@ -173,9 +173,10 @@ def _mixture_rows(
     fits: Sequence[LawFit], bootstrap: Sequence[BootstrapResult | None] | None,
     points: Sequence[Mapping[str, float]], level: float,
 ) -> list[dict[str, Any]]:
+    from laws.mixture import is_mixture_law
     from laws.optimal_intervals import bootstrap_optimal_mixture, optimal_mixture_intervals
 
-    idx = [i for i, f in enumerate(fits) if f.law in ("mixture_additive", "mixture_joint")]
+    idx = [i for i, f in enumerate(fits) if is_mixture_law(f.law)]
     if not idx:
         raise ValueError("mixture_at: the document has no mixture law (mixture_additive or mixture_joint)")
     mix = [fits[i] for i in idx]

@@ -80,13 +80,13 @@ def load_table(
     if not rows:
         raise ValueError(f"{path}: no data rows")
     header = list(rows[0].keys())
-    rows = _filter(path, rows, header, columns or {}, [c if isinstance(c, Condition) else parse_condition(c)
-                                                         for c in where])
     mapping = dict(columns) if columns else {h: h for h in header}
     mapping.setdefault("loss", "loss")
     missing = {k: v for k, v in mapping.items() if v not in header}
     if missing:
         raise ValueError(f"{path}: columns {sorted(missing.values())} not found; the file has {header}")
+    rows = _filter(path, rows, header, columns or {}, [c if isinstance(c, Condition) else parse_condition(c)
+                                                         for c in where])
 
     def column(name: str) -> np.ndarray:
         out = np.empty(len(rows))

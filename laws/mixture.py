@@ -34,6 +34,15 @@ def mixture_inputs(k: int) -> tuple[str, ...]:
     return ("N", "D", *(f"h{i + 1}" for i in range(k)))
 
 
+#: the data-mixture law families (Shukor et al. 2025)
+MIXTURE_FAMILIES = ("mixture_additive", "mixture_joint")
+
+
+def is_mixture_law(family: str) -> bool:
+    """Whether ``family`` is a data-mixture law (inputs N, D and the weights h1..hk)."""
+    return family in MIXTURE_FAMILIES
+
+
 class _MixtureLaw(FormulaLaw):
     recipe = FitRecipe(delta=1e-3, residual="raw")
     #: per-parameter ranges of the random-search starts (fit coordinates), by parameter prefix

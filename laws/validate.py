@@ -35,6 +35,12 @@ from laws.base import ScalingLaw
 _ALLOW_NONPOSITIVE_PREFIXES = ("S", "p", "h")
 
 
+def may_be_nonpositive(name: str) -> bool:
+    """Whether an input of this name may be zero (sparsity S, injection share p, mixture
+    weights h_i); every other input (N, D, C, L_T, ...) must be positive."""
+    return name.startswith(_ALLOW_NONPOSITIVE_PREFIXES) and name not in ("D", "D_S", "D_ft")
+
+
 #: why a constant input leaves a built-in law unidentified (by input name, name without its
 #: index, or first letter)
 _CONSTANT_INPUT = {
@@ -83,7 +89,7 @@ def check_data(
         bad = np.flatnonzero(~np.isfinite(a))
         if bad.size:
             raise ValueError(f"input {k} has non-finite values at {_show(a, bad)}")
-        if not k.startswith(_ALLOW_NONPOSITIVE_PREFIXES) or k in ("D", "D_S", "D_ft"):
+        if not may_be_nonpositive(k):
             bad = np.flatnonzero(a <= 0)
             if bad.size:
                 raise ValueError(f"input {k} must be positive; got {_show(a, bad)}")

@@ -149,7 +149,10 @@ def check_runs_feasible(
     """:func:`check_feasible` for every distinct need of a study's runs, each a (GPUs per worker,
     memory per worker, workers) triple: a study whose largest-memory run needs no GPU and whose
     GPU runs are small fits a cluster that no single run of the largest of each would."""
-    for per_worker, memory, workers in sorted(set(needs)):
+    largest: dict[tuple[float, int], float] = {}  # the most memory any run of each shape asks for
+    for per_worker, memory, workers in needs:
+        largest[per_worker, workers] = max(memory, largest.get((per_worker, workers), 0.0))
+    for (per_worker, workers), memory in sorted(largest.items()):
         check_feasible(ray, num_cpus, per_worker, memory, workers, autoscale=autoscale)
 
 
@@ -161,9 +164,9 @@ def check_feasible(
     workers: int = 1,
     autoscale: Sequence[NodeTypeConfig] = (),
 ) -> None:
-    """Fail now, with the numbers, if no node could ever run one of the study's tasks
-    (``memory``: the largest memory request of any run, in bytes), or, for runs of ``workers``
-    data-parallel workers of that size each, if the whole cluster could never hold them all.
+    """Fail now, with the numbers, if no node could ever run a task asking for ``num_cpus`` CPUs,
+    ``num_gpus`` GPUs and ``memory`` bytes, or, for a run of ``workers`` data-parallel workers of
+    that size each, if the whole cluster could never hold them all.
     ``autoscale``: node types an autoscaler can add, counted as if they were there."""
     nodes = cluster_nodes(ray, autoscale)
     hint = " (with the node types of cluster.autoscale)" if autoscale else ""
@@ -177,7 +180,7 @@ def check_feasible(
         best = max(n["Resources"].get("memory", 0) for n in fits)
         raise StudyError(
             "resources.memory_per_run",
-            f"the largest run asks for {memory / 2**20:.0f} MB of memory, but the largest node that fits "
+            f"a run asks for {memory / 2**20:.0f} MB of memory, but the largest node that fits "
             f"its CPUs and GPUs offers {best / 2**20:.0f} MB to Ray{hint}: it could never start",
         )
     if not fits:

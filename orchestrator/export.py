@@ -8,6 +8,7 @@ from typing import Any
 import laws
 from laws.bootstrap import bootstrap as bootstrap_fit
 from laws.bootstrap import joint_bootstrap
+from laws.mixture import is_mixture_law
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
 from orchestrator.fitting import LawOutcome, StudyLaw, fit_laws, study_laws
@@ -42,7 +43,7 @@ def _bootstraps(
     errors."""
     boots: dict[str, laws.BootstrapResult | None] = {}
     failed: dict[str, str] = {}
-    mixtures = [(law, o) for law, o in fitted if o.fit is not None and o.fit.law.startswith("mixture")]
+    mixtures = [(law, o) for law, o in fitted if o.fit is not None and is_mixture_law(o.fit.law)]
     tables = {law.name: law.table(runs) for law, _ in mixtures}
     same_runs = len({tuple(law.select_keys(runs)) for law, _ in mixtures}) == 1
     if len(mixtures) > 1 and same_runs:
@@ -58,9 +59,10 @@ def _bootstraps(
     for law, outcome in fitted:
         if law.name in boots or law.name in failed:
             continue
+        options = MIXTURE_RESAMPLE_OPTIONS if is_mixture_law(outcome.fit.law) else None  # type: ignore[union-attr]
         try:
-            inputs, y = law.table(runs)
-            boots[law.name] = bootstrap_fit(outcome.fit, inputs, y, n_resamples=resamples, seed=seed)  # type: ignore[arg-type]
+            inputs, y = tables.get(law.name) or law.table(runs)
+            boots[law.name] = bootstrap_fit(outcome.fit, inputs, y, n_resamples=resamples, seed=seed, options=options)  # type: ignore[arg-type]
         except ValueError as exc:  # e.g. too few configurations to resample: parametric only
             failed[law.name] = str(exc)
     return [boots.get(law.name) for law, _ in fitted], failed
@@ -93,9 +95,9 @@ def export_with_runs(
         [o.fit for _, o in fitted],  # type: ignore[misc]
         budgets=budgets,
         bootstrap=boots,
-        mixture_at=study.export.mixture_at if any(o.fit.law.startswith("mixture") for _, o in fitted) else (),  # type: ignore[union-attr]
+        mixture_at=study.export.mixture_at if any(is_mixture_law(o.fit.law) for _, o in fitted) else (),  # type: ignore[union-attr]
     )
-    mixture_names = [law.name for law, o in fitted if o.fit.law.startswith("mixture")]  # type: ignore[union-attr]
+    mixture_names = [law.name for law, o in fitted if is_mixture_law(o.fit.law)]  # type: ignore[union-attr]
     for row in document.get("optimal_mixture", []):
         row["laws"] = mixture_names  # the study's names for them, in the same order
     for entry, (law, outcome) in zip(document["laws"], fitted, strict=True):

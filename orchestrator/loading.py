@@ -101,34 +101,15 @@ def validate(study: StudyConfig) -> None:
     if any(ch in study.name for ch in "/\\'\"\n"):
         raise StudyError("name", f"must not contain quotes, slashes or newlines: {study.name!r}")
     _check_numbers(study, "")
+    # the trainer's own values are checked by trainers.validation (_validate_trainer, below)
     t = study.trainer
     for key, value in {
-        "trainer.seq_len": t.seq_len,
-        "trainer.batch_size": t.batch_size,
-        "trainer.threads": t.threads,
-        "trainer.log_every": t.log_every,
-        "trainer.model.head_dim": t.model.head_dim,
-        "trainer.model.mlp_ratio": t.model.mlp_ratio,
-        "trainer.data.eval_tokens": t.data.eval_tokens,
-        "trainer.simulated.curve_points": t.simulated.curve_points,
         "grid.replicates": study.grid.replicates,
         "resources.cpus_per_run": study.resources.cpus_per_run,
         "resources.wait_timeout_s": study.resources.wait_timeout_s,
     }.items():
         if value <= 0:
             raise StudyError(key, f"must be positive, got {value}")
-    for key, value in {
-        "trainer.optim.warmup_frac": t.optim.warmup_frac,
-        "trainer.optim.min_lr_frac": t.optim.min_lr_frac,
-        "trainer.optim.cooldown_frac": t.optim.cooldown_frac,
-        "trainer.data.heldout_fraction": t.data.heldout_fraction,
-    }.items():
-        if not 0.0 <= value <= 1.0:
-            raise StudyError(key, f"must be between 0 and 1, got {value}")
-    if not 0.0 <= t.optim.ema < 1.0:
-        raise StudyError("trainer.optim.ema", f"must be in [0, 1) (0 = no EMA), got {t.optim.ema}")
-    if t.optim.ema_batch_size < 0:
-        raise StudyError("trainer.optim.ema_batch_size", f"must be 0 (this run's batch size) or more, got {t.optim.ema_batch_size}")
     _validate_mixture_at(study)
     if study.export.bootstrap < 0:
         raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
@@ -138,10 +119,6 @@ def validate(study: StudyConfig) -> None:
         raise StudyError("tracking.flush_every_s", f"must be 0 (every metric at once) or more, got {study.tracking.flush_every_s}")
     if study.resources.pending_warn_s < 0:
         raise StudyError("resources.pending_warn_s", f"must be 0 (never) or more, got {study.resources.pending_warn_s}")
-    if t.simulated.sleep_s < 0:
-        raise StudyError("trainer.simulated.sleep_s", f"must be 0 or more, got {t.simulated.sleep_s}")
-    if t.optim.lr <= 0:
-        raise StudyError("trainer.optim.lr", f"must be positive, got {t.optim.lr}")
     if study.resources.max_retries < 0:
         raise StudyError("resources.max_retries", "must be 0 or more")
     if study.resources.max_concurrent < 0:
@@ -186,11 +163,12 @@ def _validate_simulated(study: StudyConfig) -> None:
     sim = study.trainer.simulated
     if sim.law not in LAW_NAMES:
         raise StudyError("trainer.simulated.law", f"unknown law {sim.law!r}; valid laws: {', '.join(LAW_NAMES)}")
+    from laws.mixture import is_mixture_law
     from orchestrator.grid import mixture_width
 
     k = mixture_width(study)
     try:
-        law = get_law(sim.law, k=k) if k and sim.law.startswith("mixture") else get_law(sim.law)
+        law = get_law(sim.law, k=k) if k and is_mixture_law(sim.law) else get_law(sim.law)
     except (TypeError, ValueError) as exc:
         raise StudyError("trainer.simulated.law", str(exc)) from None
     # a student's teacher loss L_T comes from its teacher (grid.teachers)
@@ -336,7 +314,9 @@ def _validate_mixture_at(study: StudyConfig) -> None:
         for name, value in point.items():
             if not value > 0:
                 raise StudyError(f"{key}.{name}", f"must be positive, got {value}")
-    if study.export.mixture_at and not any(c.family.startswith("mixture") for c in study.laws):
+    from laws.mixture import is_mixture_law
+
+    if study.export.mixture_at and not any(is_mixture_law(c.family) for c in study.laws):
         raise StudyError("export.mixture_at", "the study fits no mixture law (mixture_additive or mixture_joint)")
 
 

@@ -17,12 +17,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from orchestrator.config import StudyConfig
 from orchestrator.secrets import redact_text
 from orchestrator.tracking import (
     STAGE_TAG,
@@ -63,6 +64,11 @@ def default_tracking_uri(workdir: Path | None = None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def tracking_uri(study: StudyConfig) -> str:
+    """The store a study is tracked in: ``tracking.uri``, or the embedded one here."""
+    return study.tracking.uri or default_tracking_uri()
+
+
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
@@ -86,10 +92,14 @@ class MlflowSink:
         self._last_flush = time.monotonic()
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self.buffer(metrics, step=step)
         if time.monotonic() - self._last_flush > self._flush_every_s:
             self.flush()
+
+    def buffer(self, metrics: Mapping[str, float], *, step: int) -> None:
+        """Add rows to the buffer only; the next :meth:`log_metrics` or :meth:`flush` writes them."""
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
 
     def flush(self) -> None:
         if self._buffer and self._client is None:
@@ -278,8 +288,7 @@ class MlflowTracker(Tracker):
             self.client.log_figure(self.parent_id, fig, f"plots/{name}")
 
     def log_study_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.parent_id, key, value)
+        self.client.log_batch(self.parent_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_study_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         now = int(time.time() * 1000)

@@ -35,11 +35,13 @@ def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budge
     sc = ax.scatter(c, y, c=np.log10(n), cmap="viridis", norm=norm, s=18, label="runs")
     fig.colorbar(sc, ax=ax, label="log10 N")
     if fit_ is not None and {"N", "D"} == set(fit_.get_law().inputs) and len(c):
+        d = _column(runs, "D")
         sizes = np.unique(n[np.isfinite(n)])
         for size in sizes if len(sizes) <= 12 else sizes[:: int(np.ceil(len(sizes) / 12))]:
-            at = c[n == size]
-            cs = np.logspace(np.log10(at.min()) - 0.3, np.log10(at.max()) + 0.3, 30)
-            ax.plot(cs, fit_.predict(N=np.full_like(cs, size), D=cs / (6 * size)), lw=0.8, alpha=0.7,
+            at = n == size
+            per_token = float(np.median(c[at] / d[at]))  # the runs' own FLOP convention, not 6N
+            cs = np.logspace(np.log10(c[at].min()) - 0.3, np.log10(c[at].max()) + 0.3, 30)
+            ax.plot(cs, fit_.predict(N=np.full_like(cs, size), D=cs / per_token), lw=0.8, alpha=0.7,
                     color=plt.cm.viridis(norm(np.log10(size))))
         hi = max([float(np.nanmax(c)), *budgets])
         grid = np.logspace(np.log10(np.nanmin(c)), np.log10(hi), 60)

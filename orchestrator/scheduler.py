@@ -346,8 +346,10 @@ class Scheduler:
             assert self.checkpoints is not None
             path = str(checkpoint_path(self.checkpoints.directory(dep)))
             if use == "teacher":
-                # a simulated teacher leaves its final loss, not weights (the student is simulated too)
-                spec = replace(spec, teacher_checkpoint=str(final_checkpoint(self.checkpoints.directory(dep), spec.trainer)))
+                # what the teacher left: its weights, or for a simulated teacher its final loss
+                teacher = self._planned.get(dep)
+                config = teacher.spec.trainer if teacher is not None else spec.trainer
+                spec = replace(spec, teacher_checkpoint=str(final_checkpoint(self.checkpoints.directory(dep), config)))
             elif use == "branch":
                 kept = kept_checkpoint_path(self.checkpoints.directory(dep), branch_step(run.plan, spec.trainer))
                 spec = replace(spec, branch_from=str(kept))

@@ -20,11 +20,10 @@ from orchestrator.live import (
     grid_flops_of,
     selection_budget_of,
 )
-from orchestrator.mlflow_tracker import study_status
+from orchestrator.mlflow_tracker import study_status, tracking_uri
 from orchestrator.refit import RefitState, fit_summary
 from orchestrator.selection.selector import SelectionView
-from orchestrator.study import NEXT_TAG, STOPPED_TAG, tracking_uri
-from orchestrator.tracking import StudyStatus
+from orchestrator.tracking import NEXT_TAG, STOPPED_TAG, StudyStatus
 
 
 def run_states(attempts: Mapping[str, Sequence[str]], *, max_attempts: int, ended: bool) -> dict[str, int]:
@@ -111,6 +110,11 @@ def selection_line(st: StudyStatus, runs: Sequence[PlannedRun]) -> str | None:
     return view.summary()
 
 
+def _first_line(text: str | None) -> str | None:
+    line = next(iter((text or "").strip().splitlines()), None)
+    return line[:200] if line else None
+
+
 def status_lines(study: StudyConfig) -> list[str]:
     """What ``isoflop status`` prints: the study's parent run, then the live view's block."""
     runs = expand(study)
@@ -121,7 +125,7 @@ def status_lines(study: StudyConfig) -> list[str]:
         snapshot_of(st, study, runs),
         fits=fit_lines(st),
         selection=selection_line(st, runs),
-        last_error=(st.last_failure or "").strip().splitlines()[0][:200] if st.last_failure else None,
+        last_error=_first_line(st.last_failure),
         final=st.study_status != "RUNNING",
     )
     return [head, *block]

@@ -26,13 +26,13 @@ from orchestrator.executors import Executor, RayExecutor
 from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
 from orchestrator.loading import to_yaml
-from orchestrator.mlflow_tracker import MlflowTracker, default_tracking_uri
+from orchestrator.mlflow_tracker import MlflowTracker, tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.secrets import redact_text
 from orchestrator.selection import Selector, journal_storage
 from orchestrator.selection.selector import SelectionView
-from orchestrator.tracking import FinishedRun, Tracker
+from orchestrator.tracking import NEXT_TAG, NOTE_TAG, STOPPED_TAG, FinishedRun, Tracker
 from trainers.memory import estimate_memory
 
 
@@ -44,10 +44,6 @@ class StudyOutcome:
     stats: SchedulerStats
     laws: list[LawOutcome]
     stopped: str | None = None  # why a budgeted selection stopped proposing runs
-
-
-def tracking_uri(study: StudyConfig) -> str:
-    return study.tracking.uri or default_tracking_uri()
 
 
 def open_tracker(study: StudyConfig) -> MlflowTracker:
@@ -258,9 +254,6 @@ def run_study(
     )
 
 
-#: the run's description in the MLflow UI (Markdown)
-NOTE_TAG = "mlflow.note.content"
-
 
 def study_note(study: StudyConfig, runs: list[PlannedRun], outcomes: list[LawOutcome] | None = None) -> str:
     """The parent run's description: what the study is, where its fits and figures are, and
@@ -281,11 +274,6 @@ def study_note(study: StudyConfig, runs: list[PlannedRun], outcomes: list[LawOut
         else:
             lines += ["", f"Law {outcome.name}: not fitted ({outcome.error})"]
     return "\n".join(lines)
-
-
-#: parent-run tags: the run keys the selection would propose next, and why it stopped
-NEXT_TAG = "isoflop.selection.next"
-STOPPED_TAG = "isoflop.selection.stopped"
 
 
 def _selection_hook(

@@ -9,9 +9,12 @@ metric sink: buffered with the training's curves and, for a short run, handed to
 the end (a short run never opens the store from its worker).
 
 One sample is taken when the training starts, one every ``interval`` seconds while it runs and
-one when it ends, so every run has its use recorded, however short. MLflow's knobs apply:
-``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the interval (default 10 s), and
-``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns the sampling off.
+one when it ends, so every run has its use recorded, however short. The sampler only adds its
+samples to the sink's buffer (``MlflowSink.buffer``); the training's own logging writes them out
+with its curves, so a failing write surfaces in the training, never silently in the sampler's
+thread. Sampling is on by default (MLflow's own default for ``log_system_metrics`` is off);
+MLflow's variables apply: ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns it off and
+``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` sets the interval (default 10 s).
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from trainers import MetricSink
+from trainers.base import NullSink
 
 PREFIX = "system/"
 DEFAULT_INTERVAL_S = 10.0
 
 
 class LockedSink:
-    """A sink that two threads (the training and the sampler) can log into."""
+    """A sink that two threads (the training and the sampler) can log into: every call on the
+    wrapped sink holds one lock. The sampler records with :meth:`record`, which only buffers."""
 
     def __init__(self, sink: MetricSink) -> None:
         self._sink = sink
@@ -39,8 +44,18 @@ class LockedSink:
         with self._lock:
             self._sink.log_metrics(metrics, step=step)
 
-    def __getattr__(self, name: str) -> Any:  # flush, drain: the wrapped sink's own
-        return getattr(self._sink, name)
+    def record(self, metrics: Mapping[str, float], *, step: int) -> None:
+        """Add rows without writing anything out (a sink without a buffer logs them)."""
+        with self._lock:
+            getattr(self._sink, "buffer", self._sink.log_metrics)(metrics, step=step)
+
+    def flush(self) -> None:
+        with self._lock:
+            getattr(self._sink, "flush", lambda: None)()
+
+    def drain(self) -> list[Any]:
+        with self._lock:
+            return list(getattr(self._sink, "drain", list)())
 
 
 def _monitors() -> list[Any]:
@@ -72,10 +87,13 @@ def interval_s() -> float:
 class SystemSampler:
     """Samples the host (and its GPUs) into ``sink`` as ``system/*`` metrics, step = sample."""
 
-    def __init__(self, sink: MetricSink, interval: float | None = None) -> None:
+    def __init__(self, sink: LockedSink, interval: float | None = None) -> None:
+        import psutil
+
         self.sink = sink
         self.interval = interval if interval is not None else interval_s()
         self.monitors = _monitors()
+        psutil.cpu_percent()  # its first reading is meaningless: the samples measure from here
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="isoflop-system-metrics", daemon=True)
@@ -84,17 +102,18 @@ class SystemSampler:
         """Take one sample of every monitor and log it."""
         metrics: dict[str, float] = {}
         for monitor in self.monitors:
-            monitor.collect_metrics()
-            metrics.update({PREFIX + k: float(v) for k, v in monitor.aggregate_metrics().items()})
+            with contextlib.suppress(Exception):  # a probe that fails skips this sample
+                monitor.collect_metrics()
+                metrics.update({PREFIX + k: float(v) for k, v in monitor.aggregate_metrics().items()})
             monitor.clear_metrics()
-        self.sink.log_metrics(metrics, step=self.samples)
-        self.samples += 1
+        if metrics:
+            self.sink.record(metrics, step=self.samples)
+            self.samples += 1
         return metrics
 
     def _loop(self) -> None:
-        with contextlib.suppress(Exception):  # a failing probe ends the sampling, not the run
-            while not self._stop.wait(self.interval):
-                self.sample()
+        while not self._stop.wait(self.interval):
+            self.sample()
 
     def start(self) -> None:
         self.sample()
@@ -103,14 +122,13 @@ class SystemSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        with contextlib.suppress(Exception):
-            self.sample()
+        self.sample()
 
 
 @contextlib.contextmanager
 def sampled(sink: MetricSink) -> Iterator[MetricSink]:
     """The sink the training logs into, with the host's use sampled into it meanwhile."""
-    if not enabled():
+    if not enabled() or isinstance(sink, NullSink):  # nothing keeps them (data-parallel ranks > 0)
         yield sink
         return
     shared = LockedSink(sink)

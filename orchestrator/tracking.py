@@ -37,6 +37,11 @@ class FinishedRun:
 
 #: the tag that records a run's stage (``PlannedRun.stage``)
 STAGE_TAG = "isoflop.stage"
+#: parent-run tags: the run keys a budgeted selection would propose next, and why it stopped
+NEXT_TAG = "isoflop.selection.next"
+STOPPED_TAG = "isoflop.selection.stopped"
+#: the parent run's description in the MLflow UI (Markdown)
+NOTE_TAG = "mlflow.note.content"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -270,7 +270,7 @@ def _in_tolerance_at_any_depth(
         d += head_dim
     if best is not None:
         return best
-    nearest = " and ".join(f"{c} (d_model={w}, n_layer={n})" for c, w, n in (below, above) if c)
+    nearest = " and ".join(f"{t[0]} (d_model={t[1]}, n_layer={t[2]})" for t in (below, above) if t)
     raise ValueError(
         f"n_params: moe.hold is 'active', but no model of E={n_experts} experts with top_k={top_k} "
         f"(S={(n_experts - top_k) / n_experts:g}) has an active count within {N_TOLERANCE:.0%} of "

@@ -198,3 +198,21 @@ def test_formula_path_computes_in_log_space_where_exact(expression, log_form):
     direct = law._expr({"N": torch.from_numpy(n), "D": torch.from_numpy(d),
                         **{k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}})
     np.testing.assert_allclose(law.predict(params, N=n, D=d), direct.numpy(), rtol=1e-12)
+
+
+def test_a_custom_law_of_an_input_that_may_be_zero_fits_dense_runs() -> None:
+    """A term in the sparsity S (zero for dense runs) keeps the formula path: its logarithm would
+    be -inf on the closed-form path."""
+    import numpy as np
+
+    import laws
+    from laws.custom import custom_law
+
+    spec = {"expression": "E + A / N**alpha + B / D**beta + C * S", "inputs": ["N", "D", "S"],
+            "params": {"E": [1, 2], "A": {"log": True, "init": [5]}, "B": {"log": True, "init": [5]},
+                       "alpha": [0.3], "beta": [0.3], "C": [0.0, 0.5]}}
+    law = custom_law(spec)
+    n, d, s = (a.ravel() for a in np.meshgrid(np.geomspace(1e7, 1e9, 4), np.geomspace(1e9, 1e11, 4), [0.0, 0.5, 0.75]))
+    truth = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37, "C": 0.2}
+    fit = laws.fit(law, {"N": n, "D": d, "S": s}, law.predict(truth, N=n, D=d, S=s))
+    assert fit.params == pytest.approx(truth, rel=1e-4)

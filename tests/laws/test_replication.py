@@ -27,8 +27,8 @@ def test_data_is_the_240_points(replication):
 def test_objective_matches_published(replication_fit):
     """The objective is within 1e-9 of the optimum.
 
-    The issue asks for "within 1e-9 of 0.00101827", but that figure is the published value rounded
-    to 6 significant figures: the true optimum, 1.018274017800e-03 (SciPy and this fitter agree to
+    The replication publishes the objective as 0.00101827, rounded to 6 significant figures: the
+    true optimum, 1.018274017800e-03 (SciPy and this fitter agree to
     1e-17), is 4.0e-9 away from it, so a 1e-9 tolerance is only meaningful around the unrounded
     optimum, 0.00101827402. The rounding itself is checked too (half a unit of the 6th figure).
     """

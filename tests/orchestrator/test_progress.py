@@ -405,8 +405,7 @@ def test_status_shows_the_selections_next_runs_from_the_parent_tags() -> None:
     from orchestrator.grid import expand
     from orchestrator.loading import study_from_dict
     from orchestrator.status import selection_line
-    from orchestrator.study import NEXT_TAG
-    from orchestrator.tracking import StudyStatus
+    from orchestrator.tracking import NEXT_TAG, StudyStatus
 
     study = study_from_dict({"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6, 1e7], "D": [1e8, 1e9]}})
     runs = expand(study)

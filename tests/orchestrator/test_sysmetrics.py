@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestrator.executors import execute
-from orchestrator.sysmetrics import PREFIX, SystemSampler, sampled
+from orchestrator.sysmetrics import PREFIX, LockedSink, SystemSampler, sampled
 
 
 class ListSink:
@@ -29,7 +29,7 @@ def _system_rows(sink: ListSink) -> list[tuple[int, dict[str, float]]]:
 
 def test_samples_at_start_every_interval_and_at_the_end() -> None:
     sink = ListSink()
-    sampler = SystemSampler(sink, interval=0.05)
+    sampler = SystemSampler(LockedSink(sink), interval=0.05)
     sampler.start()
     time.sleep(0.4)
     sampler.stop()
@@ -71,3 +71,27 @@ def test_a_bad_interval_falls_back_to_the_default(monkeypatch, raw: str) -> None
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", raw)
     assert interval_s() == DEFAULT_INTERVAL_S
+
+
+def test_the_sampler_only_buffers_and_never_writes_to_the_store() -> None:
+    """Writes happen when the training logs (its errors surface there), never from the
+    sampler's thread, where they would go unnoticed."""
+    from orchestrator.sysmetrics import LockedSink
+
+    class BufferedSink(ListSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.buffered: list[tuple[int, dict]] = []
+
+        def buffer(self, metrics, *, step: int) -> None:  # noqa: ANN001
+            self.buffered.append((step, dict(metrics)))
+
+    sink = BufferedSink()
+    sampler = SystemSampler(LockedSink(sink), interval=0.05)
+    sampler.start()
+    time.sleep(0.2)
+    sampler.stop()
+    assert sink.rows == [] and len(sink.buffered) >= 3
+    assert all(k.startswith(PREFIX) for _, m in sink.buffered for k in m)
+    # the first CPU reading measures from the sampler's start, not since boot or never
+    assert sink.buffered[-1][1][f"{PREFIX}cpu_utilization_percentage"] >= 0.0
