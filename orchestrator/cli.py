@@ -258,10 +258,13 @@ def _study_name(arg: str) -> str:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from orchestrator.grid import expand
-    from orchestrator.jobs import submit_study
+    from orchestrator.jobs import cluster_view, submit_study
+    from orchestrator.study import plan_resources
 
     study = _resolve(args.study, args.overrides)
     runs = expand(study)  # rejected here, before anything reaches the cluster
+    # every run must fit the cluster it goes to: a job whose runs never start would wait for ever
+    plan_resources(study, runs, cluster_view(args.address))
     if study.tracking.uri is None or study.tracking.uri.startswith("sqlite:"):
         print(
             "isoflop: warning: tracking.uri is a local sqlite store: on the cluster it lives in the "

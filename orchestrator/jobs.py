@@ -74,6 +74,44 @@ def _refusals(address: str) -> Iterator[None]:
         ) from None
 
 
+@dataclass(frozen=True)
+class ClusterView:
+    """A remote cluster's nodes as the Ray state API reports them, shaped like ``ray.nodes()``
+    and ``ray.cluster_resources()`` so that a study's feasibility is checked there before it is
+    submitted (:func:`orchestrator.study.plan_resources`)."""
+
+    alive: tuple[dict[str, float], ...]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"Alive": True, "Resources": dict(resources)} for resources in self.alive]
+
+    def cluster_resources(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for resources in self.alive:
+            for name, amount in resources.items():
+                total[name] = total.get(name, 0.0) + amount
+        return total
+
+
+def cluster_view(address: str) -> ClusterView:
+    """The alive nodes of the cluster whose dashboard is at ``address``."""
+    _client(address)  # reachability and the token, with their clear errors
+    from ray.util.state import list_nodes
+
+    with _refusals(address):
+        try:
+            nodes = list_nodes(address=address, limit=10_000, raise_on_missing_output=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise StudyError("--address", f"cannot list the nodes of the Ray cluster at {address!r}: {exc}") from None
+    alive = []
+    for node in nodes:
+        state = node.get("state") if isinstance(node, dict) else getattr(node, "state", None)
+        resources = node.get("resources_total") if isinstance(node, dict) else getattr(node, "resources_total", None)
+        if state == "ALIVE" and resources:
+            alive.append({str(k): float(v) for k, v in resources.items()})
+    return ClusterView(alive=tuple(alive))
+
+
 def submission_id(study: str, now: float | None = None) -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", study)
     return f"isoflop-{safe}-{int(now if now is not None else time.time())}"

@@ -118,6 +118,43 @@ def memory_request(
     return lambda run: budget(run, count(run))
 
 
+@dataclass(frozen=True)
+class ResourcePlan:
+    """What each run of a study asks Ray for, checked against a cluster."""
+
+    gpus: Callable[[PlannedRun], float]
+    workers: Callable[[PlannedRun], int]
+    memory: Callable[[PlannedRun], float]
+    #: the median run's GPUs and CPUs (all its workers), which size the concurrency cap
+    num_gpus: float
+    cap_cpus: float
+
+
+def plan_resources(study: StudyConfig, runs: list[PlannedRun], ray: object) -> ResourcePlan:
+    """Resolve every run's GPUs, workers and memory on the cluster ``ray`` sees (the ``ray``
+    module, or anything with its ``nodes()`` and ``cluster_resources()``) and fail, naming the
+    key, if some run could never start there (:func:`~orchestrator.cluster.check_runs_feasible`)."""
+    num_cpus = study.resources.cpus_per_run
+    autoscale = study.cluster.autoscale
+    gpu_nodes = max((kind.gpus for kind in autoscale), default=0.0)  # GPUs an autoscaler can add
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)  # type: ignore[attr-defined]
+    whole = gpus_per_run(study.resources, study.trainer, max(cluster_gpus, gpu_nodes))
+    gpus = gpu_request(study, runs, whole)
+    workers = worker_request(study, gpus)
+    request = memory_request(study, runs, workers)
+    shares = [gpus(r) for r in runs] or [whole]
+    counts = [workers(r) for r in runs] or [1]
+    needs = [(gpus(r) / workers(r), request(r), workers(r)) for r in runs] or [(whole, 0.0, 1)]
+    check_runs_feasible(ray, num_cpus, needs, autoscale=autoscale)
+    return ResourcePlan(
+        gpus=gpus,
+        workers=workers,
+        memory=request,
+        num_gpus=float(np.median(shares)),
+        cap_cpus=num_cpus * float(np.median(counts)),
+    )
+
+
 def adopted_runs(study: StudyConfig) -> dict[str, FinishedRun]:
     """Finished runs of the studies ``grid.teachers.from_studies`` names (same tracking store),
     by run key: the scheduler reads a teacher from them instead of training it again."""
@@ -161,19 +198,11 @@ def run_study(
     capacity: int | None = None
     if executor is None:
         ray = connect(study.cluster)
-        autoscale = study.cluster.autoscale
-        gpu_nodes = max((kind.gpus for kind in autoscale), default=0.0)  # GPUs an autoscaler can add
-        whole = gpus_per_run(study.resources, study.trainer, max(ray.cluster_resources().get("GPU", 0), gpu_nodes))
-        gpus = gpu_request(study, candidates, whole)
-        workers = worker_request(study, gpus)
-        request = memory_request(study, candidates, workers)
-        shares = [gpus(r) for r in candidates] or [whole]
-        counts = [workers(r) for r in candidates] or [1]
-        needs = [(gpus(r) / workers(r), request(r), workers(r)) for r in candidates] or [(whole, 0.0, 1)]
-        check_runs_feasible(ray, num_cpus, needs, autoscale=autoscale)
-        num_gpus = float(np.median(shares))  # sizes the concurrency cap
-        cap_cpus = num_cpus * float(np.median(counts))
+        plan = plan_resources(study, candidates, ray)
+        gpus, workers, request = plan.gpus, plan.workers, plan.memory
+        num_gpus, cap_cpus = plan.num_gpus, plan.cap_cpus
         executor = RayExecutor(ray)
+        autoscale = study.cluster.autoscale
         if autoscale:  # the nodes the autoscaler may add count as well
             capacity = cluster_capacity(cluster_nodes(ray, autoscale), cap_cpus, num_gpus)
     else:

@@ -104,6 +104,34 @@ def test_cancel_stops_a_running_study(ray_head: str, tmp_path: Path, capsys) -> 
     assert _wait(ray_head, "long", {"STOPPED", "FAILED", "SUCCEEDED"}) == "STOPPED"
 
 
+def test_the_cluster_view_reports_the_heads_resources(ray_head: str) -> None:
+    from orchestrator.jobs import cluster_view
+
+    view = cluster_view(ray_head)
+    assert len(view.nodes()) == 1
+    assert view.cluster_resources()["CPU"] == 2  # the head was started with --num-cpus=2
+    assert view.cluster_resources().get("GPU", 0) == 0
+    assert view.cluster_resources()["memory"] > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("resources.gpus_per_run=1", "resources.gpus_per_run"), ("resources.cpus_per_run=4", "resources.cpus_per_run")],
+)
+def test_submit_refuses_runs_the_cluster_cannot_hold(
+    ray_head: str, tmp_path: Path, capsys, override: str, key: str
+) -> None:
+    """A study whose runs need more than any node of the cluster has is refused at submit,
+    naming the key, and no job is sent (it would wait for ever on the cluster)."""
+    name = f"infeasible-{key.rsplit('.', 1)[-1]}"
+    study = tmp_path / "big.yaml"
+    study.write_text(f"name: {name}\ntrainer: {{kind: simulated}}\ngrid: {{N: [1e6], D: [1e8]}}\n")
+    code = main(["submit", str(study), override, "--address", ray_head, "--working-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and key in err, err
+    assert study_jobs(ray_head, name) == []
+
+
 def test_submit_rejects_a_bad_study_before_contacting_the_cluster(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: b\ngrid: {N: [1e6], D: [0]}\n")
