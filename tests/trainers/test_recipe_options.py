@@ -160,3 +160,104 @@ def test_compile_wraps_the_training_step_where_asked(
     assert forced.final_loss == plain.final_loss  # the same run, so the same identity
     point = _spec(tiny_config(), 6).point
     assert run_key(point, tiny_config(), 0) == run_key(point, tiny_config(compile=True), 0)
+
+
+@pytest.fixture
+def traced_compile(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """``torch.compile`` for real through TorchDynamo and AOTAutograd (forward and backward
+    graphs), with the ``aot_eager`` backend so that no C++ compiler is needed and the numbers
+    stay bit-identical to eager; returns Dynamo's graph-break counts by reason."""
+    import functools
+
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    yield dynamo.utils.counters["graph_break"]
+    dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ModelConfig(head_dim=16, aspect_ratio=16.0),
+        ModelConfig(head_dim=16, aspect_ratio=16.0, attention="sigmoid"),
+        SIGMA,
+    ],
+    ids=["softmax", "sigmoid", "sigma_reparam"],
+)
+def test_the_compiled_training_step_is_one_graph_and_trains_as_eager(
+    tiny_config: ConfigFactory, traced_compile: dict[str, int], model: ModelConfig
+) -> None:
+    """The GPU path's ``torch.compile`` traces every dense recipe whole (no graph break, which
+    would leave the step half eager) and trains exactly as the eager step does."""
+    import torch._dynamo as dynamo
+
+    eager_config, compiled_config = tiny_config(model=model, compile=False), tiny_config(model=model, compile=True)
+    with torch._dynamo.config.patch(suppress_errors=False):
+        eager = DenseTrainer(eager_config).train(_spec(eager_config, 6), RecordingSink())
+        assert dynamo.utils.counters["stats"]["unique_graphs"] == 0
+        compiled = DenseTrainer(compiled_config).train(_spec(compiled_config, 6), RecordingSink())
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert dict(traced_compile) == {}
+    assert compiled.final_loss == eager.final_loss
+    assert [p.train_loss for p in compiled.curve] == [p.train_loss for p in eager.curve]
+
+
+def test_the_compiled_moe_step_breaks_only_at_the_expert_split(
+    tiny_config: ConfigFactory, traced_compile: dict[str, int]
+) -> None:
+    """Under ``torch.compile`` the MoE dispatch reads the E slice sizes once per layer (the one
+    data-dependent step, see ``trainers.moe``): those are its only graph breaks, and the
+    compiled run trains exactly as the eager one."""
+    from trainers.config import MoEConfig
+    from trainers.sparse import MoETrainer
+
+    def spec(config: TrainerConfig) -> RunSpec:
+        point = RunPoint(n_params=40_000, tokens=6 * config.batch_size * config.seq_len, sparsity=0.5)
+        return RunSpec(run_key="moe", study="test", seed=0, point=point, trainer=config)
+
+    eager_config = tiny_config(kind="moe", moe=MoEConfig(experts=4), compile=False)
+    compiled_config = replace(eager_config, compile=True)
+    eager = MoETrainer(eager_config).train(spec(eager_config), RecordingSink())
+    compiled = MoETrainer(compiled_config).train(spec(compiled_config), RecordingSink())
+    assert compiled.final_loss == eager.final_loss
+    assert traced_compile, "the expert split was expected to break the graph"
+    assert all(reason.startswith("Data dependent operator") for reason in traced_compile), list(traced_compile)
+
+
+@pytest.mark.parametrize(
+    ("model", "experts"),
+    [
+        (ModelConfig(head_dim=16, aspect_ratio=16.0), 0),
+        (ModelConfig(head_dim=16, aspect_ratio=16.0, attention="sigmoid"), 0),
+        (SIGMA, 0),
+        (ModelConfig(head_dim=16, aspect_ratio=16.0), 4),
+    ],
+    ids=["softmax", "sigmoid", "sigma_reparam", "moe"],
+)
+def test_every_block_trains_under_bf16_autocast(model: ModelConfig, experts: int) -> None:
+    """The GPU path's bf16 autocast, with CPU autocast standing in for CUDA's (the same op
+    lists send matmuls to bf16): every block kind runs forward and backward in mixed precision
+    (no dtype clash in attention, expert dispatch or sigmaReparam), its loss within bf16's
+    precision of the float32 loss, every gradient finite."""
+    from trainers.model import lm_loss
+
+    config = TrainerConfig(seq_len=32, kind="moe" if experts else "dense", model=model)
+    shape = derive_shape(40_000, config)
+    if experts:
+        shape = replace(shape, n_experts=experts, top_k=2)
+    torch.manual_seed(0)
+    net = GPT(shape, model)
+    tokens = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(tokens[:, :-1])
+        mixed = lm_loss(logits, tokens[:, 1:])
+    assert logits.dtype == torch.bfloat16
+    mixed.backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    with torch.no_grad():
+        full = lm_loss(net(tokens[:, :-1]), tokens[:, 1:])
+    assert abs(mixed.item() - full.item()) < 1e-2 * full.item()
