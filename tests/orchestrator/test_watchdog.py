@@ -69,7 +69,7 @@ def test_runs_waiting_for_a_node_are_reported_once_and_running_ones_never(ray_lo
 
 
 def test_the_start_board_tells_waiting_from_started_tasks(ray_local) -> None:
-    study, runs = _runs(2, sleep_s=2.0)
+    study, runs = _runs(2, sleep_s=4.0)
     tracker = MemoryTracker()
     tracker.open_study(study.name, "")
     executor = RayExecutor(ray_local, board_poll_s=0.0)
@@ -79,12 +79,14 @@ def test_the_start_board_tells_waiting_from_started_tasks(ray_local) -> None:
         task = RunTask(spec=run.spec, run_id=run_id, sink_factory=tracker.sink_factory(run_id), num_cpus=2)
         executor.submit(task)
         tasks.append(task)
-    deadline = time.monotonic() + 30
+    # generous deadlines: on a loaded 2-core machine a Ray worker can take many seconds to start
+    deadline = time.monotonic() + 120
     while len(executor.waiting()) != 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     waiting = executor.waiting()
     assert len(waiting) == 1  # one run trains on both CPUs, the other waits for them
     done = []
+    deadline = time.monotonic() + 120
     while len(done) < 2 and time.monotonic() < deadline:
         done += executor.wait(1.0)
     assert len(done) == 2 and all(c.error is None for c in done)
