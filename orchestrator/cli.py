@@ -264,7 +264,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     study = _resolve(args.study, args.overrides)
     runs = expand(study)  # rejected here, before anything reaches the cluster
     # every run must fit the cluster it goes to: a job whose runs never start would wait for ever
-    plan_resources(study, runs, cluster_view(args.address))
+    view = cluster_view(args.address)
+    if view.alive:
+        plan_resources(study, runs, view)
+    else:
+        print(
+            f"isoflop: warning: the cluster at {args.address} reports no alive node; the runs' "
+            "resources are checked when the job starts",
+            file=sys.stderr,
+        )
     if study.tracking.uri is None or study.tracking.uri.startswith("sqlite:"):
         print(
             "isoflop: warning: tracking.uri is a local sqlite store: on the cluster it lives in the "
