@@ -46,9 +46,19 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise StudyError(item, "an override must look like key.path=value")
+        try:
+            OmegaConf.from_dotlist([item])  # each alone first: a value YAML cannot parse names its key
+        except yaml.YAMLError as exc:
+            key, _, value = item.partition("=")
+            raise StudyError(key, f"not a valid value {value!r}: {getattr(exc, 'problem', None) or exc}") from None
+        except OmegaConfBaseException:
+            pass  # reported with its full key by the merge below
+    _refuse_interpolation(raw, "")
     try:
-        dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+        # resolve=False: an override's ${...} must reach the check below as written, not resolved
+        dotlist = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)
         assert isinstance(dotlist, dict)
+        _refuse_interpolation(dotlist, "")
         merged = OmegaConf.merge(
             OmegaConf.structured(StudyConfig),
             OmegaConf.create(_law_entries(raw)),
@@ -62,6 +72,28 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     study = _absolute_paths(study)
     validate(study)
     return study
+
+
+def _refuse_interpolation(node: Any, prefix: str) -> None:
+    """No ``${...}`` anywhere in a study, keys included. OmegaConf would resolve it while merging:
+    ``${oc.env:TOKEN}`` would copy an environment variable (a secret, perhaps) into the stored
+    study and the run's MLflow params and tags, and ``${other.key}`` would make a value depend on
+    where it is read. No shipped study needs it. An escaped ``\\${`` is refused too: the stored
+    study is written unescaped, so reading it back would resolve it."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(k, str) and "${" in k:
+                raise StudyError(key, f"interpolation is not allowed in a study key: {k!r}")
+            _refuse_interpolation(v, key)
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            _refuse_interpolation(v, f"{prefix}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise StudyError(
+            prefix,
+            f"interpolation (${{...}}) is not allowed in a study, got {node!r}: write the value itself",
+        )
 
 
 def _law_entries(raw: dict[str, Any]) -> dict[str, Any]:
@@ -252,14 +284,7 @@ def _validate_grid(study: StudyConfig) -> None:
     if study.trainer.kind == "replay":
         if g.N or g.D or g.tokens_per_param or g.isoflop is not None:
             raise StudyError("grid", "a replay study's runs are the rows of trainer.replay.path: leave grid.N, grid.D and grid.isoflop empty")
-        from trainers.replay import load_replay_table, row_cost
-
-        try:
-            table = load_replay_table(study.trainer.replay)
-            row_cost(study.trainer.replay, float(table.n[0]), float(table.d[0]))
-        except ValueError as exc:
-            key, _, message = str(exc).partition(": ")
-            raise StudyError(key, message) from None
+        _validate_replay_table(study)
         return
     for axis in ("N", "D", "tokens_per_param"):
         for i, value in enumerate(getattr(g, axis)):
@@ -303,6 +328,32 @@ def _validate_grid(study: StudyConfig) -> None:
         if any(w < 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
             raise StudyError(key, f"weights must be non-negative and sum to 1, got {list(weights)}")
     _validate_dependencies(study, list(domains))
+
+
+def _validate_replay_table(study: StudyConfig) -> None:
+    """trainer.replay.path: a table that exists, can be read as text and has usable rows."""
+    import csv
+
+    from trainers.replay import load_replay_table, row_cost
+
+    replay = study.trainer.replay
+    if replay.path and Path(replay.path).is_dir():
+        raise StudyError("trainer.replay.path", f"{replay.path!r} is a directory, not a table of runs (a CSV file)")
+    try:
+        table = load_replay_table(replay)
+        row_cost(replay, float(table.n[0]), float(table.d[0]))
+    except UnicodeDecodeError as exc:  # a ValueError whose text names no key
+        raise StudyError(
+            "trainer.replay.path", f"{replay.path!r} is not a text table of runs (a CSV file): {exc.reason} at byte {exc.start}"
+        ) from None
+    except (OSError, csv.Error) as exc:
+        # permission denied, an I/O error, NUL bytes: the file is there but cannot be read as a table
+        raise StudyError("trainer.replay.path", f"cannot read {replay.path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        if not key.startswith("trainer.replay."):  # the table reader names the file, not the key
+            key, message = "trainer.replay.path", str(exc)
+        raise StudyError(key, message) from None
 
 
 def _validate_mixture_at(study: StudyConfig) -> None:

@@ -102,13 +102,25 @@ class MlflowSink:
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
 
     def flush(self) -> None:
+        """Write everything buffered, oldest first, in calls of at most ``_MAX_BATCH`` rows.
+
+        A chunk leaves the buffer only once MLflow has taken it: when ``log_batch`` fails (its
+        HTTP retries spent), that chunk and all after it stay buffered, in order, for the next
+        flush or for :meth:`drain`, and the error propagates. Chunks written before it are not
+        written again.
+        """
         if self._buffer and self._client is None:
             self._client = MlflowClient(tracking_uri=self._uri)
-        while self._buffer:
-            chunk, self._buffer = self._buffer[:_MAX_BATCH], self._buffer[_MAX_BATCH:]
-            assert self._client is not None
-            self._client.log_batch(self._run_id, metrics=chunk)
-        self._last_flush = time.monotonic()
+        try:
+            while self._buffer:
+                chunk = self._buffer[:_MAX_BATCH]
+                assert self._client is not None
+                self._client.log_batch(self._run_id, metrics=chunk)
+                del self._buffer[: len(chunk)]
+        finally:
+            # after a failure too: the next attempt waits a flush interval instead of stalling
+            # every logged step on another round of retries
+            self._last_flush = time.monotonic()
 
     def drain(self) -> list[MetricRow]:
         """The rows not written yet, as plain tuples; the buffer is emptied."""

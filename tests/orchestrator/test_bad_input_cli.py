@@ -94,6 +94,15 @@ MORE = [
     ("cluster address where nothing listens", {**_SIM, "cluster": {"address": "127.0.0.1:1"}}, "cluster.address"),
     ("cluster address without a port", {**_SIM, "cluster": {"address": "headnode"}}, "cluster.address"),
     ("negative bootstrap", {**_SIM, "export": {"bootstrap": -5}}, "export.bootstrap"),
+    ("teachers from this very study",
+     {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6],
+                                                             "teachers": {"N": [6e4], "D": [4e6], "from_studies": ["st"]}}},
+     "grid.teachers.from_studies[0]"),
+    ("distillation without teachers", {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6]}},
+     "grid.teachers"),
+    # OmegaConf would resolve it into the stored study and MLflow: an environment variable
+    ("environment interpolation", {**_SIM, "name": "s${oc.env:HOME}"}, "name"),
+    ("interpolation in a list", {**_SIM, "grid": {"N": ["${seed}"], "D": [1e8]}}, "grid.N[0]"),
 ]
 
 CORPUS = [(label, raw, key) for label, raw, key in BAD_STUDIES] + MORE
@@ -158,3 +167,99 @@ def test_ui_binds_to_loopback_and_warns_when_told_otherwise(tmp_path: Path, monk
     assert calls[1][calls[1].index("--host") + 1] == "0.0.0.0" and calls[1][calls[1].index("--port") + 1] == "5077"
     assert "warning: serving the UI on 0.0.0.0, reachable from other machines" in err
     assert "http://127.0.0.1:5000" in out and "mlflow:***@db.internal" in out and "hunter2" not in out + err
+
+
+def _tree(root: Path) -> set[str]:
+    """Every path under ``root``, relative to it."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _refused(argv: list[str], key: str, capsys) -> str:
+    """Run the CLI, expect exit 2 and one error line naming ``key``; return stdout and stderr."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"isoflop: error: {key}:"), lines
+    return out + err
+
+
+def _undecodable(table: Path, monkeypatch) -> None:
+    table.write_bytes(b"\xff\xfe\x00N\x00,\x00D\x00\n\x00\x80\x81")
+
+
+def _directory(table: Path, monkeypatch) -> None:
+    table.mkdir()
+
+
+def _permission_denied(table: Path, monkeypatch) -> None:
+    # chmod 000 denies nobody when the tests run as root: the reader itself is made to refuse
+    import laws.io
+
+    table.write_text("N,D,loss\n1e6,1e8,3.0\n")
+
+    def denied(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(laws.io, "load_table", denied)
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [(_undecodable, "not a text table"), (_directory, "is a directory"), (_permission_denied, "Permission denied")],
+    ids=["undecodable bytes", "a directory", "permission denied"],
+)
+def test_replay_table_that_cannot_be_read_exits_2_naming_the_path(make, needle: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    table = tmp_path / "runs.csv"
+    make(table, monkeypatch)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "trainer": {"kind": "replay", "replay": {"path": str(table)}}}))
+    before = _tree(tmp_path)
+    text = _refused(["run", str(path)], "trainer.replay.path", capsys)
+    assert needle in text and "Traceback" not in text
+    assert _tree(tmp_path) == before, "nothing may be written"
+
+
+def test_refused_studies_add_nothing_to_a_store_in_use(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A store that already holds a study: a bad override, or an interpolation of a secret, is
+    refused without a new experiment, run or file, and the secret is printed nowhere."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.loading import load_study
+    from orchestrator.study import run_study
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**_SIM, "tracking": {"uri": store}}))
+    outcome = run_study(load_study(path), executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.finished == 2
+
+    def contents() -> tuple[list[str], list[tuple[str, str]]]:
+        client = MlflowClient(tracking_uri=store)
+        experiments = client.search_experiments(view_type=ViewType.ALL)
+        runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
+        return sorted(e.name for e in experiments), sorted((r.info.run_id, r.info.status) for r in runs)
+
+    experiments, runs = contents()
+    assert len(runs) == 3  # the study's parent run and its two trainings
+    files = _tree(tmp_path)
+    capsys.readouterr()  # MLflow's own lines from creating the store
+    monkeypatch.setenv("ISOFLOP_TEST_SECRET", "hunter2-not-for-mlflow")
+    for override, key in [
+        ("trainer.seq_len=-4", "trainer.seq_len"),
+        ("name=renamed", None),  # control: a good override is not what is being refused
+        ("resources.max_retries=-1", "resources.max_retries"),
+        ("name=s${oc.env:ISOFLOP_TEST_SECRET}", "name"),
+        ("tracking.experiment=${oc.env:ISOFLOP_TEST_SECRET}", "tracking.experiment"),
+    ]:
+        if key is None:
+            assert main(["validate", str(path), override]) == 0
+            capsys.readouterr()
+            continue
+        text = _refused(["run", str(path), override], key, capsys)
+        assert "hunter2" not in text
+    assert contents() == (experiments, runs)
+    assert _tree(tmp_path) == files, "nothing may be written"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trainers.base import RunPoint, RunResult, RunSpec
-from trainers.checkpoint import checkpoint_path, load_model_state
+from trainers.checkpoint import checkpoint_path, load_checkpoint, load_model, load_model_state
 from trainers.config import DistillConfig, MoEConfig, TrainerConfig
 from trainers.dense import DenseTrainer
 
@@ -90,12 +90,32 @@ def test_finished_checkpoint_skips_training(tiny_config: ConfigFactory, tmp_path
     _same_outcome(first, again)
 
 
-def test_checkpoints_load_with_weights_only(tiny_config: ConfigFactory, tmp_path: Path) -> None:
+def test_checkpoints_load_with_weights_only(
+    tiny_config: ConfigFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every checkpoint the product reads goes through ``torch.load(weights_only=True)``, which
+    refuses pickled code: a resumed run, a finished run's model and its state dict."""
     config = tiny_config()
-    DenseTrainer(config).train(_spec(config, tmp_path), CrashingSink())
-    payload = torch.load(checkpoint_path(tmp_path), weights_only=True)
-    assert payload["run_key"] == "resume-test" and payload["step"] == STEPS
+    spec = _spec(config, tmp_path)
+    DenseTrainer(config).train(spec, CrashingSink())
     assert not list(tmp_path.glob(".last.pt.*"))  # no temporary file left behind
+    real_load = torch.load
+    calls: list[dict[str, object]] = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", spy)
+    state = load_checkpoint(checkpoint_path(tmp_path), "resume-test")
+    assert state is not None and state.step == STEPS
+    load_model(tmp_path)
+    load_model_state(tmp_path)
+    sink = CrashingSink()
+    DenseTrainer(config).train(spec, sink)  # finished: read from the checkpoint, not trained
+    assert sink.steps == []
+    assert len(calls) >= 4
+    assert all(c.get("weights_only") is True for c in calls), calls
 
 
 def test_checkpoint_of_another_run_is_refused(tiny_config: ConfigFactory, tmp_path: Path) -> None:
