@@ -6,15 +6,19 @@ fit of every law with its intervals, the time elapsed and an estimate of the tim
 redraws them in place with plain ANSI escape codes, at most a few times per second. Failures and
 retries are also printed as permanent lines above the block, so they stay in the scrollback.
 
-:func:`make_progress` picks the live view on a terminal and the plain one-line-per-event
-:class:`~orchestrator.progress.Progress` printer otherwise (pipes, CI logs, ``ISOFLOP_PLAIN=1``).
+:func:`make_progress` picks the live view on a terminal and :class:`PlainProgress` otherwise
+(pipes, CI logs, ``ISOFLOP_PLAIN=1``): the one-line-per-event
+:class:`~orchestrator.progress.Progress` printer, with the FLOPs spent and the time left every
+few seconds. Both count from the same :class:`RunTally`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -80,6 +84,87 @@ def grid_flops_of(runs: Sequence[PlannedRun]) -> float:
     return float(sum(trained_flops(r) for r in runs))
 
 
+class RunTally:
+    """The counts, FLOPs and run times of a study, from its scheduler events: what both the live
+    block and the plain lines report (``clock`` is injectable for tests)."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        budget_flops: float | None = None,
+        grid_flops: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total = total
+        self.budget_flops = budget_flops
+        self.grid_flops = grid_flops
+        self.clock = clock
+        self.last_error: str | None = None
+        self._t0 = clock()
+        self._started: dict[str, float] = {}  # run key -> start time of its current attempt
+        self._durations: list[float] = []
+        self._max_running = 0
+        self._done = self._skipped = self._failed = self._retries = 0
+        self._flops = 0.0
+
+    def record(self, event: Event) -> None:
+        """Count one scheduler event."""
+        key = event.run.spec.run_key
+        now = self.clock()
+        if event.kind == "start":
+            self._started[key] = now
+            self._max_running = max(self._max_running, len(self._started))
+        elif event.kind == "finish":
+            started = self._started.pop(key, None)
+            if started is not None:
+                self._durations.append(now - started)
+            self._done += 1
+            self._flops += event.run.plan.flops
+        elif event.kind == "skip":
+            self._done += 1
+            self._skipped += 1
+            self._flops += event.run.plan.flops
+        elif event.kind == "fail":
+            self._started.pop(key, None)
+            self._failed += 1
+            self.last_error = _first_line(event.error)
+        elif event.kind == "retry":
+            self._started.pop(key, None)
+            self._retries += 1
+
+    def snapshot(self) -> Snapshot:
+        """The counts, FLOPs and times as of now."""
+        now = self.clock()
+        running = len(self._started)
+        pending = max(self.total - self._done - self._failed - running, 0)
+        mean = sum(self._durations) / len(self._durations) if self._durations else None
+        return Snapshot(
+            total=self.total,
+            pending=pending,
+            running=running,
+            done=self._done,
+            skipped=self._skipped,
+            failed=self._failed,
+            retries=self._retries,
+            flops_done=self._flops,
+            budget_flops=self.budget_flops,
+            elapsed_s=now - self._t0,
+            mean_run_s=mean,
+            eta_s=estimate_eta(
+                mean,
+                pending,
+                [now - t for t in self._started.values()],
+                parallel=self._max_running,
+                budget_flops=self.budget_flops,
+                flops_done=self._flops,
+                done=self._done,
+                done_here=self._done - self._skipped,
+            ),
+            grid_flops=self.grid_flops,
+        )
+
+
 class LiveView:
     """Scheduler-event and refit callback that redraws a status block in place.
 
@@ -106,8 +191,7 @@ class LiveView:
     ) -> None:
         self.total = len(runs)
         self.title = title
-        self.budget_flops = budget_flops
-        self.grid_flops = grid_flops
+        self.tally = RunTally(self.total, budget_flops=budget_flops, grid_flops=grid_flops, clock=clock)
         self.stream = stream or sys.stdout
         self.min_interval_s = min_interval_s
         self.clock = clock
@@ -115,15 +199,8 @@ class LiveView:
         self.fits: dict[str, RefitState] = {}
         self.selection: SelectionView | None = None
         self.redraws = 0
-        self._t0 = clock()
         self._last_draw = -float("inf")
         self._drawn_lines = 0
-        self._started: dict[str, float] = {}  # run key -> start time of its current attempt
-        self._durations: list[float] = []
-        self._max_running = 0
-        self._done = self._skipped = self._failed = self._retries = 0
-        self._flops = 0.0
-        self._last_error: str | None = None
         self._lock = threading.RLock()
         self._closed = False
         self._active = False  # nothing is drawn before the first event (start-up logs go first)
@@ -142,37 +219,18 @@ class LiveView:
         with self._lock:
             self._active = True
             key = event.run.spec.run_key
-            now = self.clock()
-            if event.kind == "start":
-                self._started[key] = now
-                self._max_running = max(self._max_running, len(self._started))
-            elif event.kind == "finish":
-                started = self._started.pop(key, None)
-                if started is not None:
-                    self._durations.append(now - started)
-                self._done += 1
-                self._flops += event.run.plan.flops
-            elif event.kind == "skip":
-                self._done += 1
-                self._skipped += 1
-                self._flops += event.run.plan.flops
-            elif event.kind == "pending":
+            self.tally.record(event)
+            if event.kind == "pending":
                 plan = event.run.plan
                 self._print_above(f"PENDING  N={plan.n_params:.3g} D={plan.tokens:.3g} ({key[:8]}): {_first_line(event.error)}")
             elif event.kind in ("fail", "retry"):
-                self._started.pop(key, None)
                 error = _first_line(event.error)
-                if event.kind == "fail":
-                    self._failed += 1
-                    self._last_error = error
-                else:
-                    self._retries += 1
                 verb = "FAILED  " if event.kind == "fail" else "retrying"
                 plan = event.run.plan
                 self._print_above(
                     f"{verb} N={plan.n_params:.3g} D={plan.tokens:.3g} (attempt {event.attempt}, {key[:8]}): {error}"
                 )
-            self._maybe_draw(now)
+            self._maybe_draw(self.clock())
 
     def on_fit(self, state: RefitState) -> None:
         """Record the latest fit of one law and redraw if the last redraw is old enough."""
@@ -202,37 +260,7 @@ class LiveView:
     def snapshot(self) -> Snapshot:
         """The counts, FLOPs and times as of now."""
         with self._lock:
-            now = self.clock()
-            running = len(self._started)
-            pending = max(self.total - self._done - self._failed - running, 0)
-            mean = sum(self._durations) / len(self._durations) if self._durations else None
-            return Snapshot(
-                total=self.total,
-                pending=pending,
-                running=running,
-                done=self._done,
-                skipped=self._skipped,
-                failed=self._failed,
-                retries=self._retries,
-                flops_done=self._flops,
-                budget_flops=self.budget_flops,
-                elapsed_s=now - self._t0,
-                mean_run_s=mean,
-                eta_s=self._eta(mean, pending, running, now),
-                grid_flops=self.grid_flops,
-            )
-
-    def _eta(self, mean: float | None, pending: int, running: int, now: float) -> float | None:
-        return estimate_eta(
-            mean,
-            pending,
-            [now - t for t in self._started.values()],
-            parallel=self._max_running,
-            budget_flops=self.budget_flops,
-            flops_done=self._flops,
-            done=self._done,
-            done_here=self._done - self._skipped,
-        )
+            return self.tally.snapshot()
 
     # -- drawing ---------------------------------------------------------------------------------
 
@@ -243,7 +271,7 @@ class LiveView:
             self.snapshot(),
             fits=[fit_summary(state) for _, state in sorted(self.fits.items())],
             selection=self.selection.summary() if self.selection is not None else None,
-            last_error=self._last_error,
+            last_error=self.tally.last_error,
             final=self._closed,
         )
 
@@ -253,7 +281,7 @@ class LiveView:
 
     def _draw(self, now: float) -> None:
         width = self.width or shutil.get_terminal_size((120, 24)).columns
-        text = [_clip(line, width) for line in self.lines()]
+        text = [piece for line in self.lines() for piece in _wrap(line, width)]
         self._write(self._erase() + "".join(f"{_ERASE_LINE}{line}\n" for line in text))
         self._drawn_lines = len(text)
         self._last_draw = now
@@ -329,16 +357,7 @@ def block_lines(
         + f", {s.failed} failed"
         + (f", {s.retries} retried" if s.retries else "")
     )
-    flops = f"  FLOPs {s.flops_done:.3g}"
-    if s.budget_fraction is not None:
-        flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
-    elif s.grid_flops:
-        flops += f" of {s.grid_flops:.3g} for the grid ({100 * s.flops_done / s.grid_flops:.1f}%)"
-    timing = f"  elapsed {_duration(s.elapsed_s)}"
-    if s.mean_run_s is not None:
-        timing += f", mean run {s.mean_run_s:.1f}s"
-    timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not final else ""
-    out = [runs, flops + timing]
+    out = [runs, f"  {spend_line(s, final=final)}"]
     out += [f"  {line}" for line in fits]
     if selection:
         out.append(f"  {selection}")
@@ -347,17 +366,61 @@ def block_lines(
     return out
 
 
-class PlainProgress:
-    """The plain one-line-per-event output behind the same interface as :class:`LiveView`."""
+def spend_line(s: Snapshot, *, final: bool = False) -> str:
+    """FLOPs spent (against the budget, or the grid's FLOPs), time elapsed, the mean run time and,
+    unless ``final``, the estimated time left."""
+    flops = f"FLOPs {s.flops_done:.3g}"
+    if s.budget_fraction is not None:
+        flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
+    elif s.grid_flops:
+        flops += f" of {s.grid_flops:.3g} for the grid ({100 * s.flops_done / s.grid_flops:.1f}%)"
+    timing = f"  elapsed {_duration(s.elapsed_s)}"
+    if s.mean_run_s is not None:
+        timing += f", mean run {s.mean_run_s:.1f}s"
+    timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not final else ""
+    return flops + timing
 
-    def __init__(self, total: int, stream: TextIO | None = None) -> None:
+
+class PlainProgress:
+    """The plain one-line-per-event output behind the same interface as :class:`LiveView`.
+
+    Besides a line per event, a line with the FLOPs spent and the time left (:func:`spend_line`)
+    follows a finished, skipped or failed run at most every ``every_s`` seconds (a log of a long
+    study then says how far it is without a line per run to add up), and once more at
+    :meth:`close` with the final totals.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO | None = None,
+        *,
+        budget_flops: float | None = None,
+        grid_flops: float | None = None,
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.events = Progress(total=total, stream=stream)
         self.fits = FitPrinter(stream=stream)
+        self.tally = RunTally(total, budget_flops=budget_flops, grid_flops=grid_flops, clock=clock)
+        self.every_s = every_s
+        self.clock = clock
+        self._spend_at = -float("inf")
+        self._unreported = False  # a run ended since the last spend line
         self._selection_line = ""
         self._selection_at = -float("inf")
 
     def __call__(self, event: Event) -> None:
         self.events(event)
+        self.tally.record(event)
+        if event.kind in ("finish", "skip", "fail"):
+            self._unreported = True
+            if self.clock() - self._spend_at >= self.every_s:
+                self._print_spend(final=False)
+
+    def _print_spend(self, *, final: bool) -> None:
+        print(f"          {spend_line(self.tally.snapshot(), final=final)}", file=self.events.stream, flush=True)
+        self._spend_at, self._unreported = self.clock(), False
 
     def on_fit(self, state: RefitState) -> None:
         self.fits(state)
@@ -371,7 +434,9 @@ class PlainProgress:
             self._selection_line, self._selection_at = line, now
 
     def close(self) -> None:
-        """Nothing to finish: every line is already printed."""
+        """The final FLOPs and times, unless the last line already gave them."""
+        if self._unreported:
+            self._print_spend(final=True)
 
 
 def use_live(stream: TextIO, environ: dict[str, str] | None = None) -> bool:
@@ -392,7 +457,12 @@ def make_progress(
     """The live view on a terminal, the plain lines otherwise."""
     out = stream or sys.stdout
     if not use_live(out, environ):
-        return PlainProgress(total=len(runs), stream=out)
+        return PlainProgress(
+            total=len(runs),
+            stream=out,
+            budget_flops=selection_budget_of(study, runs),
+            grid_flops=grid_flops_of(runs),
+        )
     return LiveView(
         runs,
         title=str(getattr(study, "name", "")),
@@ -407,9 +477,36 @@ def _first_line(text: str | None) -> str:
     return (text or "unknown error").strip().splitlines()[0][:200]
 
 
-def _clip(line: str, width: int) -> str:
-    """Keep a line within the terminal width so it never wraps (wrapping breaks the redraw)."""
-    return line if len(line) < width else line[: max(width - 2, 1)] + "…"
+_CONTINUATION = "      "  # the indent of a long line's continuation lines
+# before a parameter of a law's fit line ("runs: E=...", "..., alpha=0.34 [0.31, 0.36], beta=..."),
+# never inside an interval, so a parameter keeps its value and interval together
+_BETWEEN_PARAMS = re.compile(r"(?<=[,:]) (?=[^\s,\[\]]+=)")
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """A line too long for the terminal, on indented continuation lines rather than cut (a law's
+    parameters with their intervals run past 120 columns). Each piece stays shorter than
+    ``width``: a line the terminal wrapped itself would take two rows where the redraw counts
+    one. Breaks fall between parameters where they can, else at spaces, else anywhere."""
+    if len(line) < width:
+        return [line]
+    limit = max(width - 1, 1)
+    indent = _CONTINUATION if limit > 3 * len(_CONTINUATION) else ""
+    packed: list[str] = []
+    for piece in _BETWEEN_PARAMS.split(line):
+        if packed and len(packed[-1]) + 1 + len(piece) <= limit:
+            packed[-1] += " " + piece
+        else:
+            packed.append(indent + piece if packed else piece)
+    out: list[str] = []
+    for piece in packed:
+        if len(piece) <= limit:
+            out.append(piece)
+        else:  # one parameter (or a title) longer than a line
+            out += textwrap.wrap(
+                piece, limit, subsequent_indent=indent, break_on_hyphens=False, drop_whitespace=True
+            )
+    return out
 
 
 def _duration(seconds: float | None) -> str:

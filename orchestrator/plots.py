@@ -6,7 +6,7 @@ touches MLflow. The Agg backend is used, so figures render without a display.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -26,22 +26,43 @@ def _column(runs: Sequence[FinishedRun], key: str) -> np.ndarray:
     return np.array([float(r.inputs.get(key, np.nan)) for r in runs])
 
 
+def flops_per_token(runs: Sequence[FinishedRun]) -> Callable[[np.ndarray], np.ndarray]:
+    """The runs' own training FLOPs per token as a function of model size N.
+
+    Runs count their FLOPs as they train (a dense run's attention included: about 7.7 N per token
+    at small sizes, not 6 N), so a law drawn at D = C / (6 N) would sit off the very runs it was
+    fitted to. Between the sizes trained, C / (N D) is interpolated in log N; beyond them the
+    nearest size's holds. Without runs that give C, N and D, 6 N."""
+    c, n, d = _column(runs, "C"), _column(runs, "N"), _column(runs, "D")
+    ok = np.isfinite(c) & np.isfinite(n) & np.isfinite(d) & (c > 0) & (n > 0) & (d > 0)
+    if not ok.any():
+        return lambda size: 6.0 * np.asarray(size, dtype=float)
+    sizes = np.unique(n[ok])
+    per_param = np.array([np.median(c[ok & (n == s)] / (s * d[ok & (n == s)])) for s in sizes])
+
+    def per_token(size: np.ndarray) -> np.ndarray:
+        size = np.asarray(size, dtype=float)
+        return size * np.interp(np.log(size), np.log(sizes), per_param)
+
+    return per_token
+
+
 def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budgets: Sequence[float] = ()) -> Figure:
     """Final loss against training FLOPs, with the fitted law along each model size's runs
-    (L(N, C/6N) for the sizes trained) and its compute-optimal frontier out to the budgets."""
+    (L(N, C / FLOPs per token) for the sizes trained, see :func:`flops_per_token`) and its
+    compute-optimal frontier out to the budgets."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     c, n, y = _column(runs, "C"), _column(runs, "N"), np.array([r.final_loss for r in runs])
     norm = matplotlib.colors.Normalize(*(np.log10([np.nanmin(n), np.nanmax(n)]) if len(n) else (0, 1)))
     sc = ax.scatter(c, y, c=np.log10(n), cmap="viridis", norm=norm, s=18, label="runs")
     fig.colorbar(sc, ax=ax, label="log10 N")
     if fit_ is not None and {"N", "D"} == set(fit_.get_law().inputs) and len(c):
-        d = _column(runs, "D")
+        per_token = flops_per_token(runs)
         sizes = np.unique(n[np.isfinite(n)])
         for size in sizes if len(sizes) <= 12 else sizes[:: int(np.ceil(len(sizes) / 12))]:
             at = n == size
-            per_token = float(np.median(c[at] / d[at]))  # the runs' own FLOP convention, not 6N
             cs = np.logspace(np.log10(c[at].min()) - 0.3, np.log10(c[at].max()) + 0.3, 30)
-            ax.plot(cs, fit_.predict(N=np.full_like(cs, size), D=cs / per_token), lw=0.8, alpha=0.7,
+            ax.plot(cs, fit_.predict(N=np.full_like(cs, size), D=cs / per_token(size)), lw=0.8, alpha=0.7,
                     color=plt.cm.viridis(norm(np.log10(size))))
         hi = max([float(np.nanmax(c)), *budgets])
         grid = np.logspace(np.log10(np.nanmin(c)), np.log10(hi), 60)
@@ -57,17 +78,19 @@ def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budge
 
 
 def isoflop_curves(runs: Sequence[FinishedRun], fit_: laws.LawFit | None) -> Figure:
-    """Loss against N at each compute budget, with the fitted law along each isoFLOP curve."""
+    """Loss against N at each compute budget, with the fitted law along each isoFLOP curve
+    (D = C / the runs' own FLOPs per token at each N, see :func:`flops_per_token`)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     c, n, y = _column(runs, "C"), _column(runs, "N"), np.array([r.final_loss for r in runs])
     groups = budget_groups(c)
+    per_token = flops_per_token(runs)
     colors = plt.cm.plasma(np.linspace(0, 0.9, max(len(groups), 1)))
     for g, color in zip(groups, colors, strict=False):
         budget = float(np.exp(np.mean(np.log(c[g]))))
         ax.scatter(n[g], y[g], color=color, s=16, label=f"C={budget:.2g}")
         if fit_ is not None and set(fit_.get_law().inputs) == {"N", "D"} and len(g) > 1:
             ns = np.logspace(np.log10(n[g].min()) - 0.2, np.log10(n[g].max()) + 0.2, 50)
-            ax.plot(ns, fit_.predict(N=ns, D=budget / (6 * ns)), color=color, lw=1)
+            ax.plot(ns, fit_.predict(N=ns, D=budget / per_token(ns)), color=color, lw=1)
     ax.set(xscale="log", xlabel="parameters N", ylabel="final loss", title="IsoFLOP curves")
     if groups:
         ax.legend(fontsize=7, ncol=2)
@@ -115,13 +138,24 @@ def parameter_trajectories(law: str, history: Mapping[int, Mapping[str, float]])
             [history[s].get(f"{key}.hi", np.nan) for s in at],
             alpha=0.25,
         )
-        ax.plot(at, [history[s][key] for s in at], marker=".")
+        values = [history[s][key] for s in at]
+        ax.plot(at, values, marker=".")
+        if _spans_decades([*values, *(history[s].get(f"{key}{e}", np.nan) for s in at for e in (".lo", ".hi"))]):
+            ax.set_yscale("log")  # A, B and the like: on a linear axis all but the largest look flat
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("finished runs", fontsize=8)
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(f"{law}: parameters as runs finish", fontsize=10)
     return fig
+
+
+def _spans_decades(values: Sequence[float], ratio: float = 10.0) -> bool:
+    """True when every finite value is positive and the largest is ``ratio`` times the smallest
+    or more: a log axis shows them all; a linear one flattens the small ones."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(len(v)) and bool((v > 0).all()) and float(v.max()) >= ratio * float(v.min())
 
 
 def _by_size(ax, runs: Sequence[FinishedRun], x: np.ndarray, y: np.ndarray) -> None:  # noqa: ANN001 - Axes

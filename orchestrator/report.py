@@ -111,13 +111,34 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
     else:
         lines += ["Figures: write the report to a file (`isoflop export STUDY --format md -o REPORT.md`) to",
                   "get them beside it.", ""]
-    runs = document.get("runs") or []
+    runs = _in_budget_order(document.get("runs") or [])
     if runs:
-        keys = [k for k in ("N", "D", "C", "S") if any(k in r for r in runs)]
+        keys = [k for k in ("N", "D", "C") if any(k in r for r in runs)]
+        # MoE sparsity only when some run is sparse: a dense study's S is 0 on every run
+        keys += ["S"] if any(r.get("S", 0.0) for r in runs) else []
         lines += ["## Runs", "", "| run | " + " | ".join(keys) + " | loss |", "|---|" + "---:|" * (len(keys) + 1)]
         for r in runs:
             lines.append(f"| `{r['run_key'][:8]}` | " + " | ".join(_g(r.get(k), 3) for k in keys) + f" | {r['loss']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _in_budget_order(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Runs by compute budget, then by size within a budget. An isoFLOP budget's runs count
+    slightly different FLOPs (their shapes differ), so runs are grouped by budget as the fits
+    group them (C within 5 %) rather than sorted by their exact C, which would interleave sizes."""
+    from laws.recipes import budget_groups
+
+    def size(r: Mapping[str, Any]) -> float:
+        return float(r.get("N", 0.0))
+
+    with_c = [r for r in runs if isinstance(r.get("C"), int | float)]
+    without_c = [r for r in runs if not isinstance(r.get("C"), int | float)]
+    ordered = [
+        run
+        for group in budget_groups([float(r["C"]) for r in with_c])
+        for run in sorted((with_c[i] for i in group), key=size)
+    ]
+    return ordered + sorted(without_c, key=size)
 
 
 def write_report(

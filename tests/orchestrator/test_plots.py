@@ -97,3 +97,72 @@ def test_loss_against_compute_draws_the_law_along_each_size_and_the_frontier() -
 
 def _col(runs, key: str) -> np.ndarray:  # noqa: ANN001
     return np.array([r.inputs[key] for r in runs])
+
+
+def _runs_at_budgets(per_token: float) -> list[FinishedRun]:
+    """Runs along three isoFLOP budgets whose FLOPs count ``per_token`` * N per token, with the
+    losses of a known Chinchilla law."""
+    import laws
+
+    truth = laws.get_law("chinchilla")
+    params = {"E": 1.8, "A": 480.0, "B": 2100.0, "alpha": 0.35, "beta": 0.37}
+    runs = []
+    for budget in (1e18, 1e19, 1e20):
+        for n in np.logspace(np.log10(budget) / 2 - 2.5, np.log10(budget) / 2 - 0.5, 5):
+            d = budget / (per_token * n)
+            loss = float(truth.predict(params, N=n, D=d))
+            runs.append(FinishedRun(run_key=f"r{len(runs)}", run_id=f"id{len(runs)}",
+                                    inputs={"N": n, "D": d, "C": budget}, final_loss=loss))
+    return runs
+
+
+def test_isoflop_curves_follow_runs_that_count_more_than_6n_flops_per_token() -> None:
+    import laws
+
+    runs = _runs_at_budgets(per_token=8.0)  # attention included: more than 6 N per token
+    fit_ = laws.fit(laws.get_law("chinchilla"), {"N": _col(runs, "N"), "D": _col(runs, "D")},
+                    np.array([r.final_loss for r in runs]))
+    fig = plots.isoflop_curves(runs, fit_)
+    try:
+        ax = fig.axes[0]
+        assert len(ax.lines) == 3
+        for line, budget in zip(ax.lines, (1e18, 1e19, 1e20), strict=True):
+            x, y = line.get_data()
+            at = [r for r in runs if r.inputs["C"] == budget]
+            # the law passes through every run of its budget (at D = C / 6N it would not: each
+            # run would be drawn with a third more tokens, so a lower loss, than it trained on)
+            for r in at:
+                assert np.interp(np.log(r.inputs["N"]), np.log(x), y) == pytest.approx(r.final_loss, rel=1e-3)
+            # and its minimum sits among the runs' sizes, where the runs' own minimum is
+            best = min(at, key=lambda r: r.final_loss).inputs["N"]
+            assert abs(np.log(x[np.argmin(y)] / best)) < np.log(10) / 4
+    finally:
+        plots.close({"f": fig})
+
+
+def test_flops_per_token_follows_each_size_and_holds_beyond_them() -> None:
+    runs = [_run(0, 3.0, N=1e6, D=1e8), _run(1, 3.0, N=1e8, D=1e8)]
+    runs = [FinishedRun(run_key=r.run_key, run_id=r.run_id, inputs={**r.inputs, "C": k * r.inputs["N"] * 1e8},
+                        final_loss=3.0) for r, k in zip(runs, (8.0, 6.5), strict=True)]
+    per_token = plots.flops_per_token(runs)
+    assert per_token(np.array([1e6, 1e8])) == pytest.approx([8.0e6, 6.5e8])
+    assert per_token(np.array([1e7]))[0] / 1e7 == pytest.approx(7.25)  # halfway in log N
+    assert per_token(np.array([1e4, 1e10])) == pytest.approx([8.0e4, 6.5e10])
+    assert plots.flops_per_token([])(np.array([2e6])) == pytest.approx([1.2e7])
+
+
+def test_trajectories_of_parameters_spanning_decades_are_drawn_on_a_log_axis() -> None:
+    history = {
+        step: {
+            "law.c.A": a, "law.c.A.lo": a / 20, "law.c.A.hi": a * 20,
+            "law.c.alpha": 0.34, "law.c.alpha.lo": 0.3, "law.c.alpha.hi": 0.38,
+            "law.c.shift": 0.1, "law.c.shift.lo": -0.5, "law.c.shift.hi": 2.0,
+        }
+        for step, a in ((5, 90.0), (10, 400.0), (15, 480.0))
+    }
+    fig = plots.parameter_trajectories("c", history)
+    try:
+        scales = {ax.get_title(): ax.get_yscale() for ax in fig.axes if ax.get_visible()}
+        assert scales == {"A": "log", "alpha": "linear", "shift": "linear"}
+    finally:
+        plots.close({"t": fig})

@@ -263,12 +263,39 @@ def test_failures_stay_above_the_block() -> None:
     assert shown[2:] == live.lines()
 
 
-def test_long_lines_are_clipped_to_the_terminal_width() -> None:
+def test_long_lines_are_wrapped_within_the_terminal_width() -> None:
     clock = Clock()
     stream = TtyStream()
     live = LiveView([fake_run("a")], title="x" * 300, stream=stream, clock=clock, width=80)
     live.close()
-    assert all(len(line) <= 80 for line in screen(stream.getvalue()))
+    shown = screen(stream.getvalue())
+    assert all(len(line) < 80 for line in shown)
+    assert "".join(shown).count("x") == 300  # nothing cut
+
+
+def test_fit_lines_wrap_between_parameters_and_keep_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.refit as refit
+
+    params = {"E": 1.837, "A": 535.4, "B": 2357.0, "alpha": 0.3542, "beta": 0.3724}
+    intervals = {"E": (1.82, 1.85), "A": (477.0, 601.0), "B": (2090.0, 2660.0), "alpha": (0.347, 0.362), "beta": (0.366, 0.379)}
+    monkeypatch.setattr(refit.laws, "parametric_intervals", lambda fit: intervals)
+    clock = Clock()
+    stream = TtyStream()
+    live = LiveView([fake_run("a")], stream=stream, clock=clock, width=120)
+    live.on_fit(fitted_state("chinchilla", params, n_runs=300))
+    live.on_fit(fitted_state("chinchilla_gamma", {**params, "gamma": 0.5}, n_runs=300))
+    live.close()
+    shown = screen(stream.getvalue())
+    assert all(len(line) < 120 for line in shown)
+    start = next(i for i, line in enumerate(shown) if line.startswith("  law chinchilla on"))
+    # the first law's line runs past 120 columns: its last parameters go on an indented line
+    assert shown[start + 1].startswith("      ") and not shown[start + 1].startswith("  law")
+    text = " ".join(line.strip() for line in shown)
+    for k in params:  # every parameter with its interval, none cut off, none split from its value
+        lo, hi = intervals[k]
+        assert f"{k}={params[k]:.4g} [{lo:.3g}, {hi:.3g}]" in text
+    assert "gamma=0.5" in text
+    assert screen(stream.getvalue()) == shown  # the redraws kept one block: rows counted right
 
 
 def test_plain_lines_when_not_a_terminal() -> None:
@@ -283,9 +310,38 @@ def test_plain_lines_when_not_a_terminal() -> None:
     progress.close()
     lines = pipe.getvalue().splitlines()
     assert ESC not in pipe.getvalue()
-    assert len(lines) == 3
+    assert len(lines) == 5
     assert lines[1].startswith("[1/2] finished  N=1e+06 D=2e+07 C=10 loss=3.2500")
-    assert lines[2].startswith("[2/2] skipped ")
+    assert lines[2].strip().startswith("FLOPs 10 of 20 for the grid (50.0%)")  # after the first run
+    assert lines[3].startswith("[2/2] skipped ")
+    assert lines[4].strip().startswith("FLOPs 20 of 20 for the grid (100.0%)")  # the totals at the end
+    assert "ETA" not in lines[4]
+
+
+def test_plain_lines_report_flops_and_time_left_every_few_seconds() -> None:
+    clock = Clock()
+    runs = [fake_run(str(i), flops=1e18) for i in range(6)]
+    pipe = io.StringIO()
+    plain = PlainProgress(total=6, stream=pipe, budget_flops=4e18, every_s=10.0, clock=clock)  # type: ignore[arg-type]
+
+    def spend_lines() -> list[str]:
+        return [line.strip() for line in pipe.getvalue().splitlines() if line.strip().startswith("FLOPs")]
+
+    plain(ev("start", runs[0]))
+    plain(ev("start", runs[1]))
+    clock.t += 4
+    plain(ev("finish", runs[0]))
+    assert spend_lines() == ["FLOPs 1e+18 of budget 4e+18 (25.0%)  elapsed 0:04, mean run 4.0s, ETA 0:04"]  # 2 runs left, 2 at a time
+    clock.t += 2
+    plain(ev("finish", runs[1]))  # 2 s after the last: not yet
+    assert len(spend_lines()) == 1
+    plain(ev("start", runs[2]))
+    clock.t += 8
+    plain(ev("finish", runs[2]))
+    assert len(spend_lines()) == 2
+    assert spend_lines()[-1] == "FLOPs 3e+18 of budget 4e+18 (75.0%)  elapsed 0:14, mean run 6.0s, ETA 0:03"
+    plain.close()  # nothing ended since: no repeat
+    assert len(spend_lines()) == 2
 
 
 def test_choice_of_view() -> None:
