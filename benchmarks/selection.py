@@ -11,6 +11,13 @@ the study's final full multi-start fit.
 their table; the reference is the law fitted to the whole table (the real truth is unknown), the
 target the loss and N_opt at 5.76e23 FLOPs.
 
+``--truth holdout``: the same replayed table with a real truth. The pool is the runs of at most
+1e20 FLOPs (136 runs); the target region is the 23 held-out runs of at least 1e21 FLOPs (10x
+beyond the largest candidate, up to 1.3e22), and the error is the mean relative error of the
+predicted loss against their measured losses. Here the full grid's fit has a real error (the
+law's misfit when extrapolating), so "no worse than the full grid" is a question about real
+runs, not about a reference the grid defines. No N_opt here.
+
 ``--truth sparsity``: a mixture-of-experts world, the sparsity law L(N, D, S) of Abnar et al.
 2025 with plausible coefficients (the paper publishes none; those of the law's recovery tests),
 1 % noise; pool an isoFLOP grid of 4 budgets from 1e17 to 1e20 FLOPs x 6 total sizes x
@@ -48,7 +55,7 @@ reference law (:func:`orchestrator.selection.criteria.design_bound`), as a ratio
 grid's standard deviation. No subset of the pool does better than this under the linearised
 model, whatever the strategy.
 
-    python benchmarks/selection.py [--truth simulated|replay|sparsity|mixture|distillation] [--fractions 0.01 0.05 0.1 0.25]
+    python benchmarks/selection.py [--truth simulated|replay|holdout|sparsity|mixture|distillation] [--fractions 0.01 0.05 0.1 0.25]
                                    [--seeds 3] [--first-seed 0] [--strategies active random cheapest] [--no-grid]
                                    [--out PATH]
 
@@ -148,14 +155,44 @@ REPLAY = {
 }
 
 
+#: the held-out world: candidates up to HOLDOUT_POOL_MAX FLOPs, targets from HOLDOUT_TARGET_MIN on
+HOLDOUT_POOL_MAX = 1e20
+HOLDOUT_TARGET_MIN = 1e21
+
+
+@functools.cache
+def holdout_split() -> tuple[Path, list[dict[str, float]], np.ndarray]:
+    """The replayed table split by compute: a CSV of the candidate runs (written to the scratch
+    folder), the held-out target runs' inputs and their measured losses."""
+    import pandas as pd
+
+    table = pd.read_csv(REPLAY["replay"]["path"])
+    table = table[table["loss"] <= REPLAY["replay"]["max_loss"]]
+    flops = table["Training FLOP"].to_numpy()
+    pool = table[flops <= HOLDOUT_POOL_MAX]
+    held = table[flops >= HOLDOUT_TARGET_MIN]
+    path = _scratch() / "holdout_pool.csv"
+    pool.to_csv(path, index=False)
+    n = held["Model Size"].to_numpy(dtype=np.float64)
+    points = [{"N": float(ni), "D": float(ci / (6.0 * ni))} for ni, ci in zip(n, held["Training FLOP"], strict=True)]
+    return path, points, held["loss"].to_numpy(dtype=np.float64)
+
+
+def holdout_error(fit_: laws.LawFit) -> float:
+    """Mean |relative error| of a fit's predicted loss on the held-out runs."""
+    _, points, measured = holdout_split()
+    pred = fit_.predict(N=np.array([p["N"] for p in points]), D=np.array([p["D"] for p in points]))
+    return float(np.mean(np.abs(np.asarray(pred) / measured - 1.0)))
+
+
 def target_budget(kind: str) -> float:
     return REPLAY_TARGET if kind == "replay" else TARGET_BUDGET
 
 
 def reference_fit(kind: str) -> laws.LawFit:
     """The reference law: the simulated world's, or the law fitted to the whole replayed table."""
-    if kind == "replay":
-        fit_ = _outcome("replay", "grid", 1.0, 0).laws[0].fit
+    if kind in ("replay", "holdout"):
+        fit_ = _outcome(kind, "grid", 1.0, 0).laws[0].fit
         assert fit_ is not None
         return fit_
     report = laws.FitReport(n_points=0, n_starts=0, n_best=0, best_tol=0.0, grad_norm=0.0, converged=True)
@@ -168,6 +205,8 @@ def reference_fit(kind: str) -> laws.LawFit:
 
 def predicted(kind: str, fit_: laws.LawFit) -> tuple[float, float]:
     """A fit's target loss and N_opt (NaN where the law has none)."""
+    if kind == "holdout":
+        return holdout_error(fit_), float("nan")
     if kind in POINT_WORLDS:
         x = {k: np.array([v]) for k, v in POINT_WORLDS[kind]["target"].items()}
         return float(fit_.predict(**x)[0]), float("nan")
@@ -176,7 +215,10 @@ def predicted(kind: str, fit_: laws.LawFit) -> tuple[float, float]:
 
 
 def truth(kind: str) -> tuple[float, float]:
-    """Reference loss and N_opt at the target."""
+    """Reference loss and N_opt at the target (the held-out world: its errors are measured
+    against the held-out runs themselves, see :func:`holdout_error`)."""
+    if kind == "holdout":
+        return 0.0, float("nan")
     return predicted(kind, reference_fit(kind))
 
 
@@ -212,6 +254,8 @@ def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201
             "target": (
                 {"points": [POINT_WORLDS[kind]["target"]], "quantities": []}
                 if kind in POINT_WORLDS
+                else {"points": holdout_split()[1], "quantities": []}
+                if kind == "holdout"
                 else {"budget": target_budget(kind)}
             ),
             "refit_every": 5,
@@ -226,6 +270,8 @@ def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201
     }
     if kind == "replay":
         raw["trainer"] = REPLAY
+    elif kind == "holdout":
+        raw["trainer"] = {"kind": "replay", "replay": {**REPLAY["replay"], "path": str(holdout_split()[0])}}
     elif kind in POINT_WORLDS:
         world = POINT_WORLDS[kind]
         simulated = {"law": world["law"], "params": world["params"], "noise": 0.01}
@@ -277,6 +323,8 @@ def run_one(kind: str, strategy: str, fraction: float, seed: int, reference: tup
     if fit_ is None:
         return {**row, "loss_error": float("nan"), "n_opt_error": float("nan")}
     loss, n_opt = predicted(kind, fit_)
+    if kind == "holdout":
+        return {**row, "loss_error": loss, "n_opt_error": float("nan")}
     return {**row, "loss_error": abs(loss / true_loss - 1.0), "n_opt_error": abs(np.log(n_opt / true_n))}
 
 
@@ -294,7 +342,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--strategies", nargs="+", default=["active", "random", "cheapest"])
-    ap.add_argument("--truth", choices=["simulated", "replay", *POINT_WORLDS], default="simulated")
+    ap.add_argument("--truth", choices=["simulated", "replay", "holdout", *POINT_WORLDS], default="simulated")
     ap.add_argument("--no-grid", action="store_true", help="skip the full-grid studies (to rerun one strategy)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -303,6 +351,10 @@ def main() -> None:
     reference = truth(args.truth)
     print("attainable (certified floor of any design), target sd / full grid's:")
     for fraction, ratio in attainable(args.truth, args.fractions).items():
+        if args.truth == "holdout":  # one target per held-out run
+            print(f"  {fraction:5.2f} of the grid's compute: loss x{ratio.min():.2f} to x{ratio.max():.2f} "
+                  f"(median x{np.median(ratio):.2f}) over the {len(ratio)} held-out runs")
+            continue
         n_opt = f", N_opt x{ratio[1]:.2f}" if len(ratio) > 1 else ""
         print(f"  {fraction:5.2f} of the grid's compute: loss x{ratio[0]:.2f}{n_opt}")
     jobs = [] if args.no_grid else [("grid", 1.0)]
