@@ -13,9 +13,9 @@ mixture_additive, mixture_joint, forgetting, forgetting_ft, and custom laws from
 expression (:func:`custom_law`). Uncertainty: :func:`parametric_intervals`,
 :func:`prediction_interval`, :func:`laws.bootstrap.bootstrap`. Recipes beyond compute-optimal
 allocation: :mod:`laws.optimal` (mixture weights, sparsity, pretraining-data injection) and
-:mod:`laws.distill_plan` (distil or train supervised), with intervals on the optimal sparsity and
+:func:`plan_distillation` (distil or train supervised, :mod:`laws.distill_plan`), with intervals on the optimal sparsity and
 the optimal mixture in :mod:`laws.optimal_intervals` (delta method and bootstrap, joint across
-per-domain laws: :func:`laws.bootstrap.joint_bootstrap`). ``isoflop fit``: :mod:`laws.cli`.
+per-domain laws: :func:`laws.bootstrap.joint_bootstrap`). ``isoflop fit`` and ``isoflop distill-plan``: :mod:`laws.cli`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from __future__ import annotations
 from laws.base import FitRecipe, LinearLSELaw, Param, ScalingLaw
 from laws.bootstrap import BootstrapResult
 from laws.custom import CustomLaw, CustomLawError, custom_law
+from laws.distill_plan import SCENARIOS as DISTILLATION_SCENARIOS
+from laws.distill_plan import DistillationPlan, plan_distillation
 from laws.export import SCHEMA_VERSION, document_schema, export_document, load_document
 from laws.fit import Screen, fit
 from laws.io import load_table
@@ -33,12 +35,14 @@ from laws.result import FitReport, LawFit
 from laws.uncertainty import parametric_intervals, prediction_interval, prediction_jacobian
 
 __all__ = [
+    "DISTILLATION_SCENARIOS",
     "LAW_NAMES",
     "SCHEMA_VERSION",
     "Allocation",
     "BootstrapResult",
     "CustomLaw",
     "CustomLawError",
+    "DistillationPlan",
     "FitRecipe",
     "FitReport",
     "IsoflopMinimum",
@@ -59,6 +63,7 @@ __all__ = [
     "load_document",
     "load_table",
     "parametric_intervals",
+    "plan_distillation",
     "prediction_interval",
     "prediction_jacobian",
 ]

@@ -1,8 +1,9 @@
 """``isoflop fit DATA.csv --law NAME|LAW.yaml``: fit a law to a table someone already has.
 
 Prints the exported-law document (:func:`laws.export_document`, the schema ``isoflop export``
-writes) as JSON or YAML. Exit codes: 0 success, 2 bad input (the message on stderr names the bad
-key or value).
+writes) as JSON or YAML. ``isoflop distill-plan --student-n N --budget C``: distil or train
+supervised (:func:`laws.plan_distillation`), with the published law or an exported one. Exit
+codes: 0 success, 2 bad input (the message on stderr names the bad key or value).
 """
 
 from __future__ import annotations
@@ -150,6 +151,82 @@ def _render(document: Mapping[str, Any], fmt: str) -> str:
 
         return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False)
     return json.dumps(document, indent=2) + "\n"
+
+
+def add_distill_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``distill-plan`` command's arguments to ``parser``."""
+    from laws.distill_plan import SCENARIOS
+
+    parser.add_argument("--student-n", type=float, required=True, metavar="N",
+                        help="student size N_S (non-embedding parameters), e.g. 1.82e9")
+    parser.add_argument("--budget", type=float, required=True, metavar="C",
+                        help="total FLOPs for teacher pretraining, teacher inference and student training")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), default=None,
+                        help="what the teacher costs (repeatable; default: all four scenarios of Busbridge et al. 2025)")
+    parser.add_argument("--law", metavar="FILE",
+                        help="an exported document or law entry (JSON or YAML, e.g. from isoflop fit/export) holding a "
+                             "distillation law; its supervised law gives the teacher and the baseline "
+                             "(default: the published coefficients, Busbridge et al. 2025, Table 6)")
+    parser.add_argument("--format", choices=["json", "table"], default="json")
+
+
+def run_distill_plan(args: argparse.Namespace) -> int:
+    """Run ``isoflop distill-plan``; returns the exit code (messages for bad input go to stderr)."""
+    import laws
+    from laws.distill_plan import SCENARIOS
+
+    try:
+        law: Any = None
+        if args.law:
+            law = _load_law_file(args.law)
+        scenarios = args.scenario or list(SCENARIOS)
+        plans = [laws.plan_distillation(law, N_S=args.student_n, budget=args.budget, scenario=s) for s in scenarios]
+    except ValueError as exc:
+        print(f"isoflop distill-plan: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    document = {
+        "N_S": args.student_n,
+        "budget": args.budget,
+        "law": args.law or "published (Busbridge et al. 2025, Table 6)",
+        "plans": [p.to_dict() for p in plans],
+    }
+    sys.stdout.write(_plan_table(document) if args.format == "table" else json.dumps(document, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _load_law_file(spec: str) -> Mapping[str, Any]:
+    import yaml
+
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--law: no such file {spec!r}")
+    try:
+        loaded = yaml.safe_load(path.read_text())  # JSON is YAML
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--law: {spec} is neither JSON nor YAML ({exc})") from None
+    if not isinstance(loaded, Mapping) or not ("laws" in loaded or "params" in loaded):
+        raise ValueError(f"--law: {spec} must hold an exported document (with 'laws') or one law entry (with 'params')")
+    return loaded
+
+
+def _plan_table(document: Mapping[str, Any]) -> str:
+    """The plans as a small fixed-width table, then their warnings."""
+    head = (f"{'scenario':<30} {'decision':<10} {'L_student':>9} {'L_superv':>9} {'N_T':>9} {'D_T':>9} {'D_S':>9} "
+            f"{'teacher_pre':>11} {'teacher_inf':>11} {'student':>8}")
+    lines = [f"student N_S = {document['N_S']:.3g}, budget C = {document['budget']:.3g} FLOPs, law: {document['law']}",
+             head, "-" * len(head)]
+    warnings = []
+    for p in document["plans"]:
+        split = p["compute_split"]
+        fmt = [f"{v:9.3g}" if v is not None else f"{'-':>9}" for v in (p["N_T"], p["D_T"], p["D_S"])]
+        lines.append(
+            f"{p['scenario']:<30} {p['decision']:<10} {p['student_loss']:9.4f} {p['supervised_loss']:9.4f} "
+            f"{' '.join(fmt)} {split['teacher_pretraining']['share']:11.1%} "
+            f"{split['teacher_inference']['share']:11.1%} {split['student']['share']:8.1%}"
+        )
+        warnings += [f"{p['scenario']}: {w}" for w in p["warnings"]]
+    lines += [f"warning: {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

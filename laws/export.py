@@ -72,7 +72,7 @@ def law_entry(fit_: LawFit, *, budgets: Sequence[float] = (), level: float = 0.9
             {"C": a.C, "N_opt": a.N_opt, "D_opt": a.D_opt, "tokens_per_param": a.tokens_per_param, "loss": a.loss}
             for a in compute_optimal(fit_, budgets)
         ]
-        # parametric (delta-method) intervals where the law has a closed form and a covariance
+        # parametric (delta-method) intervals, closed form or through the numeric optimum, given a covariance
         intervals = allocation_intervals(fit_, budgets, level=level)
         for item, iv in zip(entry["compute_optimal"], intervals or [None] * len(budgets), strict=True):
             item["N_opt_interval"] = None if iv is None else list(iv["N_opt"])

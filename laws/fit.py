@@ -18,6 +18,7 @@ converged, a few of the best starts are polished with more iterations (``POLISH_
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -50,6 +51,15 @@ CONTINUATION_MAX_ITER = 50
 #: Polishing only a few starts keeps the cost of the stragglers off the batch.
 POLISH_STARTS = 8
 POLISH_FACTOR = 10
+#: a best objective reached by a single start is reported when there were at least this many
+SINGLE_START_MIN_STARTS = 10
+#: a log-parameterised parameter ending more than this (in natural-log units, a factor e^20, about
+#: 5e8) outside the range of the starts ran off towards 0 or infinity: its term vanished or took
+#: over, and the data do not identify it
+RUNAWAY_LOG = 20.0
+#: an exponent of the law's formula (``X**p``, ``X**(-p)``) with |p| below this makes its power
+#: constant over the data, so its term is confounded with the law's constants
+ZERO_EXPONENT = 1e-3
 
 
 def fit(
@@ -136,6 +146,12 @@ def _fit(
         warns.append(
             f"best start did not converge in {res.iterations} iterations (gradient max-norm {float(res.grad_norm[best]):.3g})"
         )
+    if n_best == 1 and starts.shape[0] >= SINGLE_START_MIN_STARTS:
+        warns.append(
+            f"only 1 of {starts.shape[0]} starts reached the best objective (relative tolerance {best_tol:g}): "
+            "the optimum may be a narrow or spurious basin; the data may not identify the law"
+        )
+    warns += parameter_warnings(law, theta, starts)
     params = law.to_natural(theta)
     cov = None
     if covariance:
@@ -275,6 +291,46 @@ def _continuation(objectives: Sequence[Objective]) -> str:
     if len(objectives) == 1:
         return ""
     return "Huber continuation (delta " + " -> ".join(f"{o.delta:g}" for o in objectives) + "); "
+
+
+def exponent_names(law: ScalingLaw) -> tuple[str, ...]:
+    """Parameters that appear as an exponent in the law's formula, alone or negated
+    (``N**alpha``, ``L_T**(-c0)``); log-parameterised ones excluded (they cannot reach 0)."""
+    pattern = re.compile(r"\*\*\s*(\(\s*)?-?\s*([A-Za-z_]\w*)(?(1)\s*\))")
+    linear = {p.name for p in law.params if not p.log}
+    found = [m.group(2) for m in pattern.finditer(law.formula or "")]
+    return tuple(dict.fromkeys(n for n in found if n in linear))
+
+
+def parameter_warnings(law: ScalingLaw, theta: Tensor, starts: Tensor) -> list[str]:
+    """Parameters the optimum left unidentified: a log-parameter more than :data:`RUNAWAY_LOG`
+    outside its starts' range (a term that vanished, value -> 0, or diverged) and an exponent at
+    ~0 (:data:`ZERO_EXPONENT`; its power is constant). The law's parameterisation has no other
+    bounds."""
+    out: list[str] = []
+    t = theta.detach().to(DTYPE)
+    for i, p in enumerate(law.params):
+        if not p.log:
+            continue
+        col = starts[:, i]
+        col = col[torch.isfinite(col)]
+        v = float(t[i])
+        if col.numel() == 0 or not np.isfinite(v):
+            continue
+        lo, hi = float(col.min()), float(col.max())
+        if v < lo - RUNAWAY_LOG:
+            out.append(f"parameter {p.name} = {np.exp(v):.3g} (log {v:.3g}) ran to ~0, far below its starts "
+                       f"(log {lo:g} to {hi:g}): its term vanished; the data do not identify it")
+        elif v > hi + RUNAWAY_LOG:
+            out.append(f"parameter {p.name} = {np.exp(v):.3g} (log {v:.3g}) ran far above its starts "
+                       f"(log {lo:g} to {hi:g}): the data do not identify it")
+    names = law.param_names
+    for name in exponent_names(law):
+        v = float(t[names.index(name)])
+        if abs(v) < ZERO_EXPONENT:
+            out.append(f"exponent {name} = {v:.3g} is ~0: its power is constant over the data, so its term is "
+                       "confounded with the law's constants")
+    return out
 
 
 def objective_for(law: ScalingLaw, inputs: Mapping[str, ArrayLike], loss: ArrayLike) -> Objective:

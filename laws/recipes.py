@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from scipy import optimize
 
@@ -98,38 +99,90 @@ def compute_optimal(fit_: LawFit, budgets: Sequence[float], **fixed: float) -> l
 
 
 def allocation_intervals(
-    fit_: LawFit, budgets: Sequence[float], *, level: float = 0.95
-) -> list[dict[str, tuple[float, float]]] | None:
+    fit_: LawFit, budgets: Sequence[float], *, level: float = 0.95, **fixed: float
+) -> list[dict[str, tuple[float, float]] | None] | None:
     """Delta-method intervals of N_opt and D_opt at each budget from the fit's parametric
     covariance (normal in log N_opt; D_opt = C / (6 N_opt) shares its log-scale error).
 
-    Closed-form (Chinchilla-type) laws only; None when the law has no closed form or the fit no
-    covariance. :meth:`laws.bootstrap.BootstrapResult.optimum_interval` is the robust alternative.
+    Chinchilla-type laws (with no ``fixed`` inputs) differentiate the closed form (Hoffmann et al.
+    2022, Eq. 4). Any other law with inputs N and D (its other inputs held at ``fixed``, e.g. S
+    for a sparsity law) goes through the numeric optimum (:func:`numeric_optimum`) by the implicit
+    function theorem: with z = log N and F(z, theta) = log L(N = e^z, D = C / (6 e^z); theta),
+    dF/dz = 0 at the optimum gives d z*/d theta = -(d2F/dz dtheta) / (d2F/dz2), the derivatives by
+    autograd on the law's ``log_predict``. A budget whose optimum is not an interior minimum gets
+    None. None overall when the fit has no covariance.
+    :meth:`laws.bootstrap.BootstrapResult.optimum_interval` is the robust alternative.
     """
-    import torch
     from scipy import stats
 
     cov = fit_.covariance_matrix
-    if cov is None or fit_.law not in _CLOSED_FORM:
+    if cov is None:
         return None
     law = fit_.get_law()
+    if "N" not in law.inputs or "D" not in law.inputs:
+        raise ValueError(f"law {law.name!r} has inputs {list(law.inputs)}; allocation intervals need N and D")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     theta0 = law.from_natural(fit_.params)
     z = float(stats.norm.ppf(0.5 + level / 2))
-    out = []
+    closed = fit_.law in _CLOSED_FORM and not fixed
+    out: list[dict[str, tuple[float, float]] | None] = []
     for c in budgets:
-
-        def log_n_opt(t: torch.Tensor, c: float = float(c)) -> torch.Tensor:
-            nat = {p.name: (torch.exp(t[i]) if p.log else t[i]) for i, p in enumerate(law.params)}
-            a, b = nat["alpha"], nat["beta"]
-            # Hoffmann et al. 2022, Eq. 4: N_opt = G (C/6)^(beta/(alpha+beta))
-            return (torch.log(a * nat["A"] / (b * nat["B"])) + b * np.log(c / 6.0)) / (a + b)
-
-        g = torch.autograd.functional.jacobian(log_n_opt, theta0).numpy()
+        c = float(c)
+        if closed:
+            log_n, g = _closed_form_log_n_opt_gradient(law, theta0, c)
+        else:
+            n_opt, _ = numeric_optimum(law, fit_.params, c, **fixed)
+            g = log_n_opt_gradient(law, theta0, c, n_opt, **fixed)
+            log_n = float(np.log(n_opt))
+        if g is None:
+            out.append(None)
+            continue
         sd = float(np.sqrt(max(g @ cov @ g, 0.0)))
-        log_n = float(log_n_opt(theta0))
         n_lo, n_hi = np.exp(log_n - z * sd), np.exp(log_n + z * sd)
         out.append({"N_opt": (float(n_lo), float(n_hi)), "D_opt": (float(c / (6 * n_hi)), float(c / (6 * n_lo)))})
     return out
+
+
+def _closed_form_log_n_opt_gradient(law: ScalingLaw, theta0: torch.Tensor, c: float) -> tuple[float, np.ndarray]:
+    """log N_opt and its gradient in the fit vector, from the closed form."""
+
+    def log_n_opt(t: torch.Tensor) -> torch.Tensor:
+        nat = {p.name: (torch.exp(t[i]) if p.log else t[i]) for i, p in enumerate(law.params)}
+        a, b = nat["alpha"], nat["beta"]
+        # Hoffmann et al. 2022, Eq. 4: N_opt = G (C/6)^(beta/(alpha+beta))
+        return (torch.log(a * nat["A"] / (b * nat["B"])) + b * np.log(c / 6.0)) / (a + b)
+
+    g = torch.autograd.functional.jacobian(log_n_opt, theta0).numpy()
+    return float(log_n_opt(theta0)), g
+
+
+def log_n_opt_gradient(
+    law: ScalingLaw, theta: torch.Tensor, budget: float, n_opt: float, **fixed: float
+) -> np.ndarray | None:
+    """d log N_opt / d theta [P] at the numeric optimum ``n_opt`` of budget C (C = 6 N D), by the
+    implicit function theorem on dF/dz = 0, F(z, theta) = log L(e^z, C / (6 e^z), fixed; theta).
+
+    None when the optimum is not an interior minimum (d2F/dz2 not positive, e.g. N_opt at the
+    edge of :func:`numeric_optimum`'s scan) or the derivatives are not finite.
+    """
+    log_c6 = float(np.log(budget / 6.0))
+    others = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in fixed.items()}
+
+    def log_loss(v: torch.Tensor) -> torch.Tensor:
+        log_n, t = v[0:1], v[1:]
+        x = {"N": torch.exp(log_n), "D": torch.exp(log_c6 - log_n), **others}
+        return law.log_predict(t[None], x)[0, 0]
+
+    v0 = torch.cat([torch.tensor([np.log(n_opt)], dtype=torch.float64), theta.to(torch.float64)])
+    g_z = float(torch.autograd.functional.jacobian(log_loss, v0)[0])
+    hess = torch.autograd.functional.hessian(log_loss, v0)
+    h_zz, h_zt = float(hess[0, 0]), hess[0, 1:].numpy()
+    if not (np.isfinite(h_zz) and np.isfinite(g_z) and np.all(np.isfinite(h_zt))) or h_zz <= 0:
+        return None
+    if abs(g_z / h_zz) > 1e-6:  # not a stationary point: N_opt at the edge of the scan
+        return None
+    return -h_zt / h_zz
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,9 +17,10 @@ class FitReport:
     """Diagnostics of a multi-start fit.
 
     ``n_best`` counts the starts whose final objective is within ``best_tol`` (relative) of the
-    best; a single start reaching the optimum is a warning sign. ``grad_norm`` is the max-norm of
-    the objective's gradient (fit coordinates) at the returned optimum. ``warnings`` names data or
-    optimisation problems that did not stop the fit.
+    best; a single start reaching the optimum is a warning sign (reported in ``warnings``).
+    ``grad_norm`` is the max-norm of the objective's gradient (fit coordinates) at the returned
+    optimum. ``warnings`` names data or optimisation problems that did not stop the fit, and
+    parameters the data left unidentified (:func:`laws.fit.parameter_warnings`).
     """
 
     n_points: int

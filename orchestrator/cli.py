@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     add_fit_arguments(fit)
     fit.set_defaults(handler=run_fit)
 
+    plan = sub.add_parser("distill-plan", help="distil a student from a teacher or train it supervised, on a FLOP budget")
+    from laws.cli import add_distill_plan_arguments, run_distill_plan
+
+    add_distill_plan_arguments(plan)
+    plan.set_defaults(handler=run_distill_plan)
+
     ui = sub.add_parser("ui", help="serve the MLflow UI on the study's store (127.0.0.1)")
     ui.add_argument("study", nargs="?", help="study YAML, or a study's name (default: the local store)")
     _store_option(ui)

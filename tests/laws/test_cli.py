@@ -126,3 +126,70 @@ def test_bad_where_exits_2_naming_it(where, message, capsys):
     assert run([str(DATA), "--law", "chinchilla", "--columns", COLUMNS, "--where", where]) == 2
     err = capsys.readouterr().err
     assert err.startswith("isoflop fit: error:") and re.search(message, err), err
+
+
+# -- isoflop distill-plan -------------------------------------------------------------------------
+def plan_cli(argv: list[str]) -> int:
+    from orchestrator.cli import main
+
+    return main(["distill-plan", *argv])
+
+
+def test_distill_plan_prints_decision_allocation_and_compute_split(capsys):
+    assert plan_cli(["--student-n", "546e6", "--budget", "1e21"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["law"].startswith("published") and doc["N_S"] == 546e6 and doc["budget"] == 1e21
+    plans = {p["scenario"]: p for p in doc["plans"]}
+    assert list(plans) == list(laws.DISTILLATION_SCENARIOS)
+    # Busbridge et al. 2025: an existing teacher helps at this budget; one that must be trained does not
+    assert plans["best_case"]["decision"] == "distil"
+    assert plans["teacher_pretraining_inference"]["decision"] == "supervised"
+    ref = laws.plan_distillation(N_S=546e6, budget=1e21, scenario="teacher_pretraining_inference")
+    assert plans["teacher_pretraining_inference"] == json.loads(json.dumps(ref.to_dict()))
+    split = plans["teacher_pretraining_inference"]["compute_split"]
+    assert sum(v["flops"] for v in split.values()) == pytest.approx(1e21, rel=1e-9)
+    assert all(v["share"] > 0.05 for v in split.values())
+
+
+def test_distill_plan_with_an_exported_law_and_a_table(tmp_path, capsys):
+    from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS, Distillation
+
+    params = {**BUSBRIDGE_DISTILLATION_PARAMS, "d1": 1.2}  # a law other than the published one
+    report = laws.FitReport(n_points=50, n_starts=1, n_best=1, best_tol=1e-6, grad_norm=0.0, converged=True)
+    fit = laws.LawFit(law="distillation", params=params, objective=0.0, report=report,
+                      law_spec=Distillation().spec())
+    path = tmp_path / "distillation.json"
+    path.write_text(json.dumps(laws.export_document([fit])))
+    assert plan_cli(["--student-n", "1.82e9", "--budget", "1e19", "--law", str(path), "--scenario", "best_case"]) == 0
+    (p,) = json.loads(capsys.readouterr().out)["plans"]
+    assert p["student_loss"] == pytest.approx(
+        laws.plan_distillation(fit, N_S=1.82e9, budget=1e19, scenario="best_case").student_loss, rel=1e-12)
+    assert p["student_loss"] != pytest.approx(
+        laws.plan_distillation(N_S=1.82e9, budget=1e19, scenario="best_case").student_loss, rel=1e-6)
+    argv = ["--student-n", "1.82e9", "--budget", "1e19", "--scenario", "teacher_pretraining_inference",
+            "--scenario", "best_case", "--format", "table"]
+    assert plan_cli(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("teacher_pretraining_inference ", "best_case "))]
+    assert [r[0] for r in rows] == ["teacher_pretraining_inference", "best_case"]
+    split = laws.plan_distillation(N_S=1.82e9, budget=1e19, scenario="teacher_pretraining_inference").compute_split
+    assert rows[0][1] == "distil"
+    assert rows[0][-3:] == [f"{split[k]['share']:.1%}" for k in ("teacher_pretraining", "teacher_inference", "student")]
+    # extrapolated: the table says so
+    assert "warning: teacher_pretraining_inference: the supervised baseline trained on 0.5 tokens per parameter" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--student-n", "-1", "--budget", "1e21"], "N_S and budget must be positive"),
+    (["--student-n", "1e9", "--budget", "1e21", "--law", "missing.json"], "--law: no such file 'missing.json'"),
+])
+def test_distill_plan_bad_input_exits_2(argv, message, capsys):
+    assert plan_cli(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_distill_plan_needs_a_distillation_law(tmp_path, capsys, replication_fit):
+    path = tmp_path / "chinchilla.json"
+    path.write_text(json.dumps(laws.export_document([replication_fit])))
+    assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(path)]) == 2
+    assert "the document holds no distillation law (it has ['chinchilla'])" in capsys.readouterr().err

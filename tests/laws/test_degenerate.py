@@ -167,3 +167,35 @@ def test_constant_input_of_a_custom_law_is_a_warning():
     loss = 1.7 + 300.0 / n**0.3 + 0.1
     fit = laws.fit(law, {"N": n, "T": np.full_like(n, 0.1)}, loss)
     assert any("same T = 0.1" in w for w in fit.report.warnings)
+
+
+def test_a_best_objective_reached_by_one_start_is_reported():
+    """Six runs for five parameters: fittable, but only one of the 4500 starts finds the optimum."""
+    n, d, loss = data()
+    idx = [0, 9, 18, 27, 36, 45]
+    fit = laws.fit("chinchilla", {"N": n[idx], "D": d[idx]}, loss[idx])
+    assert fit.report.n_best == 1
+    assert any("only 1 of 4500 starts reached the best objective" in w for w in fit.report.warnings)
+
+
+def test_a_parameter_that_ran_off_is_reported():
+    """Six noisy runs at the smallest size: A runs to ~0 (log A = -636) with alpha = -29; the size
+    term has vanished."""
+    n, d, loss = data()
+    noisy = loss * np.exp(np.random.default_rng(0).normal(0, 0.01, loss.size))
+    fit = laws.fit("chinchilla", {"N": n[:6], "D": d[:6]}, noisy[:6])
+    assert fit.params["A"] < 1e-100
+    assert any(w.startswith("parameter A = ") and "ran to ~0, far below its starts (log 0 to 25)" in w
+               for w in fit.report.warnings)
+
+
+def test_an_exponent_at_zero_is_reported():
+    """Losses with no dependence on D (beta = 0): B / D**beta is a constant, confounded with E."""
+    n, d, _ = data()
+    flat = laws.get_law("chinchilla").predict({**HOFFMANN_PARAMS, "beta": 0.0}, N=n, D=d)
+    fit = laws.fit("chinchilla", {"N": n, "D": d}, flat, init=FEW)
+    assert abs(fit.params["beta"]) < 1e-3
+    assert any(w.startswith("exponent beta = ") and "is ~0" in w for w in fit.report.warnings)
+    # a well-identified fit of the same runs reports none of these
+    good = laws.fit("chinchilla", {"N": n, "D": d}, data()[2], init=FEW)
+    assert not [w for w in good.report.warnings if "exponent" in w or "ran " in w or "starts reached" in w]

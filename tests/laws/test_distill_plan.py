@@ -4,10 +4,14 @@ with its published coefficients."""
 from __future__ import annotations
 
 import pytest
+from scipy import optimize
 
+import laws
 from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS as SUPERVISED
+from laws.chinchilla import HOFFMANN_PARAMS
 from laws.distill_plan import SCENARIOS, plan_distillation
 from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS as DISTILLATION
+from laws.distillation import Distillation
 
 
 def plan(scenario: str, n_s: float = 546e6, budget: float = 1e20):
@@ -48,3 +52,130 @@ def test_costlier_scenarios_are_never_better():
 def test_unknown_scenario():
     with pytest.raises(ValueError, match="valid scenarios: best_case"):
         plan("cheap")
+
+
+# -- compute split ------------------------------------------------------------------------------
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_compute_split_is_eq9_term_by_term(scenario):
+    """Busbridge et al. 2025, Eq. 9 with F(N) = 2N: 3F(N_S)D_S + F(N_T)(dL D_S + dP 3 D_T)."""
+    p = plan(scenario, budget=1e21)
+    d_l, d_p = SCENARIOS[scenario]
+    split = p.compute_split
+    assert split["student"]["flops"] == pytest.approx(3 * 2 * p.N_S * p.D_S, rel=1e-12)
+    n_t = p.N_T or 0.0
+    assert split["teacher_inference"]["flops"] == pytest.approx(d_l * 2 * n_t * p.D_S, rel=1e-12, abs=0)
+    assert split["teacher_pretraining"]["flops"] == pytest.approx(d_p * 3 * 2 * n_t * (p.D_T or 0.0), rel=1e-12, abs=0)
+    assert sum(v["flops"] for v in split.values()) == pytest.approx(p.C, rel=1e-9)
+    assert sum(v["share"] for v in split.values()) == pytest.approx(1.0, rel=1e-9)
+    if d_p:  # a teacher worth distilling from costs a real part of the budget
+        assert 0.05 < split["teacher_pretraining"]["share"] < 0.95
+    doc = p.to_dict()
+    assert doc["decision"] == ("distil" if p.distil else "supervised")
+    assert doc["compute_split"] == split
+
+
+# -- the paper's findings over a range of students and budgets ---------------------------------
+STUDENTS = (143e6, 546e6, 1.82e9, 7.75e9, 12.6e9)
+BUDGETS = tuple(10.0 ** (k / 2) for k in range(36, 49))  # 1e18 to 1e24, half-decades
+
+
+def in_range(p) -> bool:
+    return not [w for w in p.warnings if "although the teacher must be trained" not in w]
+
+
+def test_supervised_wins_with_a_teacher_to_train_wherever_the_law_is_not_extrapolated():
+    """Busbridge et al. 2025: with one student whose teacher must be trained (and run on the
+    student's tokens), supervised training is at least as good. The published law agrees everywhere
+    inside the range of the paper's runs; where it predicts otherwise, the plan says that it
+    extrapolates."""
+    inside = dict.fromkeys(STUDENTS, 0)
+    for n_s in STUDENTS:
+        for c in BUDGETS:
+            p = plan("teacher_pretraining_inference", n_s=n_s, budget=c)
+            if in_range(p):
+                inside[n_s] += 1
+                assert not p.distil and not p.warnings, (n_s, c)
+            elif p.distil:
+                assert any("the law is extrapolated" in w or "above the fitted range" in w for w in p.warnings)
+                assert any("although the teacher must be trained" in w for w in p.warnings)
+    assert min(inside.values()) >= 2, inside  # every student size has budgets inside the range
+
+
+def test_with_free_teacher_inference_a_trained_teacher_gains_little_inside_the_range():
+    """dL = 0, dP = 1: inside the range the law's gain from distillation stays below 0.01 nats
+    (0.007 at 143M, C = 3e20), and the plan reports it."""
+    for n_s in STUDENTS:
+        for c in BUDGETS:
+            p = plan("teacher_pretraining", n_s=n_s, budget=c)
+            if in_range(p):
+                assert p.student_loss > p.supervised_loss - 0.01, (n_s, c)
+                assert p.distil == bool(p.warnings)
+    p = plan("teacher_pretraining", n_s=143e6, budget=10**20.5)
+    assert p.distil and in_range(p)
+    assert any("distillation wins by 0.007 nats" in w for w in p.warnings)
+
+
+def test_extrapolated_plans_that_prefer_distillation_say_why():
+    # 143M at 1e22: trillions of tokens, beyond the paper's 512B
+    p = plan("teacher_pretraining_inference", n_s=143e6, budget=1e22)
+    assert p.distil and p.D_S > 512e9 and p.supervised_D > 512e9
+    assert any("student D_S" in w and "above the fitted range" in w for w in p.warnings)
+    # 1.82B at 1e19: the supervised student sees half a token per parameter, 6x the optimal size
+    p = plan("teacher_pretraining_inference", n_s=1.82e9, budget=1e19)
+    assert p.distil
+    assert p.supervised_D / p.N_S == pytest.approx(0.5, rel=0.01)
+    assert any("supervised baseline trained on 0.5 tokens per parameter" in w for w in p.warnings)
+    assert not plan("teacher_pretraining_inference", n_s=1.82e9, budget=1e21).warnings
+    assert any("outside the fitted range" in w for w in plan("best_case", n_s=50e6, budget=1e20).warnings)
+
+
+def crossover(n_s: float) -> float:
+    """log10 of the budget above which a free teacher no longer helps a student of ``n_s``."""
+    def gap(log_c: float) -> float:
+        p = plan("best_case", n_s=n_s, budget=10.0**log_c)
+        return p.student_loss - p.supervised_loss
+
+    return optimize.brentq(gap, 19.0, 25.0, xtol=1e-3)
+
+
+def test_the_free_teacher_threshold_grows_with_the_student():
+    """A second student size (7.75B): distillation from an existing teacher wins at budgets where
+    the 546M student no longer gains, and the threshold grows with N_S (Busbridge et al. 2025)."""
+    assert plan("best_case", n_s=7.75e9, budget=1e22).distil
+    assert not plan("best_case", n_s=546e6, budget=1e23).distil
+    assert not plan("best_case", n_s=7.75e9, budget=1e24).distil
+    small, large = crossover(546e6), crossover(7.75e9)
+    assert 22.0 < small < large < 24.0
+
+
+# -- fitted and exported laws -------------------------------------------------------------------
+def law_fit(name: str, params: dict[str, float], spec: dict | None = None) -> laws.LawFit:
+    report = laws.FitReport(n_points=100, n_starts=1, n_best=1, best_tol=1e-6, grad_norm=0.0, converged=True)
+    return laws.LawFit(law=name, params=dict(params), objective=0.0, report=report,
+                       law_spec=spec or {"name": name})
+
+
+def test_fits_entries_and_documents_give_the_same_plan():
+    ref = plan("teacher_pretraining_inference", budget=1e21)
+    dist = law_fit("distillation", DISTILLATION, Distillation(supervised=SUPERVISED).spec())
+    sup = law_fit("chinchilla_gamma", SUPERVISED)
+    document = laws.export_document([sup, dist])
+    for distillation, supervised in [(dist, sup), (dist, None), (document["laws"][1], None), (document, document)]:
+        p = laws.plan_distillation(distillation, supervised, N_S=546e6, budget=1e21,
+                                   scenario="teacher_pretraining_inference")
+        assert p.student_loss == pytest.approx(ref.student_loss, rel=1e-12)
+        assert abs(p.N_T / ref.N_T - 1) < 1e-9
+    # the default is the published law
+    assert laws.plan_distillation(N_S=546e6, budget=1e21, scenario="teacher_pretraining_inference") == ref
+
+
+def test_a_chinchilla_supervised_law_has_gamma_one():
+    p = laws.plan_distillation(DISTILLATION, law_fit("chinchilla", HOFFMANN_PARAMS), N_S=546e6, budget=1e21,
+                               scenario="best_case")
+    expected = laws.get_law("chinchilla").predict(HOFFMANN_PARAMS, N=546e6, D=1e21 / (6 * 546e6))
+    assert p.supervised_loss == pytest.approx(float(expected), rel=1e-12)
+    with pytest.raises(ValueError, match="expected a distillation law, got 'chinchilla'"):
+        laws.plan_distillation(law_fit("chinchilla", HOFFMANN_PARAMS), N_S=1e9, budget=1e21, scenario="best_case")
+    with pytest.raises(ValueError, match="holds no distillation law"):
+        laws.plan_distillation(laws.export_document([law_fit("chinchilla", HOFFMANN_PARAMS)]), N_S=1e9,
+                               budget=1e21, scenario="best_case")

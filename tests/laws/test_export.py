@@ -108,3 +108,65 @@ def test_parametric_allocation_intervals_agree_with_the_bootstrap(replication, r
     entry = laws.export_document([replication_fit], budgets=[5.76e23])["laws"][0]["compute_optimal"][0]
     assert entry["N_opt_interval"] == pytest.approx(list(iv["N_opt"]))
     assert entry["D_opt_interval"] == pytest.approx(list(iv["D_opt"]))
+
+
+# -- delta-method intervals through the numeric optimum ------------------------------------------
+CHINCHILLA_AS_CUSTOM = {
+    "name": "my_chinchilla",
+    "expression": "E + A / N**alpha + B / D**beta",
+    "inputs": ["N", "D"],
+    "params": {"E": {"log": True, "init": [-1.0, -0.5, 0.0, 0.5, 1.0]}, "A": {"log": True, "init": [0.0, 10.0, 20.0]},
+               "B": {"log": True, "init": [0.0, 10.0, 20.0]}, "alpha": [0.0, 0.5, 1.0], "beta": [0.0, 0.5, 1.0]},
+}
+
+
+def test_numeric_allocation_intervals_match_the_closed_form(replication, replication_fit):
+    """A custom law written as the Chinchilla expression has no closed form in the recipes: its
+    intervals go through the numeric optimum (implicit function theorem) and must equal the closed
+    form's on the same data."""
+    from laws.recipes import allocation_intervals
+
+    inputs, loss = replication
+    custom = laws.fit(laws.custom_law(CHINCHILLA_AS_CUSTOM), inputs, loss)
+    assert custom.objective == pytest.approx(replication_fit.objective, rel=1e-9)
+    closed = allocation_intervals(replication_fit, BUDGETS)
+    numeric = allocation_intervals(custom, BUDGETS)
+    for c, a, b in zip(BUDGETS, closed, numeric, strict=True):
+        for key in ("N_opt", "D_opt"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (c, key)
+    rows = laws.export_document([custom], budgets=BUDGETS)["laws"][0]["compute_optimal"]
+    for row, iv in zip(rows, numeric, strict=True):
+        assert row["N_opt_interval"] == pytest.approx(list(iv["N_opt"]))
+        assert row["N_opt_interval"][0] < row["N_opt"] < row["N_opt_interval"][1]
+
+
+def test_numeric_allocation_interval_of_a_sparsity_law_at_fixed_sparsity():
+    """Any law with N and D: a sparsity law at S = 0.5 gets a finite interval whose width is the
+    delta method's, checked against finite differences of the numeric optimum."""
+    from scipy import stats
+
+    from laws.recipes import allocation_intervals, numeric_optimum
+    from tests.laws.families_truth import CASES
+
+    _, truth, design = CASES["sparsity"]
+    law = laws.get_law("sparsity", max_starts=256)
+    x = design()
+    loss = law.predict(truth, **x) * np.exp(np.random.default_rng(1).normal(0, 0.001, x["N"].size))
+    fit = laws.fit(law, x, loss)
+    assert fit.covariance is not None
+    (iv,) = allocation_intervals(fit, [1e21], S=0.5)
+    (alloc,) = laws.compute_optimal(fit, [1e21], S=0.5)
+    assert 0 < iv["N_opt"][0] < alloc.N_opt < iv["N_opt"][1] < np.inf
+    assert iv["D_opt"][0] < alloc.D_opt < iv["D_opt"][1]
+    # d log N_opt / d theta by central differences of the numeric optimum
+    theta, h = fit.theta, 1e-3
+    grad = np.zeros(theta.size)
+    for i in range(theta.size):
+        ends = []
+        for s in (1, -1):
+            t = theta.copy()
+            t[i] += s * h
+            ends.append(np.log(numeric_optimum(law, law.to_natural(t), 1e21, S=0.5)[0]))
+        grad[i] = (ends[0] - ends[1]) / (2 * h)
+    half = stats.norm.ppf(0.975) * np.sqrt(grad @ fit.covariance_matrix @ grad)
+    assert np.log(iv["N_opt"][1] / alloc.N_opt) == pytest.approx(half, rel=5e-3)  # finite-difference error ~1e-3

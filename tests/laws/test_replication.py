@@ -71,6 +71,25 @@ def test_scipy_reference_finds_nothing_lower(replication, replication_fit):
     assert best >= replication_fit.objective - 1e-12
 
 
+def test_scipy_from_grid_starts_reaches_the_batched_optimum(replication, replication_fit):
+    """The other direction: SciPy L-BFGS-B (run to full precision) from fixed grid starts
+    (e = 0, alpha = beta = 0.5, a = b in {5, 10, 15, 20}) reaches the batched optimum: the same
+    objective within 1e-11 and the same parameters within 1e-4 (relative)."""
+    inputs, loss = replication
+    n, d = inputs["N"], inputs["D"]
+    law = laws.get_law("chinchilla")
+    grid = law.init_grid().numpy()  # columns e, a, b, alpha, beta
+    starts = grid[(grid[:, 0] == 0) & (grid[:, 1] == grid[:, 2]) & np.isin(grid[:, 1], [5, 10, 15, 20])
+                  & (grid[:, 3] == 0.5) & (grid[:, 4] == 0.5)]
+    assert len(starts) == 4
+    runs = [reference.lbfgs(x0, n, d, loss, options=reference.TIGHT) for x0 in starts]
+    theta, best = min(runs, key=lambda r: r[1])
+    assert abs(best - replication_fit.objective) <= 1e-11
+    assert sum(abs(f - replication_fit.objective) <= 1e-11 for _, f in runs) >= 3  # not one lucky start
+    for name, value in law.to_natural(theta).items():
+        assert value == pytest.approx(replication_fit.params[name], rel=1e-4), name
+
+
 def test_compute_optimal_at_chinchilla_budget(replication_fit):
     # Besiroglu et al. 2024: the replication's parameters give N* = 7.2e10, D* = 1.33e12 at C = 5.76e23
     (alloc,) = laws.compute_optimal(replication_fit, [5.76e23])
