@@ -60,10 +60,10 @@ def resolve_study(study: StudyConfig | str | Path, *, tracking_uri: str | None =
             return study
         return dataclasses.replace(study, tracking=dataclasses.replace(study.tracking, uri=tracking_uri))
     # the CLI's resolution, so that a name means the same study here as in ``isoflop status``
-    from orchestrator.cli import _resolve
+    from orchestrator.store import resolve_study_arg
 
     with _quiet_downloads():
-        return _resolve(str(study), store=tracking_uri)
+        return resolve_study_arg(str(study), store=tracking_uri)
 
 
 def _attached(study: StudyConfig | str | Path, tracking_uri: str | None) -> tuple[StudyConfig, MlflowTracker]:

@@ -137,17 +137,9 @@ def _store_option(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve(arg: str, overrides: Sequence[str] = (), store: str | None = None):  # noqa: ANN202 - StudyConfig
-    """A study from its YAML (``store`` replaces its ``tracking.uri``) or by its name, from the
-    configuration stored on its parent run in ``store`` (default ``$MLFLOW_TRACKING_URI``, else
-    the embedded store under the working directory)."""
-    from orchestrator.loading import load_study
-    from orchestrator.store import load_stored_study
+    from orchestrator.store import resolve_study_arg
 
-    if Path(arg).is_file() or arg.endswith((".yaml", ".yml")):
-        if store:
-            overrides = [*overrides, f"tracking.uri={store}"]
-        return load_study(arg, overrides)
-    return load_stored_study(arg, store or os.environ.get("MLFLOW_TRACKING_URI") or None)
+    return resolve_study_arg(arg, overrides, store)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -350,8 +342,11 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.mlflow_tracker import default_tracking_uri
     from orchestrator.study import tracking_uri
 
+    page = ""
     if args.study:
-        uri = tracking_uri(_resolve(args.study, store=args.tracking_uri))
+        study = _resolve(args.study, store=args.tracking_uri)
+        uri = tracking_uri(study)
+        page = _experiment_page(uri, study.tracking.experiment or study.name)
     else:
         uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -360,9 +355,23 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"isoflop: warning: serving the UI on {args.host}, reachable from other machines", file=sys.stderr)
-    print(f"isoflop: MLflow UI at http://{args.host}:{args.port} (store {redact_text(uri)})", flush=True)
+    # MLflow 3's UI opens in its GenAI view unless told otherwise: the address asks for the
+    # model-training view, where runs, their metrics and nested children are shown
+    address = f"http://{args.host}:{args.port}/#/{page}?workflowType=machine_learning"
+    print(f"isoflop: MLflow UI at {address} (store {redact_text(uri)})", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     return subprocess.call(cmd)
+
+
+def _experiment_page(uri: str, experiment: str) -> str:
+    """The UI route of a study's experiment (``experiments/ID/runs``), or "" when the store or
+    the experiment does not exist yet (the study has not run): nothing is created to find it."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return ""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    return f"experiments/{found.experiment_id}/runs" if found is not None else ""
 
 
 if __name__ == "__main__":

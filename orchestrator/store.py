@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import StudyConfig
-from orchestrator.loading import study_from_dict
+from orchestrator.loading import load_study, study_from_dict
 from orchestrator.mlflow_tracker import ROLE_TAG, STUDY_TAG, default_tracking_uri
 from orchestrator.secrets import redact_text
 
@@ -38,3 +40,15 @@ def load_stored_study(name: str, uri: str | None = None) -> StudyConfig:
     # lives in the store it was found in, so that URI is the one to keep using
     raw.setdefault("tracking", {})["uri"] = uri
     return study_from_dict(raw)
+
+
+def resolve_study_arg(arg: str, overrides: Sequence[str] = (), store: str | None = None) -> StudyConfig:
+    """A study named on a command line or in the Python API: its YAML (``store`` replaces its
+    ``tracking.uri``; ``overrides`` are ``key=value`` strings) or its name, from the configuration
+    stored on its parent run in ``store`` (default ``$MLFLOW_TRACKING_URI``, else the embedded
+    store under the working directory)."""
+    if Path(arg).is_file() or arg.endswith((".yaml", ".yml")):
+        if store:
+            overrides = [*overrides, f"tracking.uri={store}"]
+        return load_study(arg, overrides)
+    return load_stored_study(arg, store or os.environ.get("MLFLOW_TRACKING_URI") or None)

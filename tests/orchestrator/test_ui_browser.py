@@ -194,8 +194,23 @@ def _visible_text(dom: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(text))
 
 
+#: the model-training view of MLflow 3's UI (it opens in its GenAI view otherwise)
+VIEW = "?workflowType=machine_learning"
+
+
+def test_ui_prints_the_study_page_in_the_model_training_view(served: ServedStudy) -> None:
+    """``isoflop ui STUDY`` prints the address of the study's experiment in the model-training
+    view, and that page shows runs, not MLflow's GenAI evaluation pages."""
+    printed = re.search(r"MLflow UI at (\S+)", (served.workdir / "ui.log").read_text())
+    assert printed, (served.workdir / "ui.log").read_text()[-2000:]
+    page = f"{served.url}/#/experiments/{served.experiment_id}/runs{VIEW}"
+    assert printed.group(1) == page
+    text = _visible_text(_browser(["--dump-dom", page], served.workdir).decode())
+    assert "Model registry" in text and "Evaluation runs" not in text, text[:1500]
+
+
 def test_runs_page_shows_the_study_parent_run(served: ServedStudy) -> None:
-    page = f"{served.url}/#/experiments/{served.experiment_id}/runs"
+    page = f"{served.url}/#/experiments/{served.experiment_id}/runs{VIEW}"
     text = _visible_text(_browser(["--dump-dom", page], served.workdir).decode())
     assert "Run Name" in text, f"the runs table did not render: {text[:500]}"
     assert served.parent_name in text
@@ -204,7 +219,7 @@ def test_runs_page_shows_the_study_parent_run(served: ServedStudy) -> None:
 
 
 def test_parent_run_page_lists_child_runs_and_fit(served: ServedStudy) -> None:
-    page = f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent_run_id}"
+    page = f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent_run_id}{VIEW}"
     text = _visible_text(_browser(["--dump-dom", page], served.workdir).decode())
     assert served.parent_name in text
     assert "Child runs" in text, text[:2000]
@@ -241,7 +256,7 @@ def test_the_ui_renders_the_parent_runs_plot(served: ServedStudy) -> None:
     its data in a blob: URL the app made from the bytes it received)."""
     page = (
         f"{served.url}/#/experiments/{served.experiment_id}/runs/{served.parent_run_id}"
-        "/artifacts/plots/loss_vs_compute.png"
+        f"/artifacts/plots/loss_vs_compute.png{VIEW}"
     )
     dom = _browser(["--dump-dom", page], served.workdir).decode()
     images = re.findall(r"<img\b[^>]*>", dom)
