@@ -100,9 +100,16 @@ def test_an_unfitted_law_is_left_out_but_an_unreadable_fit_raises(elsewhere: str
         client.log_text(parent, json.dumps(good), "fits/chinchilla.json")
 
 
-def test_no_progress_bars_on_stderr(elsewhere: str, elsewhere_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_no_progress_bars_on_stderr(
+    elsewhere: str, elsewhere_dir: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import os
 
+    # unset, as in a fresh interpreter (the CLI, run in-process by other tests, sets it for good)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     latest_fits(NAME, tracking_uri=elsewhere)
     assert "Downloading artifacts" not in capfd.readouterr().err
     assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the caller's setting is kept
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # a value the caller chose stays
+    latest_fits(NAME, tracking_uri=elsewhere)
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "true"
