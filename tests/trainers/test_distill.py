@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainers.conftest import _tiny_config
+from tests.trainers.conftest import RecordingSink, _tiny_config
 from trainers.base import NullSink, RunPoint, RunSpec
 from trainers.checkpoint import load_model
 from trainers.config import DistillConfig, TrainerConfig
@@ -67,6 +67,30 @@ def test_student_identical_to_teacher_has_near_zero_kl(teacher_dir: Path) -> Non
     assert mixed.item() == pytest.approx(0.5 * cross_entropy.item(), rel=1e-4)
     mixed.backward()  # the teacher's logits are constants, the student gets gradients
     assert all(p.grad is not None for p in student.parameters())
+
+
+def _first_train_loss(sink: RecordingSink) -> float:
+    return next(
+        metrics["train_loss"]
+        for _, metrics in sorted(sink.calls, key=lambda c: c[0])
+        if "train_loss" in metrics
+    )
+
+
+def test_distill_trainer_starting_from_its_teacher_logs_zero_kl(
+    tiny_config: ConfigFactory, teacher_dir: Path
+) -> None:
+    # the training loss logged at step 1 is the KL of the student as it starts, before any update
+    config = replace(tiny_config(kind="distill"), log_every=1)
+    checkpoint = str(teacher_dir / "last.pt")
+    same = RecordingSink()
+    DistillTrainer(config).train(
+        _spec(config, 2, teacher_checkpoint=checkpoint, init_checkpoint=checkpoint), same
+    )
+    assert abs(_first_train_loss(same)) < 1e-6  # the student starts from the teacher's own weights
+    fresh = RecordingSink()
+    DistillTrainer(config).train(_spec(config, 2, teacher_checkpoint=checkpoint), fresh)
+    assert _first_train_loss(fresh) > 0.05  # a freshly initialised student of the same shape
 
 
 def test_student_learns_from_teacher_and_reports_its_loss(
