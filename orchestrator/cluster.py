@@ -123,6 +123,42 @@ def worker_slots(node: dict[str, float], num_cpus: float, num_gpus: float, memor
     return MAX_WORKERS if slots == float("inf") else int(slots)
 
 
+#: memory of one GPU, in MB, by the accelerator type Ray detects on a node (its resource
+#: ``accelerator_type:<TYPE>``, names as in ``ray.util.accelerators``): the vendors' figures for
+#: the smallest model sold under that name (a plain "A100" is taken as the 40 GB one)
+GPU_MEMORY_MB: dict[str, float] = {
+    "K80": 12 * 1024, "P4": 8 * 1024, "P100": 16 * 1024, "V100": 16 * 1024, "T4": 16 * 1024,
+    "A10G": 24 * 1024, "L4": 24 * 1024, "L40S": 48 * 1024,
+    "A100": 40 * 1024, "A100-40G": 40 * 1024, "A100-80G": 80 * 1024,
+    "H100": 80 * 1024, "H20": 96 * 1024, "H200": 141 * 1024, "B200": 180 * 1024, "B300": 268 * 1024,
+    "GB200": 186 * 1024, "GB300": 279 * 1024, "RTX-PRO-6000": 96 * 1024,
+}
+_ACCELERATOR = "accelerator_type:"
+
+
+def detected_gpu_memory_mb(nodes: Sequence[dict[str, Any]]) -> tuple[float, str]:
+    """The memory of the smallest GPU among ``nodes`` (shaped like ``ray.nodes()``) from the
+    accelerator types Ray detected, and a description of it; ``(0, reason)`` when no node has
+    GPUs or some GPU node's type is missing or not in :data:`GPU_MEMORY_MB`, so that runs keep
+    a whole GPU each rather than be packed by a guess."""
+    found: dict[str, float] = {}
+    for node in nodes:
+        resources = node.get("Resources", {})
+        if resources.get("GPU", 0) <= 0:
+            continue
+        kinds = [k.removeprefix(_ACCELERATOR) for k in resources if k.startswith(_ACCELERATOR)]
+        known = [k for k in kinds if k in GPU_MEMORY_MB]
+        if not known:
+            what = f"accelerator type {kinds[0]!r}" if kinds else "no accelerator type"
+            return 0.0, f"a GPU node reports {what} whose memory is not known"
+        for kind in known:
+            found[kind] = GPU_MEMORY_MB[kind]
+    if not found:
+        return 0.0, "no node has GPUs"
+    smallest = min(found, key=found.__getitem__)
+    return found[smallest], f"{found[smallest]:g} MB per GPU ({smallest}, the smallest of {', '.join(sorted(found))})"
+
+
 def cluster_nodes(ray: Any, autoscale: Sequence[NodeTypeConfig] = ()) -> list[dict[str, Any]]:
     """The nodes alive now and, for an autoscaling cluster, every node its autoscaler may add
     (``cluster.autoscale``), in the form of ``ray.nodes()``."""

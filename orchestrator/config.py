@@ -229,12 +229,14 @@ class ResourcesConfig:
     """What each run asks the cluster for, and how the scheduler treats failures."""
 
     cpus_per_run: float = 1.0
-    # auto: real trainings on a cluster with GPUs get one GPU each, or with gpu_memory_mb set
-    # the share of a GPU their memory budget needs (1/8, 1/4, 1/2 or 1, so small models pack
-    # several to a GPU); simulated and replayed runs none. Or a number for every run
+    # auto: real trainings on a cluster with GPUs get the share of a GPU their memory budget
+    # needs (1/8, 1/4, 1/2 or 1, so small models pack several to a GPU), or one GPU each when the
+    # GPUs' memory is not known; simulated and replayed runs none. Or a number for every run
     gpus_per_run: str = "auto"
-    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = a whole GPU per run.
-    # A run whose budget one GPU cannot hold gets several, one data-parallel worker on each
+    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = read it from the
+    # accelerator type Ray detects on each GPU node (the smallest; a whole GPU per run when a
+    # type is unknown). A run whose budget one GPU cannot hold gets several, one data-parallel
+    # worker on each
     gpu_memory_mb: float = 0.0
     # data-parallel workers per run (DistributedDataParallel through Ray Train, one placement
     # group per run): auto = one per GPU when a run gets more than one, else 1; or a number

@@ -535,6 +535,50 @@ def test_auto_gpus_are_a_share_sized_by_each_runs_memory(tmp_path: Path) -> None
     assert info.value.key == "resources.gpu_memory_mb" and "replicates the model state" in str(info.value)
 
 
+class _GpuCluster(_Nodes):
+    """Nodes and their summed resources, as ``plan_resources`` reads the ray module."""
+
+    def cluster_resources(self) -> dict:
+        total: dict = {}
+        for node in self._nodes:
+            for name, amount in node["Resources"].items():
+                total[name] = total.get(name, 0) + amount
+        return total
+
+
+def test_gpu_shares_follow_the_accelerator_type_ray_detects() -> None:
+    """With resources.gpu_memory_mb unset, a GPU's memory comes from the accelerator type Ray
+    reports on each GPU node (the smallest when they differ); an unknown or missing type keeps a
+    whole GPU per run, and a memory the study sets wins over the detected one."""
+    from orchestrator.cluster import GPU_MEMORY_MB, GPU_SHARES, detected_gpu_memory_mb
+    from orchestrator.study import memory_budget, plan_resources
+
+    h100 = {"CPU": 16, "GPU": 8, "accelerator_type:H100": 1}
+    a100 = {"CPU": 16, "GPU": 8, "accelerator_type:A100-40G": 1}
+    cpu = {"CPU": 8}
+    assert detected_gpu_memory_mb(_Nodes(h100, cpu).nodes())[0] == GPU_MEMORY_MB["H100"] == 80 * 1024
+    mb, said = detected_gpu_memory_mb(_Nodes(h100, a100).nodes())
+    assert mb == 40 * 1024 and "A100-40G" in said
+    assert detected_gpu_memory_mb(_Nodes({"CPU": 4, "GPU": 2}).nodes()) == (0.0, "a GPU node reports no accelerator type whose memory is not known")
+    assert detected_gpu_memory_mb(_Nodes(h100, {"CPU": 4, "GPU": 1, "accelerator_type:X9": 1}).nodes())[0] == 0.0
+    assert detected_gpu_memory_mb(_Nodes(cpu).nodes()) == (0.0, "no node has GPUs")
+
+    raw = _distill_study()
+    raw["trainer"] = {**raw["trainer"], "device": "auto"}  # trainings that may take a GPU
+    runs = expand(study_from_dict(raw))
+    student = next(r for r in runs if r.stage == "main")
+    # tiny students on an H100 node: the smallest share, sized by their budgets
+    plan = plan_resources(study_from_dict(raw), runs, _GpuCluster(h100))
+    assert plan.gpus(student) == GPU_SHARES[0]
+    assert all(plan.gpus(r) * 80 * 1024 * 2**20 >= memory_budget(runs)(r, 1) for r in runs)
+    # GPUs of unknown memory: a whole one each, as before
+    assert plan_resources(study_from_dict(raw), runs, _GpuCluster({"CPU": 16, "GPU": 8})).gpus(student) == 1.0
+    # the study's own figure wins: a GPU with room for exactly 3 students gives each half of it
+    need = memory_budget(runs)(student, 1)
+    told = study_from_dict({**raw, "resources": {"gpu_memory_mb": 3 * need / 2**20}})
+    assert plan_resources(told, runs, _GpuCluster(h100)).gpus(student) == 0.5
+
+
 def test_a_run_one_gpu_cannot_hold_gets_data_parallel_workers(tmp_path: Path) -> None:
     from orchestrator.cluster import check_feasible, gpu_share
     from orchestrator.study import gpu_request, memory_budget, memory_request, worker_request
