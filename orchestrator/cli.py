@@ -342,11 +342,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.mlflow_tracker import default_tracking_uri
     from orchestrator.study import tracking_uri
 
-    page = ""
+    experiment = None
     if args.study:
         study = _resolve(args.study, store=args.tracking_uri)
-        uri = tracking_uri(study)
-        page = _experiment_page(uri, study.tracking.experiment or study.name)
+        uri, experiment = tracking_uri(study), study.tracking.experiment or study.name
     else:
         uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
@@ -355,9 +354,11 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"isoflop: warning: serving the UI on {args.host}, reachable from other machines", file=sys.stderr)
+    page = _experiment_page(uri, experiment) if experiment else ""
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
     # MLflow 3's UI opens in its GenAI view unless told otherwise: the address asks for the
     # model-training view, where runs, their metrics and nested children are shown
-    address = f"http://{args.host}:{args.port}/#/{page}?workflowType=machine_learning"
+    address = f"http://{host}:{args.port}/#/{page}?workflowType=machine_learning"
     print(f"isoflop: MLflow UI at {address} (store {redact_text(uri)})", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     return subprocess.call(cmd)
@@ -370,7 +371,10 @@ def _experiment_page(uri: str, experiment: str) -> str:
         return ""
     from mlflow.tracking import MlflowClient
 
-    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    try:
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - only the address's page is at stake; the UI reports the store's own errors
+        return ""
     return f"experiments/{found.experiment_id}/runs" if found is not None else ""
 
 

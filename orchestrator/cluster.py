@@ -82,7 +82,7 @@ MAX_WORKERS = 64
 
 
 def gpu_share(
-    whole: float, budget_bytes: Callable[[int], float], gpu_memory_mb: float, batch_size: int
+    whole: float, budget_bytes: Callable[[int], float], gpu_memory_mb: float, batch_size: int, source: str = ""
 ) -> float:
     """The GPUs one run asks for under ``gpus_per_run: auto``: ``whole`` (0 or 1, from
     :func:`gpus_per_run`) unless ``gpu_memory_mb`` is known. Then the smallest share of
@@ -107,8 +107,8 @@ def gpu_share(
         "resources.gpu_memory_mb",
         f"a run needs {budget_bytes(1) / 2**20:.0f} MB on one GPU and still "
         f"{budget_bytes(most) / 2**20:.0f} MB on each of {most} data-parallel workers, more than one GPU's "
-        f"{gpu_memory_mb:g} MB: data parallelism replicates the model state; use smaller models or GPUs "
-        "with more memory",
+        f"{gpu_memory_mb:g} MB{f' ({source})' if source else ''}: data parallelism replicates the model state; "
+        "use smaller models or GPUs with more memory",
     )
 
 
@@ -149,8 +149,9 @@ def detected_gpu_memory_mb(nodes: Sequence[dict[str, Any]]) -> tuple[float, str]
         kinds = [k.removeprefix(_ACCELERATOR) for k in resources if k.startswith(_ACCELERATOR)]
         known = [k for k in kinds if k in GPU_MEMORY_MB]
         if not known:
-            what = f"accelerator type {kinds[0]!r}" if kinds else "no accelerator type"
-            return 0.0, f"a GPU node reports {what} whose memory is not known"
+            if kinds:
+                return 0.0, f"the memory of a GPU of accelerator type {kinds[0]!r} is not known"
+            return 0.0, "a GPU node reports no accelerator type"
         for kind in known:
             found[kind] = GPU_MEMORY_MB[kind]
     if not found:

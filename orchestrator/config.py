@@ -230,14 +230,18 @@ class ResourcesConfig:
 
     cpus_per_run: float = 1.0
     # auto: real trainings on a cluster with GPUs get the share of a GPU their memory budget
-    # needs (1/8, 1/4, 1/2 or 1, so small models pack several to a GPU), or one GPU each when the
-    # GPUs' memory is not known; simulated and replayed runs none. Or a number for every run
+    # needs (1/8, 1/4, 1/2 or 1, so small models pack several to a GPU) when the GPUs' memory is
+    # known, else one GPU each; simulated and replayed runs none. Or a number for every run
     gpus_per_run: str = "auto"
-    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = read it from the
-    # accelerator type Ray detects on each GPU node (the smallest; a whole GPU per run when a
-    # type is unknown). A run whose budget one GPU cannot hold gets several, one data-parallel
-    # worker on each
+    # memory of one of the cluster's GPUs, for sizing auto GPU shares; 0 = not known (a whole
+    # GPU per run, unless detect_gpu_memory). A run whose budget one GPU cannot hold gets
+    # several, one data-parallel worker on each
     gpu_memory_mb: float = 0.0
+    # with gpu_memory_mb 0: take a GPU's memory from the accelerator type Ray detects on each
+    # GPU node (the smallest across the cluster; an unknown type keeps whole GPUs). Off by
+    # default: Ray names a node's GPUs by the physical model, so a MIG slice or a GPU other
+    # jobs share would be taken for the whole card
+    detect_gpu_memory: bool = False
     # data-parallel workers per run (DistributedDataParallel through Ray Train, one placement
     # group per run): auto = one per GPU when a run gets more than one, else 1; or a number
     # (each worker then has cpus_per_run CPUs and its part of the run's GPUs)

@@ -58,10 +58,14 @@ def execute(spec: RunSpec, sink_factory: SinkFactory) -> tuple[RunResult, tuple[
     try:
         with sampled(sink) as monitored:  # system/* metrics while it trains
             result = get_trainer(spec.trainer).train(spec, monitored)
-    except BaseException:
+    except BaseException as exc:
         flush = getattr(sink, "flush", None)
         if flush is not None:
-            flush()
+            try:
+                flush()
+            except Exception as lost:  # noqa: BLE001 - the training's own error is the one to report
+                # the tracking store is down too: the rows stay in the sink, the error says why
+                exc.add_note(f"its buffered metrics could not be written either: {lost}")
         raise
     drain = getattr(sink, "drain", None)
     return result, tuple(drain()) if drain is not None else ()

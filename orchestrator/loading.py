@@ -46,6 +46,9 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise StudyError(item, "an override must look like key.path=value")
+        if "${" in item:  # before OmegaConf parses it: a malformed ${ would give its grammar error
+            key, _, value = item.partition("=")
+            raise StudyError(key, f"interpolation (${{...}}) is not allowed in a study, got {value!r}: write the value itself")
         try:
             OmegaConf.from_dotlist([item])  # each alone first: a value YAML cannot parse names its key
         except yaml.YAMLError as exc:
@@ -167,7 +170,7 @@ def validate(study: StudyConfig) -> None:
         if kind.max_nodes < 1:
             raise StudyError(f"{key}.max_nodes", f"must be at least 1, got {kind.max_nodes}")
     if study.resources.gpu_memory_mb < 0:
-        raise StudyError("resources.gpu_memory_mb", f"must be 0 (a whole GPU per run) or more, got {study.resources.gpu_memory_mb}")
+        raise StudyError("resources.gpu_memory_mb", f"must be 0 (not known: a whole GPU per run, unless resources.detect_gpu_memory) or more, got {study.resources.gpu_memory_mb}")
     _validate_trainer(study)
     _validate_grid(study)
     _validate_names(study)

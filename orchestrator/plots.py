@@ -67,7 +67,7 @@ def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budge
         hi = max([float(np.nanmax(c)), *budgets])
         grid = np.logspace(np.log10(np.nanmin(c)), np.log10(hi), 60)
         frontier = laws.compute_optimal(fit_, grid)
-        ax.plot(grid, [a.loss for a in frontier], color="crimson", lw=1.5, label=f"{fit_.law}: compute-optimal loss")
+        ax.plot(grid, [a.loss for a in frontier], color="crimson", lw=1.5, label=f"{fit_.law}: compute-optimal loss (C = 6ND)")
         for b in budgets:
             a = laws.compute_optimal(fit_, [b])[0]
             ax.plot([b], [a.loss], marker="*", color="crimson", ms=10)

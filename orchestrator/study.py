@@ -85,18 +85,21 @@ def memory_budget(runs: list[PlannedRun]) -> Callable[[PlannedRun, int], float]:
 
 
 def gpu_request(
-    study: StudyConfig, runs: list[PlannedRun], whole: float, detected_mb: float = 0.0
+    study: StudyConfig, runs: list[PlannedRun], whole: float, detected: tuple[float, str] = (0.0, "")
 ) -> Callable[[PlannedRun], float]:
     """GPUs each run asks Ray for: ``whole`` (see :func:`~orchestrator.cluster.gpus_per_run`),
     or under ``gpus_per_run: auto`` with the memory of one GPU known (``resources.gpu_memory_mb``,
-    else ``detected_mb`` from the cluster's accelerator types), the share of a GPU its memory
-    budget needs (a student's teacher weights included), or several whole GPUs when one cannot
-    hold it (:func:`~orchestrator.cluster.gpu_share`)."""
-    memory_mb = study.resources.gpu_memory_mb or detected_mb
+    else with ``resources.detect_gpu_memory`` the ``detected`` (MB, how) from the cluster's
+    accelerator types), the share of a GPU its memory budget needs (a student's teacher weights
+    included), or several whole GPUs when one cannot hold it
+    (:func:`~orchestrator.cluster.gpu_share`)."""
+    memory_mb, source = study.resources.gpu_memory_mb, ""
+    if memory_mb <= 0 and study.resources.detect_gpu_memory and detected[0] > 0:
+        memory_mb, source = detected[0], f"detected: {detected[1]}"
     if study.resources.gpus_per_run != "auto" or whole <= 0 or memory_mb <= 0:
         return lambda run: whole
     budget = memory_budget(runs)
-    return lambda run: gpu_share(whole, lambda k: budget(run, k), memory_mb, run.spec.trainer.batch_size)
+    return lambda run: gpu_share(whole, lambda k: budget(run, k), memory_mb, run.spec.trainer.batch_size, source)
 
 
 def worker_request(study: StudyConfig, gpus: Callable[[PlannedRun], float]) -> Callable[[PlannedRun], int]:
@@ -144,10 +147,10 @@ def plan_resources(study: StudyConfig, runs: list[PlannedRun], ray: object) -> R
     gpu_nodes = max((kind.gpus for kind in autoscale), default=0.0)  # GPUs an autoscaler can add
     cluster_gpus = ray.cluster_resources().get("GPU", 0)  # type: ignore[attr-defined]
     whole = gpus_per_run(study.resources, study.trainer, max(cluster_gpus, gpu_nodes))
-    # with resources.gpu_memory_mb unset, GPU shares follow the GPUs Ray detected (the nodes
-    # alive now; an autoscaler's node types name no accelerator, so those keep whole GPUs)
-    detected_mb, _ = detected_gpu_memory_mb(cluster_nodes(ray, autoscale))
-    gpus = gpu_request(study, runs, whole, detected_mb)
+    # resources.detect_gpu_memory: GPU shares follow the GPUs Ray detected (the nodes alive now;
+    # an autoscaler's node types name no accelerator, so those keep whole GPUs)
+    detected = detected_gpu_memory_mb(cluster_nodes(ray, autoscale)) if study.resources.detect_gpu_memory else (0.0, "")
+    gpus = gpu_request(study, runs, whole, detected)
     workers = worker_request(study, gpus)
     request = memory_request(study, runs, workers)
     shares = [gpus(r) for r in runs] or [whole]

@@ -169,6 +169,24 @@ def test_ui_binds_to_loopback_and_warns_when_told_otherwise(tmp_path: Path, monk
     assert "http://127.0.0.1:5000" in out and "mlflow:***@db.internal" in out and "hunter2" not in out + err
 
 
+def test_ui_prints_an_address_whatever_the_store_answers(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A study whose store cannot be read (here a file store, which MLflow 3.17 refuses) still
+    gets the UI started and its address printed, without the experiment's page; an IPv6 host is
+    bracketed in the address."""
+    import subprocess
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({**_SIM, "name": "ui-store", "tracking": {"uri": f"file://{tmp_path}/mlruns"}}))
+    assert main(["ui", str(study)]) == 0
+    assert "MLflow UI at http://127.0.0.1:5000/#/?workflowType=machine_learning" in capsys.readouterr().out
+    assert main(["ui", "--host", "::1"]) == 0
+    assert "MLflow UI at http://[::1]:5000/#/?workflowType=machine_learning" in capsys.readouterr().out
+    assert len(calls) == 2
+
+
 def _tree(root: Path) -> set[str]:
     """Every path under ``root``, relative to it."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}

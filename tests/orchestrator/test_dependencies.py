@@ -546,11 +546,12 @@ class _GpuCluster(_Nodes):
         return total
 
 
-def test_gpu_shares_follow_the_accelerator_type_ray_detects() -> None:
-    """With resources.gpu_memory_mb unset, a GPU's memory comes from the accelerator type Ray
-    reports on each GPU node (the smallest when they differ); an unknown or missing type keeps a
-    whole GPU per run, and a memory the study sets wins over the detected one."""
-    from orchestrator.cluster import GPU_MEMORY_MB, GPU_SHARES, detected_gpu_memory_mb
+def test_gpu_shares_follow_the_accelerator_type_ray_detects_when_asked() -> None:
+    """With resources.detect_gpu_memory (and gpu_memory_mb unset), a GPU's memory comes from the
+    accelerator type Ray reports on each GPU node (the smallest when they differ); an unknown or
+    missing type keeps a whole GPU per run, and so does the default (a MIG slice reports its
+    card's type); a memory the study sets wins over the detected one."""
+    from orchestrator.cluster import GPU_MEMORY_MB, GPU_SHARES, detected_gpu_memory_mb, gpu_share
     from orchestrator.study import memory_budget, plan_resources
 
     h100 = {"CPU": 16, "GPU": 8, "accelerator_type:H100": 1}
@@ -559,24 +560,32 @@ def test_gpu_shares_follow_the_accelerator_type_ray_detects() -> None:
     assert detected_gpu_memory_mb(_Nodes(h100, cpu).nodes())[0] == GPU_MEMORY_MB["H100"] == 80 * 1024
     mb, said = detected_gpu_memory_mb(_Nodes(h100, a100).nodes())
     assert mb == 40 * 1024 and "A100-40G" in said
-    assert detected_gpu_memory_mb(_Nodes({"CPU": 4, "GPU": 2}).nodes()) == (0.0, "a GPU node reports no accelerator type whose memory is not known")
-    assert detected_gpu_memory_mb(_Nodes(h100, {"CPU": 4, "GPU": 1, "accelerator_type:X9": 1}).nodes())[0] == 0.0
+    assert detected_gpu_memory_mb(_Nodes({"CPU": 4, "GPU": 2}).nodes()) == (0.0, "a GPU node reports no accelerator type")
+    unknown = detected_gpu_memory_mb(_Nodes(h100, {"CPU": 4, "GPU": 1, "accelerator_type:X9": 1}).nodes())
+    assert unknown[0] == 0.0 and "'X9'" in unknown[1]
     assert detected_gpu_memory_mb(_Nodes(cpu).nodes()) == (0.0, "no node has GPUs")
 
     raw = _distill_study()
     raw["trainer"] = {**raw["trainer"], "device": "auto"}  # trainings that may take a GPU
     runs = expand(study_from_dict(raw))
     student = next(r for r in runs if r.stage == "main")
-    # tiny students on an H100 node: the smallest share, sized by their budgets
-    plan = plan_resources(study_from_dict(raw), runs, _GpuCluster(h100))
+    detect = {**raw, "resources": {"detect_gpu_memory": True}}
+    # by default a whole GPU each, even where Ray names the card
+    assert plan_resources(study_from_dict(raw), runs, _GpuCluster(h100)).gpus(student) == 1.0
+    # asked to detect: tiny students on an H100 node get the smallest share, sized by their budgets
+    plan = plan_resources(study_from_dict(detect), runs, _GpuCluster(h100))
     assert plan.gpus(student) == GPU_SHARES[0]
     assert all(plan.gpus(r) * 80 * 1024 * 2**20 >= memory_budget(runs)(r, 1) for r in runs)
-    # GPUs of unknown memory: a whole one each, as before
-    assert plan_resources(study_from_dict(raw), runs, _GpuCluster({"CPU": 16, "GPU": 8})).gpus(student) == 1.0
+    # GPUs of unknown memory: a whole one each
+    assert plan_resources(study_from_dict(detect), runs, _GpuCluster({"CPU": 16, "GPU": 8})).gpus(student) == 1.0
     # the study's own figure wins: a GPU with room for exactly 3 students gives each half of it
     need = memory_budget(runs)(student, 1)
-    told = study_from_dict({**raw, "resources": {"gpu_memory_mb": 3 * need / 2**20}})
+    told = study_from_dict({**raw, "resources": {"gpu_memory_mb": 3 * need / 2**20, "detect_gpu_memory": True}})
     assert plan_resources(told, runs, _GpuCluster(h100)).gpus(student) == 0.5
+    # a run no detected GPU can hold says where the figure came from
+    with pytest.raises(StudyError) as info:
+        gpu_share(1.0, lambda workers: need, 0.5 * need / 2**20, 8, "detected: H100")
+    assert info.value.key == "resources.gpu_memory_mb" and "(detected: H100)" in str(info.value)
 
 
 def test_a_run_one_gpu_cannot_hold_gets_data_parallel_workers(tmp_path: Path) -> None:

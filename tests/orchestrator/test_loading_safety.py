@@ -49,8 +49,9 @@ def test_interpolation_in_the_yaml_is_refused_naming_the_key(raw: dict, key: str
     [
         ("name=x${oc.env:ISOFLOP_TEST_SECRET}", "name"),
         ("tracking.uri=${oc.env:ISOFLOP_TEST_SECRET}", "tracking.uri"),
-        ("grid.N=[1e6,'${oc.env:ISOFLOP_TEST_SECRET}']", "grid.N[1]"),
+        ("grid.N=[1e6,'${oc.env:ISOFLOP_TEST_SECRET}']", "grid.N"),  # the override's key
         ("grid.N=[1e6,${oc.env:ISOFLOP_TEST_SECRET}]", "grid.N"),  # not even valid YAML
+        ("tracking.uri=${oops", "tracking.uri"),  # not even valid interpolation
         ("name=x\\${oc.env:ISOFLOP_TEST_SECRET}", "name"),
     ],
 )

@@ -3,6 +3,8 @@ and the next successful flush writes each row exactly once, in order."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from mlflow.exceptions import MlflowException
 
@@ -66,3 +68,30 @@ def test_rows_a_failed_flush_kept_are_handed_over_by_drain(monkeypatch: pytest.M
     with pytest.raises(MlflowException):
         sink.log_metrics({"train_loss": 3.5, "lr": 0.01}, step=7)  # flushes at once, and fails
     assert [(key, value, step) for key, value, _, step in sink.drain()] == [("train_loss", 3.5, 7), ("lr", 0.01, 7)]
+
+
+def test_a_failed_training_keeps_its_own_error_when_the_store_is_down_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker flushes a failed run's partial curve; when that write fails as well, the
+    training's error is still the one raised (with a note on the metrics), and the rows stay
+    in the sink."""
+    from orchestrator import executors
+
+    class Broken:
+        def train(self, spec: object, sink: object) -> None:
+            sink.log_metrics({"train_loss": 2.5}, step=1)  # type: ignore[attr-defined]
+            raise RuntimeError("loss is NaN at step 1")
+
+    monkeypatch.setattr(FlakyClient, "fail_on", 1)
+    monkeypatch.setattr(FlakyClient, "made", [])
+    monkeypatch.setattr(mlflow_tracker, "MlflowClient", FlakyClient)
+    monkeypatch.setattr(executors, "get_trainer", lambda trainer: Broken())
+    monkeypatch.setattr(executors, "sampled", lambda sink: contextlib.nullcontext(sink))
+    sink = MlflowSink("http://mlflow.invalid:5000", "run-1", flush_every_s=3600.0)
+
+    class Spec:
+        trainer = None
+
+    with pytest.raises(RuntimeError, match="loss is NaN") as info:
+        executors.execute(Spec(), lambda: sink)  # type: ignore[arg-type]
+    assert any("could not be written" in note for note in getattr(info.value, "__notes__", []))
+    assert [(key, value, step) for key, value, _, step in sink.drain()] == [("train_loss", 2.5, 1)]
