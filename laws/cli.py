@@ -195,17 +195,35 @@ def run_distill_plan(args: argparse.Namespace) -> int:
 
 
 def _load_law_file(spec: str) -> Mapping[str, Any]:
+    """The exported document or law entry in the ``--law`` file, its shape checked (ValueError
+    naming ``--law``, the file and the bad key)."""
     import yaml
 
+    from laws.distill_plan import recorded_range, resolve_distillation
+
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"--law: no such file {spec!r}")
+    if not path.is_file():
+        raise ValueError(f"--law: {spec!r} is not a file")
     try:
-        loaded = yaml.safe_load(path.read_text())  # JSON is YAML
-    except yaml.YAMLError as exc:
-        raise ValueError(f"--law: {spec} is neither JSON nor YAML ({exc})") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--law: cannot read {spec!r} ({exc})") from None
+    try:
+        loaded = json.loads(text)
+    except ValueError:  # not JSON: YAML (JSON is read as JSON first: YAML reads 1e-05 as text)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--law: {spec} is neither JSON nor YAML ({exc})") from None
     if not isinstance(loaded, Mapping) or not ("laws" in loaded or "params" in loaded):
         raise ValueError(f"--law: {spec} must hold an exported document (with 'laws') or one law entry (with 'params')")
+    try:
+        resolve_distillation(loaded)
+        recorded_range(loaded)
+    except ValueError as exc:
+        raise ValueError(f"--law: {spec}: {exc}") from None
     return loaded
 
 

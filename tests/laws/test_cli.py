@@ -162,6 +162,8 @@ def test_distill_plan_with_an_exported_law_and_a_table(tmp_path, capsys):
     path.write_text(json.dumps(laws.export_document([fit])))
     assert plan_cli(["--student-n", "1.82e9", "--budget", "1e19", "--law", str(path), "--scenario", "best_case"]) == 0
     (p,) = json.loads(capsys.readouterr().out)["plans"]
+    # a law of the user's without the runs it was fitted to: not checked against the paper's runs
+    assert p["warnings"][0].startswith("the range of the runs this distillation law was fitted to is unknown")
     assert p["student_loss"] == pytest.approx(
         laws.plan_distillation(fit, N_S=1.82e9, budget=1e19, scenario="best_case").student_loss, rel=1e-12)
     assert p["student_loss"] != pytest.approx(
@@ -176,7 +178,7 @@ def test_distill_plan_with_an_exported_law_and_a_table(tmp_path, capsys):
     assert rows[0][1] == "distil"
     assert rows[0][-3:] == [f"{split[k]['share']:.1%}" for k in ("teacher_pretraining", "teacher_inference", "student")]
     # extrapolated: the table says so
-    assert "warning: teacher_pretraining_inference: the supervised baseline trained on 0.5 tokens per parameter" in out
+    assert "warning: teacher_pretraining_inference: the supervised baseline trains on 0.5 tokens per parameter" in out
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -193,3 +195,84 @@ def test_distill_plan_needs_a_distillation_law(tmp_path, capsys, replication_fit
     path.write_text(json.dumps(laws.export_document([replication_fit])))
     assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(path)]) == 2
     assert "the document holds no distillation law (it has ['chinchilla'])" in capsys.readouterr().err
+
+
+def own_law_document() -> dict:
+    """An exported study document with a distillation law fitted to students of 1M-100M parameters."""
+    from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS
+    from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS, Distillation
+
+    report = laws.FitReport(n_points=3, n_starts=1, n_best=1, best_tol=1e-6, grad_norm=0.0, converged=True)
+    fit = laws.LawFit(law="distillation", params={**BUSBRIDGE_DISTILLATION_PARAMS, "d1": 1.2}, objective=0.0,
+                      report=report, law_spec=Distillation(supervised=BUSBRIDGE_SUPERVISED_PARAMS).spec())
+    document = laws.export_document([fit])
+    document["runs"] = [{"run_key": f"s{i}", "run_id": f"s{i}", "N": n, "D": 20 * n, "C": 120 * n * n, "L_T": 3.5,
+                         "loss": 4.0} for i, n in enumerate([1e6, 1e7, 1e8])]
+    return document
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_distill_plan_checks_a_users_law_against_its_own_runs(tmp_path, capsys, fmt):
+    path = tmp_path / f"study.{fmt}"
+    document = own_law_document()
+    path.write_text(json.dumps(document) if fmt == "json" else yaml.safe_dump(document))
+    base = ["--budget", "1e17", "--law", str(path), "--scenario", "best_case"]
+    assert plan_cli(["--student-n", "1e7", *base]) == 0
+    (p,) = json.loads(capsys.readouterr().out)["plans"]
+    assert not [w for w in p["warnings"] if "N_S" in w or "unknown" in w]  # 10M: inside its runs, not the paper's
+    assert plan_cli(["--student-n", "1e9", *base]) == 0
+    (p,) = json.loads(capsys.readouterr().out)["plans"]
+    assert ("the student size N_S = 1B is outside the range of students the law was fitted to (1M to 100M "
+            "parameters)") in p["warnings"]
+
+
+def test_distill_plan_reports_an_optimum_on_a_search_bound(capsys):
+    argv = ["--student-n", "1e5", "--budget", "1e15", "--scenario", "teacher_pretraining_inference", "--format", "table"]
+    assert plan_cli(argv) == 0
+    assert ("warning: teacher_pretraining_inference: the teacher size N_T = 10M is at the lower bound of its search "
+            "range (10M to 10T parameters): a smaller teacher may be best") in capsys.readouterr().out
+
+
+DISTILLATION_ENTRY = "law: distillation\nlaw_spec: {name: distillation}\n"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("laws:\n  - law: distillation\n    params: {A: null}\n",
+     "laws[0].params.A: expected a number, got None"),
+    ("laws: [chinchilla]\n", "laws[0]: expected a law entry (a mapping with law, params and law_spec), got 'chinchilla'"),
+    ("laws: 3\n", "laws: expected a list of law entries, got 3"),
+    (DISTILLATION_ENTRY + "params: [1, 2]\n", "params: expected a mapping of parameter names to numbers, got [1, 2]"),
+    (DISTILLATION_ENTRY + "params: {A: 1.0}\n", "params: missing distillation parameters ['B', 'alpha'"),
+    (DISTILLATION_ENTRY + "params: {A: many}\n", "params.A: expected a number, got 'many'"),
+    ("laws:\n  - {law: distillation, params: {A: 1}, law_spec: distillation}\n",
+     "laws[0].law_spec: expected a mapping with the law's name, got 'distillation'"),
+])
+def test_distill_plan_malformed_law_file_exits_2(tmp_path, capsys, text, message):
+    path = tmp_path / "law.yaml"
+    path.write_text(text)
+    assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"isoflop distill-plan: error: --law: {path}: {message}")
+    assert len(err.splitlines()) == 1  # one line, no traceback
+
+
+def test_distill_plan_unreadable_law_file_exits_2(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    path = tmp_path / "law.json"
+    path.write_text("{}")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(path)]) == 2
+    assert f"isoflop distill-plan: error: --law: cannot read {str(path)!r} ([Errno 13] Permission denied" in (
+        capsys.readouterr().err)
+    # a folder, and bytes that are not text
+    assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(tmp_path)]) == 2
+    assert f"--law: {str(tmp_path)!r} is not a file" in capsys.readouterr().err
+    monkeypatch.undo()
+    path.write_bytes(b"\xff\xfe\x00")
+    assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(path)]) == 2
+    assert f"--law: cannot read {str(path)!r} ('utf-8' codec can't decode" in capsys.readouterr().err

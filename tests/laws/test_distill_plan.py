@@ -9,7 +9,7 @@ from scipy import optimize
 import laws
 from laws.chinchilla import BUSBRIDGE_SUPERVISED_PARAMS as SUPERVISED
 from laws.chinchilla import HOFFMANN_PARAMS
-from laws.distill_plan import SCENARIOS, plan_distillation
+from laws.distill_plan import PAPER_RANGE, SCENARIOS, FittedRange, plan_distillation, recorded_range
 from laws.distillation import BUSBRIDGE_DISTILLATION_PARAMS as DISTILLATION
 from laws.distillation import Distillation
 
@@ -96,7 +96,8 @@ def test_supervised_wins_with_a_teacher_to_train_wherever_the_law_is_not_extrapo
                 inside[n_s] += 1
                 assert not p.distil and not p.warnings, (n_s, c)
             elif p.distil:
-                assert any("the law is extrapolated" in w or "above the fitted range" in w for w in p.warnings)
+                assert any("the law is extrapolated" in w or "than any run the law was fitted to" in w
+                           for w in p.warnings)
                 assert any("although the teacher must be trained" in w for w in p.warnings)
     assert min(inside.values()) >= 2, inside  # every student size has budgets inside the range
 
@@ -119,14 +120,17 @@ def test_extrapolated_plans_that_prefer_distillation_say_why():
     # 143M at 1e22: trillions of tokens, beyond the paper's 512B
     p = plan("teacher_pretraining_inference", n_s=143e6, budget=1e22)
     assert p.distil and p.D_S > 512e9 and p.supervised_D > 512e9
-    assert any("student D_S" in w and "above the fitted range" in w for w in p.warnings)
+    assert any(w.startswith("the student (D_S) trains on 4.91T tokens, more than any run the law was fitted to "
+                            "(at most 512B)") for w in p.warnings)
     # 1.82B at 1e19: the supervised student sees half a token per parameter, 6x the optimal size
     p = plan("teacher_pretraining_inference", n_s=1.82e9, budget=1e19)
     assert p.distil
     assert p.supervised_D / p.N_S == pytest.approx(0.5, rel=0.01)
-    assert any("supervised baseline trained on 0.5 tokens per parameter" in w for w in p.warnings)
+    assert any(w.startswith("the supervised baseline trains on 0.5 tokens per parameter, fewer than 1 (N = 1.82B")
+               for w in p.warnings)
     assert not plan("teacher_pretraining_inference", n_s=1.82e9, budget=1e21).warnings
-    assert any("outside the fitted range" in w for w in plan("best_case", n_s=50e6, budget=1e20).warnings)
+    assert ("the student size N_S = 50M is outside the range of students the law was fitted to (143M to 12.6B "
+            "parameters)") in plan("best_case", n_s=50e6, budget=1e20).warnings
 
 
 def crossover(n_s: float) -> float:
@@ -179,3 +183,123 @@ def test_a_chinchilla_supervised_law_has_gamma_one():
     with pytest.raises(ValueError, match="holds no distillation law"):
         laws.plan_distillation(laws.export_document([law_fit("chinchilla", HOFFMANN_PARAMS)]), N_S=1e9,
                                budget=1e21, scenario="best_case")
+
+
+@pytest.mark.parametrize(("law", "message"), [
+    ({"laws": [{"law": "distillation", "params": {**DISTILLATION, "A": None}}]}, r"laws\[0\]\.params\.A: expected a number, got None"),
+    ({"laws": ["chinchilla"]}, r"laws\[0\]: expected a law entry .* got 'chinchilla'"),
+    ({"laws": "distillation"}, "laws: expected a list of law entries, got 'distillation'"),
+    ({"law": "distillation", "params": [1, 2]}, r"params: expected a mapping of parameter names to numbers, got \[1, 2\]"),
+    ({"law": "distillation", "params": {**DISTILLATION, "c0": "abc"}}, "params.c0: expected a number, got 'abc'"),
+    ({"law": "distillation", "params": {**DISTILLATION, "c0": float("nan")}}, "params.c0: expected a finite number"),
+    ({"law": "distillation", "params": {"A": 1.0}}, r"params: missing distillation parameters \['B', "),
+    ({"law": "distillation", "params": DISTILLATION, "law_spec": "distillation"}, "law_spec: expected a mapping"),
+    ({"law": "distillation", "params": DISTILLATION, "law_spec": {"name": "distillation", "supervised": [1]}},
+     "law_spec.supervised: expected a mapping of parameter names to numbers"),
+    ({"laws": [{"law": "distillation", "params": {**DISTILLATION, "d1": 1.2}}], "runs": [{"N": 1e8, "D": "many"}]},
+     r"runs\[0\]\.D: expected a number, got 'many'"),
+])
+def test_a_malformed_law_is_a_value_error_naming_the_key(law, message):
+    with pytest.raises(ValueError, match=message):
+        laws.plan_distillation(law, N_S=1e9, budget=1e21, scenario="best_case")
+
+
+# -- the range the law was fitted to ------------------------------------------------------------
+OWN = {**DISTILLATION, "d1": 1.2}  # a law other than the published one
+
+
+def own_document(runs: list[dict] | None) -> dict:
+    """An exported document of a distillation law fitted by the user, with ``runs`` as
+    ``isoflop export`` writes them (students 1M-100M on up to 2B tokens, teachers up to 300M)."""
+    dist = law_fit("distillation", OWN, Distillation(supervised=SUPERVISED).spec())
+    document = laws.export_document([law_fit("chinchilla_gamma", SUPERVISED), dist])
+    if runs is not None:
+        document["runs"] = runs
+    return document
+
+
+OWN_RUNS = [
+    *({"run_key": f"s{i}", "run_id": f"s{i}", "N": n, "D": 20 * n, "C": 120 * n * n, "L_T": lt, "loss": 4.0}
+      for i, (n, lt) in enumerate([(1e6, 4.0), (1e7, 3.5), (1e8, 3.2)])),
+    {"run_key": "t0", "run_id": "t0", "N": 3e8, "D": 6e9, "C": 1.08e19, "loss": 3.2},
+]
+
+
+def test_a_users_law_is_checked_against_the_runs_its_document_records():
+    document = own_document(OWN_RUNS)
+    assert recorded_range(document) == FittedRange(student_min=1e6, student_max=1e8, teacher_max=3e8,
+                                                   tokens_max=6e9, teacher_loss_min=3.2)
+    # inside its own runs (and outside the paper's): no warning about the student's size
+    inside = laws.plan_distillation(document, N_S=1e7, budget=1e17, scenario="teacher_inference")
+    assert not [w for w in inside.warnings if "N_S" in w or "unknown" in w]
+    assert laws.plan_distillation(OWN, N_S=1e7, budget=1e17, scenario="teacher_inference",
+                                  fitted_range=PAPER_RANGE).warnings[0].startswith("the student size N_S = 10M")
+    # beyond them: the student, the teacher and the tokens, against its range
+    beyond = laws.plan_distillation(document, N_S=1e9, budget=1e21, scenario="teacher_pretraining_inference")
+    assert ("the student size N_S = 1B is outside the range of students the law was fitted to (1M to 100M "
+            "parameters)") in beyond.warnings
+    assert beyond.N_T > 3e8 and any(w.startswith("the teacher size N_T") and "(300M parameters)" in w
+                                    for w in beyond.warnings)
+    assert any(w.startswith("the supervised baseline (D) trains on 167B tokens, more than any run the law was "
+                            "fitted to (at most 6B)") for w in beyond.warnings)
+    free = laws.plan_distillation(document, N_S=1e7, budget=1e17, scenario="best_case")
+    assert (free.teacher_loss < 3.2) == any("below the lowest teacher loss the law was fitted to (3.2)" in w
+                                            for w in free.warnings)
+
+
+def test_a_users_law_without_recorded_runs_says_its_range_is_unknown():
+    for law in (own_document(None), own_document(None)["laws"][1], OWN,
+                law_fit("distillation", OWN, Distillation(supervised=SUPERVISED).spec()),
+                own_document([{"run_key": "t0", "run_id": "t0", "N": 3e8, "D": 6e9, "loss": 3.2}])):  # no students
+        assert recorded_range(law) is None
+        p = laws.plan_distillation(law, N_S=50e6, budget=1e20, scenario="teacher_pretraining_inference")
+        assert p.warnings[0].startswith("the range of the runs this distillation law was fitted to is unknown")
+        assert not [w for w in p.warnings if "N_S" in w or "than any run" in w]  # no paper's range for it
+    # the published coefficients, however given, are checked against the paper's runs
+    assert recorded_range(None) == recorded_range(DISTILLATION) == PAPER_RANGE
+    # no range: no range warnings at all
+    p = laws.plan_distillation(OWN, N_S=50e6, budget=1e20, scenario="best_case", fitted_range=None)
+    assert not p.warnings
+
+
+def test_a_teacher_loss_below_the_fitted_ones_is_reported():
+    own = FittedRange(student_min=1e8, student_max=1e10, teacher_max=None, tokens_max=1e13, teacher_loss_min=2.5)
+    p = laws.plan_distillation(N_S=546e6, budget=1e20, scenario="teacher_inference", fitted_range=own)
+    assert p.teacher_loss < 2.5
+    assert p.warnings == (f"the teacher's loss L_T = {p.teacher_loss:.4g} is below the lowest teacher loss the law "
+                          "was fitted to (2.5)",)
+
+
+# -- optima on a bound of the search -------------------------------------------------------------
+def test_an_optimum_on_a_search_bound_is_reported():
+    for scenario in ("teacher_pretraining", "teacher_pretraining_inference"):
+        p = laws.plan_distillation(N_S=1e5, budget=1e15, scenario=scenario)
+        assert abs(p.N_T / 1e7 - 1) < 1e-9
+        assert ("the teacher size N_T = 10M is at the lower bound of its search range (10M to 10T parameters): "
+                "a smaller teacher may be best") in p.warnings
+    interior = laws.plan_distillation(N_S=1e5, budget=1e15, scenario="teacher_inference")
+    assert interior.N_T > 1.1e7 and not [w for w in interior.warnings if "bound" in w]
+    assert not [w for w in plan("teacher_pretraining_inference", budget=1e21).warnings if "bound" in w]
+    # a free teacher as good as the supervised law allows: its loss at E, the bound of the search
+    p = laws.plan_distillation(N_S=1e12, budget=1e24, scenario="best_case")
+    assert p.teacher_loss == pytest.approx(SUPERVISED["E"] * 1.0001, rel=1e-6)
+    assert (f"the teacher's loss L_T = {p.teacher_loss:.5g} is at the lower bound of its search range, just above the "
+            f"supervised law's irreducible loss E = {SUPERVISED['E']:.5g}: the law prefers the best teacher there can "
+            "be, one of unlimited size and data") in p.warnings
+
+
+
+def test_a_teacher_pretraining_share_on_a_search_bound_is_reported():
+    from dataclasses import replace
+
+    import numpy as np
+
+    from laws.distill_plan import STUDENT_SHARES, TEACHER_SIZES, _bound_warnings
+
+    p = plan("teacher_pretraining_inference", budget=1e21)
+    bounds = [(float(np.log(TEACHER_SIZES[0])), float(np.log(TEACHER_SIZES[1]))), STUDENT_SHARES]
+    most = replace(p, flops_teacher_pretraining=p.C * (1 - STUDENT_SHARES[0]))
+    assert _bound_warnings(most, np.array([np.log(p.N_T), STUDENT_SHARES[0]]), bounds, SUPERVISED["E"]) == [
+        "teacher pretraining's share of the budget (99.99%) is at the upper bound of its search range "
+        "(0.01% to 99.99%): giving it more may be best"]
+    assert _bound_warnings(p, np.array([np.log(p.N_T), 0.5]), bounds, SUPERVISED["E"]) == []
