@@ -205,38 +205,30 @@ def plan_distillation(
     d_l, d_p = SCENARIOS[scenario]
     sup_law, dist_law = ChinchillaGamma(), Distillation(supervised=own_sup or sup)
 
-    def teacher_loss(n_t: float, d_t: float | None) -> float:
+    def teacher_losses(n_t: np.ndarray, d_t: np.ndarray | None) -> np.ndarray:
         if d_t is None:  # trained for free: the data-unlimited loss of the supervised law
             return sup["E"] + (sup["A"] / n_t ** sup["alpha"]) ** sup["gamma"]
-        return float(sup_law.predict(sup, N=n_t, D=d_t))
+        return np.asarray(sup_law.predict(sup, N=n_t, D=d_t), dtype=np.float64)
 
-    def allocation(z: np.ndarray) -> tuple[float, float | None, float | None, float]:
-        """(D_S, N_T, D_T, L_T) from the free variables z = (log N_T or log L_T, student share)."""
+    def allocations(zs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """(D_S, N_T, D_T, L_T), each [K] (N_T, D_T None where the scenario leaves them free), from
+        rows of free variables zs [K, m], z = (log N_T or log L_T, student share)."""
         if scenario == "best_case":  # any teacher loss at no cost: z[0] = log L_T
-            return budget / (6 * N_S), None, None, float(np.exp(z[0]))
-        n_t = float(np.exp(z[0]))
-        share = float(z[1]) if d_p else 1.0
+            return np.full(len(zs), budget / (6 * N_S)), None, None, np.exp(zs[:, 0])
+        n_t = np.exp(zs[:, 0])
+        share = zs[:, 1] if d_p else np.ones_like(n_t)
         # Eq. 9 with F(N) = 2N: share * C = 6 N_S D_S + dL 2 N_T D_S; (1 - share) * C = dP 6 N_T D_T
         d_s = share * budget / (6 * N_S + d_l * 2 * n_t)
         d_t = (1 - share) * budget / (6 * n_t) if d_p else None
-        return d_s, n_t, d_t, teacher_loss(n_t, d_t)
-
-    def student_loss(z: np.ndarray) -> float:
-        d_s, _, _, l_t = allocation(z)
-        return float(dist_law.predict(dist, N=N_S, D=d_s, L_T=l_t))
+        return d_s, n_t, d_t, teacher_losses(n_t, d_t)
 
     def student_losses(zs: np.ndarray) -> np.ndarray:
-        """:func:`student_loss` at every row of ``zs`` [K, m], in one evaluation of each law."""
-        if scenario == "best_case":
-            return dist_law.predict(dist, N=N_S, D=budget / (6 * N_S), L_T=np.exp(zs[:, 0]))
-        n_t = np.exp(zs[:, 0])
-        share = zs[:, 1] if d_p else np.ones_like(n_t)
-        d_s = share * budget / (6 * N_S + d_l * 2 * n_t)
-        if d_p:
-            l_t = sup_law.predict(sup, N=n_t, D=(1 - share) * budget / (6 * n_t))
-        else:
-            l_t = sup["E"] + (sup["A"] / n_t ** sup["alpha"]) ** sup["gamma"]
-        return dist_law.predict(dist, N=N_S, D=d_s, L_T=l_t)
+        """The distilled student's loss at every row of ``zs`` [K, m], in one evaluation of each law."""
+        d_s, _, _, l_t = allocations(zs)
+        return np.asarray(dist_law.predict(dist, N=N_S, D=d_s, L_T=l_t), dtype=np.float64)
+
+    def student_loss(z: np.ndarray) -> float:
+        return float(student_losses(np.asarray(z, dtype=np.float64)[None])[0])
 
     log_sizes = (float(np.log(TEACHER_SIZES[0])), float(np.log(TEACHER_SIZES[1])))
     if scenario == "best_case":
@@ -254,7 +246,7 @@ def plan_distillation(
     with _single_threaded_blas():
         res = optimize.minimize(student_loss, best, method="L-BFGS-B", bounds=bounds)
     z = res.x if res.fun <= np.nanmin(values) else best
-    d_s, n_t, d_t, l_t = allocation(z)
+    d_s, n_t, d_t, l_t = (None if v is None else float(v[0]) for v in allocations(np.asarray(z)[None]))
     d_sup = budget / (6 * N_S)
     plan = DistillationPlan(
         scenario=scenario,
