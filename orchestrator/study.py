@@ -89,12 +89,12 @@ def gpu_request(
 ) -> Callable[[PlannedRun], float]:
     """GPUs each run asks Ray for: ``whole`` (see :func:`~orchestrator.cluster.gpus_per_run`),
     or under ``gpus_per_run: auto`` with the memory of one GPU known (``resources.gpu_memory_mb``,
-    else with ``resources.detect_gpu_memory`` the ``detected`` (MB, how) from the cluster's
-    accelerator types), the share of a GPU its memory budget needs (a student's teacher weights
-    included), or several whole GPUs when one cannot hold it
+    else ``detected``: (MB, how) from the cluster's accelerator types, which :func:`plan_resources`
+    passes under ``resources.detect_gpu_memory``), the share of a GPU its memory budget needs (a
+    student's teacher weights included), or several whole GPUs when one cannot hold it
     (:func:`~orchestrator.cluster.gpu_share`)."""
     memory_mb, source = study.resources.gpu_memory_mb, ""
-    if memory_mb <= 0 and study.resources.detect_gpu_memory and detected[0] > 0:
+    if memory_mb <= 0 and detected[0] > 0:
         memory_mb, source = detected[0], f"detected: {detected[1]}"
     if study.resources.gpus_per_run != "auto" or whole <= 0 or memory_mb <= 0:
         return lambda run: whole
