@@ -68,12 +68,13 @@ def law_entry(fit_: LawFit, *, budgets: Sequence[float] = (), level: float = 0.9
         entry["intervals"] = None
         entry["interval_method"] = str(exc)
     if budgets and set(law.inputs) == {"N", "D"}:
+        optima = compute_optimal(fit_, budgets)
         entry["compute_optimal"] = [
             {"C": a.C, "N_opt": a.N_opt, "D_opt": a.D_opt, "tokens_per_param": a.tokens_per_param, "loss": a.loss}
-            for a in compute_optimal(fit_, budgets)
+            for a in optima
         ]
         # parametric (delta-method) intervals, closed form or through the numeric optimum, given a covariance
-        intervals = allocation_intervals(fit_, budgets, level=level)
+        intervals = allocation_intervals(fit_, budgets, level=level, optima=optima)
         for item, iv in zip(entry["compute_optimal"], intervals or [None] * len(budgets), strict=True):
             item["N_opt_interval"] = None if iv is None else list(iv["N_opt"])
             item["D_opt_interval"] = None if iv is None else list(iv["D_opt"])

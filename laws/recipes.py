@@ -99,7 +99,12 @@ def compute_optimal(fit_: LawFit, budgets: Sequence[float], **fixed: float) -> l
 
 
 def allocation_intervals(
-    fit_: LawFit, budgets: Sequence[float], *, level: float = 0.95, **fixed: float
+    fit_: LawFit,
+    budgets: Sequence[float],
+    *,
+    level: float = 0.95,
+    optima: Sequence[Allocation] | None = None,
+    **fixed: float,
 ) -> list[dict[str, tuple[float, float]] | None] | None:
     """Delta-method intervals of N_opt and D_opt at each budget from the fit's parametric
     covariance (normal in log N_opt; D_opt = C / (6 N_opt) shares its log-scale error).
@@ -110,7 +115,8 @@ def allocation_intervals(
     function theorem: with z = log N and F(z, theta) = log L(N = e^z, D = C / (6 e^z); theta),
     dF/dz = 0 at the optimum gives d z*/d theta = -(d2F/dz dtheta) / (d2F/dz2), the derivatives by
     autograd on the law's ``log_predict``. A budget whose optimum is not an interior minimum gets
-    None. None overall when the fit has no covariance.
+    None. None overall when the fit has no covariance. ``optima``: :func:`compute_optimal`'s
+    allocations at the same budgets, when the caller has them (the numeric search is not repeated).
     :meth:`laws.bootstrap.BootstrapResult.optimum_interval` is the robust alternative.
     """
     from scipy import stats
@@ -127,12 +133,14 @@ def allocation_intervals(
     z = float(stats.norm.ppf(0.5 + level / 2))
     closed = fit_.law in _CLOSED_FORM and not fixed
     out: list[dict[str, tuple[float, float]] | None] = []
-    for c in budgets:
+    if optima is not None and [a.C for a in optima] != [float(c) for c in budgets]:
+        raise ValueError(f"optima are at budgets {[a.C for a in optima]}, not {list(budgets)}")
+    for i, c in enumerate(budgets):
         c = float(c)
         if closed:
             log_n, g = _closed_form_log_n_opt_gradient(law, theta0, c)
         else:
-            n_opt, _ = numeric_optimum(law, fit_.params, c, **fixed)
+            n_opt = optima[i].N_opt if optima is not None else numeric_optimum(law, fit_.params, c, **fixed)[0]
             g = log_n_opt_gradient(law, theta0, c, n_opt, **fixed)
             log_n = float(np.log(n_opt))
         if g is None:
