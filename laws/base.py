@@ -19,6 +19,8 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 
 DTYPE = torch.float64
+#: the largest log-parameter with a natural value: exp overflows float64 above it
+MAX_LOG = float(np.log(np.finfo(np.float64).max))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +117,14 @@ class ScalingLaw(ABC):
             else:
                 out.append(v)
         return torch.tensor(out, dtype=DTYPE)
+
+    def representable(self, theta_p: Tensor) -> Tensor:
+        """Whether each fit vector [..., P] has finite natural parameters [...]: a log-parameter
+        above :data:`MAX_LOG` has none (exp overflows float64), though the objective, computed in
+        log space, may still be finite there."""
+        t = torch.as_tensor(theta_p, dtype=DTYPE)
+        logs = torch.tensor([p.log for p in self.params])
+        return torch.isfinite(t).all(-1) & ~(logs & (t > MAX_LOG)).any(-1)
 
     def natural_jacobian(self, theta_p: Tensor) -> Tensor:
         """d natural / d fit coordinate, diagonal [P] (exp(t) for log params, 1 otherwise)."""

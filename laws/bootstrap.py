@@ -262,7 +262,8 @@ def bootstrap(
     obj = res.objective.view(n_resamples, k)
     best = torch.argmin(obj, dim=1)
     rows = torch.arange(n_resamples) * k + best
-    converged = res.converged[rows].numpy()
+    # a refit whose natural parameters overflow has no usable value: it counts as not converged
+    converged = (res.converged[rows] & law.representable(res.theta[rows])).numpy()
     warns = list(convergence_warnings(int(converged.sum()), n_resamples, min_converged))
     if not fit_.report.converged and fit_.report.n_starts:
         warns.insert(0, "the fit being bootstrapped did not converge: resamples start from it")

@@ -28,7 +28,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor
 
-from laws.base import DTYPE, FitRecipe, ScalingLaw
+from laws.base import DTYPE, MAX_LOG, FitRecipe, ScalingLaw
 from laws.objective import Objective
 from laws.optimizer import BatchResult, NewtonOptions, minimise_batched, torch_threads
 from laws.result import FitReport, LawFit
@@ -135,12 +135,30 @@ def _fit(
     finite = torch.isfinite(res.objective)
     if not finite.any():
         raise ValueError(f"law {law.name!r}: the objective is not finite at any of the {starts.shape[0]} starts")
-    best = int(torch.argmin(torch.where(finite, res.objective, torch.full_like(res.objective, np.inf))))
+    # an optimum whose natural parameters overflow (log A = 800: A/N^alpha is finite in log space,
+    # A is not) cannot be reported, predicted with or exported: the best start that has them wins
+    usable = finite & law.representable(res.theta)
+    if not usable.any():
+        raise ValueError(
+            f"law {law.name!r}: every start that reached a finite objective ran a log-parameter past "
+            f"exp's float64 range (log > {MAX_LOG:.1f}); the data do not identify the law"
+        )
+    objective_ = torch.where(usable, res.objective, torch.full_like(res.objective, np.inf))
+    best = int(torch.argmin(objective_))
     f_best = float(res.objective[best])
     # relative tolerance, with an absolute floor for (near-)exact fits whose optimum is ~0
-    n_best = int((res.objective <= f_best + max(best_tol * abs(f_best), BEST_ABS_TOL)).sum())
+    n_best = int((objective_ <= f_best + max(best_tol * abs(f_best), BEST_ABS_TOL)).sum())
     theta = res.theta[best]
     warns = list(warnings)
+    lowest = int(torch.argmin(torch.where(finite, res.objective, torch.full_like(res.objective, np.inf))))
+    if lowest != best and float(res.objective[lowest]) < f_best:
+        t_low = res.theta[lowest]
+        over = [(p.name, float(v)) for p, v in zip(law.params, t_low, strict=True) if p.log and float(v) > MAX_LOG]
+        what = ", ".join(f"{n} = exp({v:.4g})" for n, v in over) or "a non-finite parameter"
+        warns.append(
+            f"the lowest objective ({float(res.objective[lowest]):.6g}) was reached at {what}, beyond float64's range; "
+            f"the best start with finite parameters is reported (objective {f_best:.6g}): the data do not identify the law"
+        )
     converged = bool(res.converged[best])
     if not converged:
         warns.append(

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 import laws
 from laws.chinchilla import HOFFMANN_PARAMS
@@ -199,3 +203,62 @@ def test_an_exponent_at_zero_is_reported():
     # a well-identified fit of the same runs reports none of these
     good = laws.fit("chinchilla", {"N": n, "D": d}, data()[2], init=FEW)
     assert not [w for w in good.report.warnings if "exponent" in w or "ran " in w or "starts reached" in w]
+
+
+def _overflow_starts(monkeypatch, which):
+    """Make the starts in ``which(objective)`` reach the lowest objective with log A = 800: a
+    point where A/N^alpha is finite in log space but A itself overflows float64."""
+    module = sys.modules["laws.fit"]
+    real = module.run_starts
+
+    def run_starts(*args, **kwargs):
+        res, method = real(*args, **kwargs)
+        theta, objective = res.theta.clone(), res.objective.clone()
+        rows = which(objective)
+        theta[rows, laws.get_law("chinchilla").param_names.index("A")] = 800.0  # log A
+        objective[rows] = 0.5 * float(objective[torch.isfinite(objective)].min())
+        return replace(res, theta=theta, objective=objective), method
+
+    monkeypatch.setattr(module, "run_starts", run_starts)
+
+
+def test_an_optimum_beyond_float64_is_not_reported(monkeypatch):
+    """The lowest objective at log A = 800 has no natural A to report, predict with or export:
+    the best start whose parameters are finite is reported, with a warning saying why."""
+    n, d, loss = data()
+    honest = laws.fit("chinchilla", {"N": n, "D": d}, loss, init=FEW)
+    _overflow_starts(monkeypatch, lambda objective: torch.argmin(objective).reshape(1))
+    fit = laws.fit("chinchilla", {"N": n, "D": d}, loss, init=FEW)
+    assert all(np.isfinite(v) for v in fit.params.values())
+    # the honest optimum was replaced; the next start reached the same one
+    assert fit.params == pytest.approx(honest.params, rel=1e-6)
+    assert fit.objective == pytest.approx(honest.objective, rel=1e-9)
+    assert np.isfinite(fit.predict(N=n, D=d)).all()
+    assert any("A = exp(800)" in w and "best start with finite parameters is reported" in w
+               for w in fit.report.warnings)
+
+
+def test_every_optimum_beyond_float64_is_an_error(monkeypatch):
+    n, d, loss = data()
+    _overflow_starts(monkeypatch, lambda objective: torch.arange(objective.shape[0]))
+    with pytest.raises(ValueError, match="past exp's float64 range"):
+        laws.fit("chinchilla", {"N": n, "D": d}, loss, init=FEW)
+
+
+def test_bootstrap_refits_beyond_float64_do_not_count_as_converged(monkeypatch):
+    n, d, loss = data()
+    fit = laws.fit("chinchilla", {"N": n, "D": d}, loss, init=FEW)
+    module = sys.modules["laws.bootstrap"]
+    real = module.minimise_batched
+
+    def minimise_batched(*args, **kwargs):
+        res = real(*args, **kwargs)
+        theta = res.theta.clone()
+        # log A past float64's range at every start of the first 20 of the 40 resamples
+        theta[: theta.shape[0] // 2, laws.get_law("chinchilla").param_names.index("A")] = 800.0
+        return replace(res, theta=theta)
+
+    monkeypatch.setattr(module, "minimise_batched", minimise_batched)
+    boot = module.bootstrap(fit, {"N": n, "D": d}, loss, n_resamples=40, grid_starts=1)
+    assert 0 < boot.n_converged <= 20
+    assert np.isfinite(boot.theta_converged).all()
