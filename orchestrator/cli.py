@@ -144,9 +144,11 @@ def _resolve(arg: str, overrides: Sequence[str] = (), store: str | None = None):
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.grid import expand, trained_flops
+    from orchestrator.selection import check_selection_budget
 
     study = _resolve(args.study, args.overrides)
     runs = expand(study)
+    check_selection_budget(study, runs)
     total = sum(trained_flops(r) for r in runs)
     print(f"study {study.name!r}: {len(runs)} runs, {total:.3g} training FLOPs in all")
     print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  {'mixture':12}  after")
@@ -174,9 +176,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _run(study) -> int:  # noqa: ANN001
     from orchestrator.grid import expand
     from orchestrator.live import make_progress
+    from orchestrator.selection import check_selection_budget
     from orchestrator.study import run_study
 
     runs = expand(study)  # validated before anything starts
+    check_selection_budget(study, runs)
     sel = study.selection
     if sel.mode == "grid":
         print(f"isoflop: study {study.name!r}: {len(runs)} runs", flush=True)

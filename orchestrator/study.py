@@ -240,7 +240,7 @@ def run_study(
             candidates,
             fit_provider=refitter.current,
             refit_behind=refitter.behind,
-            storage=optuna_storage or journal_storage(selection_journal(study)),
+            storage=optuna_storage or (lambda: journal_storage(selection_journal(study))),
         )
     tracker = tracker or open_tracker(study)
     refitter.tracker = tracker

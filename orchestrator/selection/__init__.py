@@ -9,6 +9,7 @@ from orchestrator.selection.criteria import (
 )
 from orchestrator.selection.selector import (
     Selector,
+    check_selection_budget,
     journal_storage,
     selection_budget,
     target_widths,
@@ -17,6 +18,7 @@ from orchestrator.selection.selector import (
 __all__ = [
     "Selector",
     "Target",
+    "check_selection_budget",
     "greedy_information",
     "journal_storage",
     "selection_budget",

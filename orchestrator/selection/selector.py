@@ -182,9 +182,11 @@ class Selector:
         candidates: Sequence[PlannedRun],
         *,
         fit_provider: Callable[[str], laws.LawFit | None],
-        storage: optuna.storages.BaseStorage | str | None = None,
+        storage: optuna.storages.BaseStorage | str | Callable[[], optuna.storages.BaseStorage] | None = None,
         refit_behind: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``storage``: Optuna's storage, or a function that opens it (called only once the
+        selection's settings have been checked, so a refused study leaves no journal behind)."""
         sel = study.selection
         if sel.mode == "grid":
             raise ValueError("grid mode runs every candidate; it needs no selector")
@@ -201,16 +203,7 @@ class Selector:
         # the full grid's cost: every run it trains, each teacher once
         grid_cost = float(sum(trained_flops(r) for r in runs))
         self.pool = make_pool(self.candidates, self.law, sel, selection_budget(sel, grid_cost), list(self.upstream.values()))
-        # the cheapest run this budget must pay for: a student and its teacher, unless teachers
-        # may be adopted from other studies
-        adopting = study.grid.teachers is not None and bool(study.grid.teachers.from_studies)
-        cheapest = float((self.pool.cost if adopting else effective_cost_now(self.pool)).min())
-        if self.pool.budget < cheapest:
-            key = "selection.budget_flops" if sel.budget_flops is not None else "selection.budget_fraction"
-            what = "run" if not self.upstream else "run with the run it starts from"
-            raise StudyError(
-                key, f"a budget of {self.pool.budget:.3g} FLOPs cannot pay for even the cheapest {what} ({cheapest:.3g})"
-            )
+        check_affordable(study, self.pool)
         self._upstream_loss: dict[str, float] = {}  # final losses of upstream runs known so far
         self._sent: set[str] = set()  # upstream runs proposed by this invocation
         self.targets = targets_of(sel)
@@ -218,7 +211,7 @@ class Selector:
         self.sampler = self._sampler(study)
         self.study = optuna.create_study(
             study_name=study.name,
-            storage=storage,
+            storage=storage() if callable(storage) else storage,
             sampler=self.sampler,
             direction="minimize",
             load_if_exists=True,
@@ -402,6 +395,30 @@ class Selector:
 
     def _tagged(self, run: PlannedRun) -> PlannedRun:
         return replace(run, tags={**run.tags, TRIAL_TAG: str(self._trials[run.spec.run_key])})
+
+
+def check_affordable(study: StudyConfig, pool: Pool) -> None:
+    """Raise a :class:`StudyError` naming the budget key when the budget cannot pay for even the
+    cheapest candidate: a student with its teacher, unless teachers may be adopted from other
+    studies."""
+    sel = study.selection
+    adopting = study.grid.teachers is not None and bool(study.grid.teachers.from_studies)
+    cheapest = float((pool.cost if adopting else effective_cost_now(pool)).min())
+    if pool.budget < cheapest:
+        key = "selection.budget_flops" if sel.budget_flops is not None else "selection.budget_fraction"
+        what = "run" if pool.upstream is None or not (pool.upstream >= 0).any() else "run with the run it starts from"
+        raise StudyError(key, f"a budget of {pool.budget:.3g} FLOPs cannot pay for even the cheapest {what} ({cheapest:.3g})")
+
+
+def check_selection_budget(study: StudyConfig, runs: Sequence[PlannedRun]) -> None:
+    """:func:`check_affordable` for a budgeted study's expanded ``runs``, before anything starts
+    (``isoflop validate`` and ``isoflop run`` call it; grid mode has nothing to check)."""
+    if study.selection.mode == "grid":
+        return
+    main, upstream = [r for r in runs if r.stage == "main"], [r for r in runs if r.stage != "main"]
+    grid_cost = float(sum(trained_flops(r) for r in runs))
+    law = selection_law(study).law
+    check_affordable(study, make_pool(main, law, study.selection, selection_budget(study.selection, grid_cost), upstream))
 
 
 def effective_cost_now(pool: Pool) -> np.ndarray:

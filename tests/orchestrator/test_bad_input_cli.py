@@ -40,6 +40,9 @@ MORE = [
     ("slash in name", {**_SIM, "name": "a/b"}, "name"),
     ("budget too small for one step", DENSE_TINY, "grid.isoflop.budgets[0]"),
     ("unknown selection key", _sel(mode="active", budget_fraction=0.5, targett={}), "selection.targett"),
+    ("budget below the cheapest run", _sel(mode="random", budget_flops=1.0), "selection.budget_flops"),
+    ("budget fraction below the cheapest run",
+     _sel(mode="active", budget_fraction=1e-6, target={"budget": 1e20}), "selection.budget_fraction"),
     ("selection without budget", _sel(mode="random"), "selection.budget_flops"),
     ("selection budget fraction zero", _sel(mode="random", budget_fraction=0.0), "selection.budget_fraction"),
     ("selection two budgets", _sel(mode="random", budget_flops=1e18, budget_fraction=0.5), "selection.budget_fraction"),
@@ -136,6 +139,18 @@ def test_unreadable_files_exit_2(text: str, needle: str, tmp_path: Path, monkeyp
     assert main(["run", str(path)]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / ".isoflop").exists()
+
+
+def test_validate_refuses_a_budget_that_buys_no_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``isoflop validate`` checks what ``isoflop run`` would refuse before anything starts."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_sel(mode="cheapest", budget_flops=1e12)))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "selection.budget_flops: a budget of 1e+12 FLOPs cannot pay for even the cheapest run (6e+14)" in err
+    assert main(["validate", str(path), "selection.budget_flops=6e14"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
 def test_bad_override_and_missing_file_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -28,7 +28,7 @@ from orchestrator.selection.criteria import (
     planned_information,
     target_variances,
 )
-from orchestrator.study import run_study
+from orchestrator.study import run_study, selection_journal
 from orchestrator.tracking import MemoryTracker
 from trainers.simulated import REPLICATION_CHINCHILLA
 
@@ -346,13 +346,17 @@ def test_bad_selection_names_the_key(selection: dict, key: str) -> None:
     assert err.value.key == key
 
 
-def test_budget_below_the_cheapest_run_is_rejected_before_anything_is_written() -> None:
+def test_budget_below_the_cheapest_run_is_rejected_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     study = _study("random", budget_fraction=None, budget_flops=1.0)
     tracker = MemoryTracker()
     with pytest.raises(StudyError) as err:
-        run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=optuna.storages.InMemoryStorage())
+        run_study(study, tracker=tracker, executor=InlineExecutor())  # the study's own Optuna journal
     assert err.value.key == "selection.budget_flops"
     assert tracker.parent_id == "" and not tracker.runs
+    assert not selection_journal(study).exists()  # no empty journal left for a later run to find
 
 
 def _replay(**selection) -> object:
