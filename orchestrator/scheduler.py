@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -76,9 +76,11 @@ class Proposer(Protocol):
     adopts runs from) already has it finished with its checkpoint, and parks its dependents
     until it has finished."""
 
-    def start(self, finished: Mapping[str, FinishedRun]) -> None:
+    def start(self, finished: Mapping[str, FinishedRun]) -> Sequence[PlannedRun]:
         """Called once, before the first :meth:`propose`, with the runs already finished: this
-        study's store and the runs adopted from other studies (``grid.teachers.from_studies``)."""
+        study's store and the runs adopted from other studies (``grid.teachers.from_studies``).
+        Returns the proposer's own runs among the store's (those an earlier invocation trained):
+        they count as done, for the fits and the totals, and are never proposed again."""
 
     def propose(self, k: int) -> list[PlannedRun]:
         """Up to ``k`` runs to start now; an empty list means no more runs will come, unless
@@ -170,8 +172,7 @@ class Scheduler:
         stored = self.tracker.finished_runs()
         adopted = {k: r for k, r in self._adopted.items() if k in self._needed}
         done = self._stored = {**adopted, **stored}
-        if self.proposer is not None:
-            self.proposer.start({**self._adopted, **stored})
+        claimed = list(self.proposer.start({**self._adopted, **stored}) or []) if self.proposer is not None else []
         known = {run.key for run in self.runs}
         for run in self.runs:
             unknown = [k for k in run.depends_on.values() if k not in known and k not in done]
@@ -190,6 +191,13 @@ class Scheduler:
                 self.on_event(Event(kind="skip", run=run, finished=previous))
             else:
                 self._pending.append(run)
+        for run in claimed:  # a budgeted selection's runs from earlier invocations
+            if run.spec.run_key in stored and run.spec.run_key not in self.finished:
+                self.runs.append(run)
+                self.stats.total += 1
+                self.finished[run.spec.run_key] = stored[run.spec.run_key]
+                self.stats.skipped += 1
+                self.on_event(Event(kind="skip", run=run, finished=stored[run.spec.run_key]))
 
     def _checkpoint_missing(self, run: PlannedRun) -> bool:
         if run.key not in self._needed or self.checkpoints is None:
@@ -311,6 +319,8 @@ class Scheduler:
                 raise ValueError(f"run {run.key} depends on {unknown[0]}, which is neither planned nor finished")
         fresh = []
         for run in runs:
+            if run.spec.run_key in self.finished and run.key not in self._needed:
+                continue  # counted already (a selection's run from an earlier invocation)
             self.runs.append(run)
             self.stats.total += 1
             key = run.spec.run_key

@@ -253,14 +253,26 @@ class Selector:
         return again
 
     # -- the proposer protocol used by the scheduler -----------------------------------------------
-    def start(self, finished: Mapping[str, FinishedRun]) -> None:
+    def start(self, finished: Mapping[str, FinishedRun]) -> list[PlannedRun]:
         """The runs finished before this invocation (the store's and adopted ones): a teacher
-        among them costs nothing here, and its loss is its students' L_T."""
+        among them costs nothing here, and its loss is its students' L_T. Returns the candidates
+        among them (runs an earlier invocation of this selection trained): the scheduler counts
+        them as done, so the fits see them. A trial a dead driver left running whose run had
+        finished is told its result instead of being proposed again."""
         for key, run in finished.items():
             u = self._upstream_index.get(key)
             if u is not None:
                 self.pool.upstream_free[u] = True
                 self._upstream_loss[key] = run.final_loss
+        again = []
+        for run in self._requeue:
+            done = finished.get(run.spec.run_key)
+            if done is None:
+                again.append(run)
+            else:
+                self.study.tell(self._trials[run.spec.run_key], done.final_loss, skip_if_finished=True)
+        self._requeue = again
+        return [r for r in self.candidates if r.spec.run_key in finished]
 
     def propose(self, k: int) -> list[PlannedRun]:
         """Up to ``k`` new candidate runs (fewer, or none, when the budget or the stopping rule

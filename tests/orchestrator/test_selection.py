@@ -244,6 +244,31 @@ def test_budgeted_study_spends_within_budget_without_duplicates(mode: str) -> No
         assert chosen == sorted(r.plan.flops for r in grid)[: len(chosen)]
 
 
+@pytest.mark.parametrize("mode", ["active", "random"])
+def test_a_resumed_selection_fits_every_run_it_has_trained(mode: str) -> None:
+    """Resuming a budgeted study (a larger budget, the same store and journal) counts the runs
+    earlier invocations trained: the refits and the final fit see all of them, none is trained
+    or proposed twice, and the summary says how many were already done."""
+    tracker, storage = MemoryTracker(), optuna.storages.InMemoryStorage()
+    first = run_study(_study(mode, budget_fraction=0.1), tracker=tracker, executor=InlineExecutor(),
+                      optuna_storage=storage, background_refit=False)
+    earlier = first.stats.finished
+    assert earlier >= 5 and first.laws[0].n_points == earlier
+    second = run_study(_study(mode, budget_fraction=0.3), tracker=tracker, executor=InlineExecutor(),
+                       optuna_storage=storage, background_refit=False)
+    assert second.stats.skipped == earlier and second.stats.finished > 0
+    finished = [r for r in tracker.runs.values() if r["status"] == "FINISHED"]
+    keys = [r["run_key"] for r in finished]
+    assert len(keys) == len(set(keys)) == earlier + second.stats.finished
+    assert second.laws[0].n_points == len(keys)  # the final fit: every run, not only the new ones
+    assert max(step for _, step, _ in tracker.fits) == len(keys)
+    # every online refit of the resumed invocation already counts the earlier runs
+    resumed = [step for _, step, _ in tracker.fits[len([f for f in tracker.fits if f[1] <= earlier]) :]]
+    assert resumed and min(resumed) > earlier
+    trials = optuna.load_study(study_name=f"sel-{mode}", storage=storage).get_trials()
+    assert len(trials) == len(keys) and all(t.state == TrialState.COMPLETE for t in trials)
+
+
 def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
     study = _study("active")
     grid = expand(study)
