@@ -29,7 +29,7 @@ from orchestrator.selection.criteria import (
     target_variances,
 )
 from orchestrator.study import run_study, selection_journal
-from orchestrator.tracking import MemoryTracker
+from orchestrator.tracking import FinishedRun, MemoryTracker
 from trainers.simulated import REPLICATION_CHINCHILLA
 
 
@@ -282,6 +282,21 @@ def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
     assert [r.tags["isoflop.trial"] for r in again] == [r.tags["isoflop.trial"] for r in proposed]
     fresh = second.propose(2)
     assert not {r.spec.run_key for r in fresh} & {r.spec.run_key for r in proposed}
+
+
+def test_a_run_that_finished_after_its_driver_died_is_told_not_proposed_again() -> None:
+    study = _study("active")
+    grid = expand(study)
+    storage = optuna.storages.InMemoryStorage()
+    proposed = Selector(study, grid, fit_provider=lambda name: None, storage=storage).propose(3)
+    done = proposed[0]  # its result reached the store; the driver died before telling Optuna
+    finished = {done.spec.run_key: FinishedRun(run_key=done.spec.run_key, run_id="r0", inputs={}, final_loss=3.25)}
+    second = Selector(study, grid, fit_provider=lambda name: None, storage=storage)
+    assert [r.spec.run_key for r in second.start(finished)] == [done.spec.run_key]
+    trial = second.study.trials[int(done.tags["isoflop.trial"])]
+    assert trial.state == TrialState.COMPLETE and trial.value == 3.25
+    again = second.propose(2)
+    assert [r.spec.run_key for r in again] == [r.spec.run_key for r in proposed[1:]]
 
 
 def _selector_on_the_true_law(**selection) -> tuple[object, list, Selector]:
