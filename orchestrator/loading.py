@@ -46,6 +46,10 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise StudyError(item, "an override must look like key.path=value")
+        key = item.partition("=")[0]
+        if "[" in key:  # OmegaConf cannot merge a dotlist element into a list
+            base = key.partition("[")[0]
+            raise StudyError(key, f"one element of a list cannot be overridden: give the whole list, {base}=[...]")
         if "${" in item:  # before OmegaConf parses it: a malformed ${ would give its grammar error
             key, _, value = item.partition("=")
             raise StudyError(key, f"interpolation (${{...}}) is not allowed in a study, got {value!r}: write the value itself")
@@ -107,8 +111,16 @@ def _law_entries(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "laws": [{"family": e} if isinstance(e, str) else e for e in entries]}
 
 
+#: tracking-URI schemes MLflow has a store for (``postgresql+psycopg2`` counts as postgresql)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+
+
 def _absolute_paths(study: StudyConfig) -> StudyConfig:
     """File paths in a study, made absolute here: workers may run in another directory."""
+    uri = study.tracking.uri
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # sqlite:///rel.db
+        absolute = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+        study = dataclasses.replace(study, tracking=dataclasses.replace(study.tracking, uri=absolute))
     replay = study.trainer.replay
     if replay.path and not Path(replay.path).is_absolute():
         replay = dataclasses.replace(replay, path=str(Path(replay.path).resolve()))
@@ -133,6 +145,16 @@ def validate(study: StudyConfig) -> None:
     """Reject impossible values that types alone cannot catch."""
     if not study.name.strip():
         raise StudyError("name", "must not be empty")
+    if study.tracking.uri is not None:
+        from orchestrator.secrets import redact_text
+
+        scheme = study.tracking.uri.partition("://")[0].partition("+")[0].lower()
+        if "://" not in study.tracking.uri or scheme not in TRACKING_SCHEMES:
+            raise StudyError(
+                "tracking.uri",
+                f"not an MLflow tracking URI: {redact_text(study.tracking.uri)!r} (use http(s)://host:port, sqlite:////abs/path.db, "
+                "postgresql://..., mysql://...; null = the embedded store)",
+            )
     if any(ch in study.name for ch in "/\\'\"\n"):
         raise StudyError("name", f"must not contain quotes, slashes or newlines: {study.name!r}")
     _check_numbers(study, "")
@@ -146,6 +168,9 @@ def validate(study: StudyConfig) -> None:
         if value <= 0:
             raise StudyError(key, f"must be positive, got {value}")
     _validate_mixture_at(study)
+    for i, b in enumerate(study.export.budgets):
+        if not (math.isfinite(b) and b > 0):
+            raise StudyError(f"export.budgets[{i}]", f"must be a positive, finite number of FLOPs, got {b}")
     if study.export.bootstrap < 0:
         raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
     if study.tracking.figures_every_s < 0:
@@ -217,6 +242,11 @@ def _validate_simulated(study: StudyConfig) -> None:
         )
     if not sim.params and sim.law != "chinchilla":
         raise StudyError("trainer.simulated.params", f"give the parameters of the {sim.law!r} ground truth")
+    for p in law.params:  # the truth must be a law the family can express (log parameters > 0)
+        v = sim.params.get(p.name)
+        if v is not None and (not math.isfinite(v) or (p.log and v < 0)):
+            what = "finite and 0 or more" if p.log else "finite"
+            raise StudyError(f"trainer.simulated.params.{p.name}", f"must be {what}, got {v}")
     if sim.law != "distillation":
         if sim.supervised:
             raise StudyError("trainer.simulated.supervised", f"is for a distillation ground truth, not {sim.law!r}")
@@ -565,6 +595,9 @@ def _validate_selection(study: StudyConfig) -> None:
     if sel.budget_fraction is not None and not 0 < sel.budget_fraction <= 1:
         raise StudyError("selection.budget_fraction", f"must be in (0, 1], got {sel.budget_fraction}")
     if sel.mode == "grid":
+        if sel.budget_flops is not None or sel.budget_fraction is not None:
+            key = "selection.budget_flops" if sel.budget_flops is not None else "selection.budget_fraction"
+            raise StudyError(key, "grid mode trains every run: a budget needs selection.mode active, random or cheapest")
         return
     if study.grid.finetune is not None:
         # a finetuning run's law input L_pt0 is its pretrained run's loss, which no law of the

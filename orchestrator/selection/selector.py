@@ -216,10 +216,27 @@ class Selector:
             direction="minimize",
             load_if_exists=True,
         )
+        self._check_journal(study.name)
         self._refit_behind = refit_behind
         self._trials: dict[str, int] = {}  # run key -> trial number, for runs of this invocation
         self.stopped: str | None = None  # why no more runs are proposed
         self._requeue = self._resume()
+
+    def _check_journal(self, name: str) -> None:
+        """The journal's trials name candidates by their index in the pool: refuse a pool that no
+        longer matches them (a grid or space changed since the selection began), which would
+        otherwise charge a trial's cost to another run and skip runs never trained."""
+        for t in self.study.get_trials(deepcopy=False):
+            if PARAM not in t.params:
+                continue
+            i, key = int(t.params[PARAM]), t.user_attrs.get("run_key")
+            if i >= len(self.candidates) or (key is not None and self.candidates[i].spec.run_key != key):
+                raise StudyError(
+                    "grid",
+                    f"the candidate runs changed since study {name!r} began its selection (trial {t.number} chose run "
+                    f"{key or i}, which is not candidate {i} of the {len(self.candidates)} now); keep the grid it was "
+                    "started with, or run the new grid under a new study name",
+                )
 
     def _sampler(self, study: StudyConfig) -> PoolSampler:
         sel = study.selection

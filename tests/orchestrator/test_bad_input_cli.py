@@ -41,6 +41,13 @@ MORE = [
     ("budget too small for one step", DENSE_TINY, "grid.isoflop.budgets[0]"),
     ("unknown selection key", _sel(mode="active", budget_fraction=0.5, targett={}), "selection.targett"),
     ("budget below the cheapest run", _sel(mode="random", budget_flops=1.0), "selection.budget_flops"),
+    ("budget in grid mode", _sel(mode="grid", budget_flops=1e18), "selection.budget_flops"),
+    ("unknown tracking scheme", {**_SIM, "tracking": {"uri": "nosuch://x"}}, "tracking.uri"),
+    ("tracking URI without a scheme", {**_SIM, "tracking": {"uri": "mlflow.db"}}, "tracking.uri"),
+    ("export budget zero", {**_SIM, "export": {"budgets": [1e20, 0]}}, "export.budgets[1]"),
+    ("export budget negative", {**_SIM, "export": {"budgets": [-1e20]}}, "export.budgets[0]"),
+    ("simulated truth outside its law", {**_SIM, "trainer": {"kind": "simulated", "simulated": {
+        "params": {"E": -1.0, "A": 1.0, "B": 1.0, "alpha": 0.3, "beta": 0.3}}}}, "trainer.simulated.params.E"),
     ("budget fraction below the cheapest run",
      _sel(mode="active", budget_fraction=1e-6, target={"budget": 1e20}), "selection.budget_fraction"),
     ("selection without budget", _sel(mode="random"), "selection.budget_flops"),
@@ -159,6 +166,9 @@ def test_bad_override_and_missing_file_exit_2(tmp_path: Path, monkeypatch, capsy
     path.write_text(yaml.safe_dump(_SIM))
     assert main(["run", str(path), "trainer.seq_len=-4"]) == 2
     assert "trainer.seq_len" in capsys.readouterr().err
+    assert main(["validate", str(path), "grid.D[0]=-1"]) == 2
+    assert "isoflop: error: grid.D[0]: one element of a list cannot be overridden: give the whole list, grid.D=[...]" in (
+        capsys.readouterr().err)
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
     assert not (tmp_path / ".isoflop").exists()

@@ -154,3 +154,15 @@ def test_laws_are_bare_family_names_or_entries_also_from_overrides() -> None:
     with pytest.raises(StudyError) as info:
         study_from_dict({**base, "laws": [{"family": "chinchilla", "expression": "E"}]})
     assert info.value.key == "laws[0].expression"
+
+
+def test_a_relative_sqlite_store_is_made_absolute_and_a_password_is_never_echoed(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = {"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6, 1e7], "D": [1e8]}}
+    study = study_from_dict({**base, "tracking": {"uri": "sqlite:///stores/rel.db"}})
+    assert study.tracking.uri == f"sqlite:///{tmp_path / 'stores' / 'rel.db'}"
+    assert study_from_dict({**base, "tracking": {"uri": "sqlite:////abs/x.db"}}).tracking.uri == "sqlite:////abs/x.db"
+    with pytest.raises(StudyError) as err:
+        study_from_dict({**base, "tracking": {"uri": "postgres://mlflow:hunter2@db/mlflow"}})
+    assert err.value.key == "tracking.uri" and "hunter2" not in str(err.value)
+    assert study_from_dict({**base, "tracking": {"uri": "postgresql+psycopg2://u@db/m"}}).tracking.uri.startswith("postgresql")

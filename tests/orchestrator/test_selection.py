@@ -269,6 +269,28 @@ def test_a_resumed_selection_fits_every_run_it_has_trained(mode: str) -> None:
     assert len(trials) == len(keys) and all(t.state == TrialState.COMPLETE for t in trials)
 
 
+@pytest.mark.parametrize("points", [5, 9])
+def test_a_selection_whose_candidates_changed_is_refused_before_anything_is_written(points: int) -> None:
+    """The journal names candidates by pool index: a grid with fewer points (an index past the
+    pool) or more (the same index, another run) must not be continued."""
+    tracker, storage = MemoryTracker(), optuna.storages.InMemoryStorage()
+    run_study(_study("random", budget_fraction=0.1), tracker=tracker, executor=InlineExecutor(),
+              optuna_storage=storage, background_refit=False)
+    runs_before = {k: dict(v) for k, v in tracker.runs.items()}
+    raw = {
+        "name": "sel-random", "seed": 0,
+        "trainer": {"kind": "simulated", "simulated": {"noise": 0.005}},
+        "grid": {"isoflop": {"budgets": [1e17, 1e18, 1e19, 1e20], "points_per_budget": points, "span": 30}},
+        "laws": ["chinchilla"],
+        "selection": {"mode": "random", "budget_fraction": 0.3, "target": {"budget": 1e22}, "refit_every": 1000},
+    }
+    changed = study_from_dict(raw)
+    with pytest.raises(StudyError) as err:
+        run_study(changed, tracker=tracker, executor=InlineExecutor(), optuna_storage=storage, background_refit=False)
+    assert err.value.key == "grid" and "candidate runs changed" in str(err.value)
+    assert {k: dict(v) for k, v in tracker.runs.items()} == runs_before
+
+
 def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
     study = _study("active")
     grid = expand(study)
