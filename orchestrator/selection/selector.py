@@ -47,9 +47,10 @@ from orchestrator.selection.samplers import (
     PoolSampler,
     RandomPoolSampler,
     available,
-    budget_left,
     committed,
+    proposed,
 )
+from orchestrator.selection.samplers import spent as spent_flops
 from orchestrator.tracking import FinishedRun, law_inputs
 
 TRIAL_TAG = "isoflop.trial"
@@ -305,7 +306,11 @@ class Selector:
             if self.waiting():
                 break
             if not available(self.study, self.pool).any():
-                self.stopped = f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)"
+                left = len(set(range(self.pool.size)) - set(proposed(self.study)))
+                self.stopped = (
+                    f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)" if left
+                    else f"every candidate run taken ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs spent)"
+                )
                 break
             before = committed(self.study, self.pool)
             trial = self.study.ask({PARAM: self.pool.distribution()})
@@ -420,7 +425,7 @@ class Selector:
 
     # -- helpers ----------------------------------------------------------------------------------
     def spent(self) -> float:
-        return self.pool.budget - budget_left(self.study, self.pool)
+        return spent_flops(self.study, self.pool)
 
     def _tagged(self, run: PlannedRun) -> PlannedRun:
         return replace(run, tags={**run.tags, TRIAL_TAG: str(self._trials[run.spec.run_key])})

@@ -557,3 +557,15 @@ def test_active_selection_over_a_continuous_space_predicts_the_target() -> None:
     opt = laws.compute_optimal(fit, [1e22])[0]
     true = laws.compute_optimal(_true_fit(), [1e22])[0]
     assert opt.loss == pytest.approx(true.loss, rel=0.03)
+
+
+def test_a_budget_beyond_the_pool_stops_when_every_candidate_is_taken() -> None:
+    """A budget larger than the whole pool: the selection ends because no candidate is left, says
+    so, and reports what it spent exactly (not budget minus a remainder lost to rounding)."""
+    study = _study("cheapest", budget_fraction=None, budget_flops=1e40)
+    grid = expand(study)
+    outcome = run_study(study, tracker=MemoryTracker(), executor=InlineExecutor(),
+                        optuna_storage=optuna.storages.InMemoryStorage(), background_refit=False)
+    assert outcome.stats.finished == len(grid)
+    total = sum(r.plan.flops for r in grid)
+    assert outcome.stopped == f"every candidate run taken ({total:.3g} of 1e+40 FLOPs spent)"
