@@ -80,8 +80,9 @@ class FittedRange:
     student_min: float
     student_max: float
     teacher_max: float | None
-    tokens_max: float
+    tokens_max: float  # of any run (the teachers' and the supervised baseline's limit)
     teacher_loss_min: float | None = None
+    student_tokens_max: float | None = None  # of the students alone (None: tokens_max)
 
 
 #: Busbridge et al. 2025: students 143M-12.6B, teachers up to 12.6B, up to 512B tokens
@@ -324,11 +325,15 @@ def extrapolation_warnings(
         if r.teacher_loss_min is not None and plan.teacher_loss < r.teacher_loss_min:
             out.append(f"the teacher's loss L_T = {plan.teacher_loss:.4g} is below the lowest teacher loss the law "
                        f"was fitted to ({r.teacher_loss_min:.4g})")
-        tokens = {"student (D_S)": plan.D_S, "teacher (D_T)": plan.D_T, "supervised baseline (D)": plan.supervised_D}
-        for what, d in tokens.items():
-            if d is not None and d > r.tokens_max:
-                out.append(f"the {what} trains on {_count(d)} tokens, more than any run the law was fitted to "
-                           f"(at most {_count(r.tokens_max)})")
+        # the student against the students the law saw, the others against every run (teachers)
+        student_max = r.student_tokens_max if r.student_tokens_max is not None else r.tokens_max
+        student_kind = "run" if r.student_tokens_max is None else "student"
+        tokens = {"student (D_S)": (plan.D_S, student_max, student_kind), "teacher (D_T)": (plan.D_T, r.tokens_max, "run"),
+                  "supervised baseline (D)": (plan.supervised_D, r.tokens_max, "run")}
+        for what, (d, limit, kind) in tokens.items():
+            if d is not None and d > limit:
+                out.append(f"the {what} trains on {_count(d)} tokens, more than any {kind} the law was fitted to "
+                           f"(at most {_count(limit)})")
     from laws.recipes import chinchilla_optimum
 
     n_opt = float(chinchilla_optimum(supervised, [plan.C])[0][0])
@@ -441,6 +446,7 @@ def recorded_range(law: LawLike | None) -> FittedRange | None:
         teacher_max=max((n for n, _ in others), default=None),
         tokens_max=max(d for _, d in [*((n, d) for n, d, _ in students), *others]),
         teacher_loss_min=min(lt for _, _, lt in students),
+        student_tokens_max=max(d for _, d, _ in students),
     )
 
 

@@ -228,7 +228,7 @@ OWN_RUNS = [
 def test_a_users_law_is_checked_against_the_runs_its_document_records():
     document = own_document(OWN_RUNS)
     assert recorded_range(document) == FittedRange(student_min=1e6, student_max=1e8, teacher_max=3e8,
-                                                   tokens_max=6e9, teacher_loss_min=3.2)
+                                                   tokens_max=6e9, teacher_loss_min=3.2, student_tokens_max=2e9)
     # inside its own runs (and outside the paper's): no warning about the student's size
     inside = laws.plan_distillation(document, N_S=1e7, budget=1e17, scenario="teacher_inference")
     assert not [w for w in inside.warnings if "N_S" in w or "unknown" in w]
@@ -242,6 +242,12 @@ def test_a_users_law_is_checked_against_the_runs_its_document_records():
                                     for w in beyond.warnings)
     assert any(w.startswith("the supervised baseline (D) trains on 167B tokens, more than any run the law was "
                             "fitted to (at most 6B)") for w in beyond.warnings)
+    # a student trained on more tokens than any student saw is extrapolated, even where a teacher
+    # saw more (students up to 2B tokens, the teacher 6B: the student's limit is its own)
+    long = laws.plan_distillation(document, N_S=1e8, budget=2.4e18, scenario="best_case")
+    assert 2e9 < long.D_S <= 6e9
+    assert any(w.startswith("the student (D_S) trains on ") and "more than any student the law was fitted to "
+               "(at most 2B)" in w for w in long.warnings), long.warnings
     free = laws.plan_distillation(document, N_S=1e7, budget=1e17, scenario="best_case")
     assert (free.teacher_loss < 3.2) == any("below the lowest teacher loss the law was fitted to (3.2)" in w
                                             for w in free.warnings)
