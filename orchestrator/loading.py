@@ -529,7 +529,7 @@ def _validate_laws(study: StudyConfig) -> None:
     from laws import LAW_NAMES
     from laws.custom import CustomLawError
     from orchestrator.fitting import SUPERVISED_FAMILIES, build_law, law_name
-    from orchestrator.grid import domain_names
+    from orchestrator.grid import domain_names, mixture_width
 
     domains = domain_names(study)
     names: dict[str, int] = {}
@@ -542,12 +542,19 @@ def _validate_laws(study: StudyConfig) -> None:
         if c.family != "custom" and (c.expression or c.inputs or c.params):
             raise StudyError(f"{key}.expression", f"expression, inputs and params are for custom laws, not {c.family!r}")
         try:
-            build_law(c, len(domains))
+            built = build_law(c, len(domains))
         except CustomLawError as exc:  # "<field>: <message>", the field of the law's entry
             field, _, message = str(exc).partition(": ")
             raise StudyError(f"{key}.{field}" if message else key, message or field) from None
         except ValueError as exc:
             raise StudyError(key, str(exc)) from None
+        recorded = _recorded_inputs(study, mixture_width(study), c.runs)
+        if recorded is not None and (missing := [x for x in built.inputs if x not in recorded]):
+            raise StudyError(
+                f"{key}.inputs" if c.family == "custom" else key,
+                f"the law takes {missing}, which this study's {c.runs} runs do not record (they record "
+                f"{', '.join(sorted(recorded))})",
+            )
         name = law_name(c)
         if name in names:
             raise StudyError(f"{key}.name", f"law name {name!r} is already used by laws[{names[name]}]; give each a name")
@@ -568,6 +575,20 @@ def _validate_laws(study: StudyConfig) -> None:
                 raise StudyError(f"{key}.supervised", f"{c.supervised!r} must name a law listed before it")
             if study.laws[j].family not in SUPERVISED_FAMILIES:
                 raise StudyError(f"{key}.supervised", f"{c.supervised!r} is a {study.laws[j].family} law; use one of {', '.join(SUPERVISED_FAMILIES)}")
+
+
+def _recorded_inputs(study: StudyConfig, k: int, runs: str) -> set[str] | None:
+    """The law inputs the study's ``runs`` (main, teacher or pretrain) record
+    (:func:`orchestrator.tracking.law_inputs` and the grid's and dependencies' extras); None for
+    replayed runs, whose inputs are the table's columns."""
+    if study.trainer.kind == "replay":
+        return None
+    out = {"N", "N_non_embedding", "N_active", "D", "C", "S", *(f"h{i + 1}" for i in range(k))}
+    if runs == "main" and study.grid.teachers is not None:
+        out.add("L_T")
+    if runs == "main" and study.grid.finetune is not None:
+        out |= {"D_ft", "p", "L_pt0"}
+    return out
 
 
 def _validate_selection(study: StudyConfig) -> None:

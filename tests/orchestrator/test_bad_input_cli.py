@@ -42,6 +42,8 @@ MORE = [
     ("unknown selection key", _sel(mode="active", budget_fraction=0.5, targett={}), "selection.targett"),
     ("budget below the cheapest run", _sel(mode="random", budget_flops=1.0), "selection.budget_flops"),
     ("budget in grid mode", _sel(mode="grid", budget_flops=1e18), "selection.budget_flops"),
+    ("custom law of an input no run records", {**_SIM, "laws": [{"family": "custom", "expression": "E + A / Q**alpha",
+     "inputs": ["Q"], "params": {"E": [1.0], "A": [100.0], "alpha": [0.3]}}]}, "laws[0].inputs"),
     ("unknown tracking scheme", {**_SIM, "tracking": {"uri": "nosuch://x"}}, "tracking.uri"),
     ("tracking URI without a scheme", {**_SIM, "tracking": {"uri": "mlflow.db"}}, "tracking.uri"),
     ("export budget zero", {**_SIM, "export": {"budgets": [1e20, 0]}}, "export.budgets[1]"),
