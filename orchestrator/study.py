@@ -54,6 +54,30 @@ def open_tracker(study: StudyConfig) -> MlflowTracker:
     )
 
 
+def check_tracking_reachable(study: StudyConfig, timeout_s: float = 10.0) -> None:
+    """A tracking server (``http(s)://``) must answer before anything starts: MLflow's client
+    retries a dead address with backoff for minutes, silently. Any HTTP answer counts (an
+    authentication error is MLflow's to report); no answer raises a StudyError naming
+    ``tracking.uri``."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    uri = tracking_uri(study)
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    # credentials in the URI are MLflow's to send; any answer, 401 included, will do here
+    probe = parts._replace(netloc=parts.netloc.rpartition("@")[2], path=parts.path.rstrip("/") + "/health")
+    try:
+        urllib.request.urlopen(urllib.parse.urlunsplit(probe), timeout=timeout_s).close()  # noqa: S310 - http(s) only
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StudyError("tracking.uri", f"no tracking server answers at {redact_text(uri)} ({reason})") from None
+
+
 def selection_journal(study: StudyConfig) -> Path:
     """Where a budgeted selection keeps its Optuna journal: next to the embedded store, or under
     ``.isoflop/`` in the working directory for a remote tracking server."""

@@ -46,6 +46,7 @@ MORE = [
      "inputs": ["Q"], "params": {"E": [1.0], "A": [100.0], "alpha": [0.3]}}]}, "laws[0].inputs"),
     ("unknown tracking scheme", {**_SIM, "tracking": {"uri": "nosuch://x"}}, "tracking.uri"),
     ("tracking URI without a scheme", {**_SIM, "tracking": {"uri": "mlflow.db"}}, "tracking.uri"),
+    ("tracking server that does not answer", {**_SIM, "tracking": {"uri": "http://127.0.0.1:1"}}, "tracking.uri"),
     ("export budget zero", {**_SIM, "export": {"budgets": [1e20, 0]}}, "export.budgets[1]"),
     ("export budget negative", {**_SIM, "export": {"budgets": [-1e20]}}, "export.budgets[0]"),
     ("simulated truth outside its law", {**_SIM, "trainer": {"kind": "simulated", "simulated": {
