@@ -74,10 +74,10 @@ def test_a_literal_dollar_is_an_ordinary_character(tmp_path: Path) -> None:
     raw = {**_SIM, "name": "budget$5", "tracking": {"experiment": "$ISOFLOP_TEST_SECRET {not} $(this)"}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
-    study = load_study(path, ["tracking.uri=sqlite:///$HOME/x.db"])
+    study = load_study(path, ["tracking.uri=sqlite:////srv/$HOME/x.db"])
     assert study.name == "budget$5"
     assert study.tracking.experiment == "$ISOFLOP_TEST_SECRET {not} $(this)"
-    assert study.tracking.uri == "sqlite:///$HOME/x.db"
+    assert study.tracking.uri == "sqlite:////srv/$HOME/x.db"
     assert SECRET not in to_yaml(study)
     assert study_from_dict(yaml.safe_load(to_yaml(study))) == study  # the stored study reads back the same
 
