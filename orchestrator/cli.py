@@ -1,7 +1,7 @@
 """The ``isoflop`` command line.
 
 Exit codes: 0 success; 1 the study ran but some runs failed for good; 2 bad input (nothing was run
-and nothing was written to the tracking store).
+and nothing was written to the tracking store); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
+    except KeyboardInterrupt:  # Ctrl-C: the study's state is in its store; no traceback
+        running = args.handler in (_cmd_run, _cmd_resume)
+        print("isoflop: interrupted" + ("; finished runs are kept: `isoflop resume NAME` continues the study" if running else ""),
+              file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (``isoflop validate ... | head``)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more is written
         return EXIT_OK

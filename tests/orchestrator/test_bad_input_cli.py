@@ -309,3 +309,18 @@ def test_refused_studies_add_nothing_to_a_store_in_use(tmp_path: Path, monkeypat
         assert "hunter2" not in text
     assert contents() == (experiments, runs)
     assert _tree(tmp_path) == files, "nothing may be written"
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path, monkeypatch, capsys) -> None:
+    import orchestrator.cli as cli
+
+    def interrupted(study):  # noqa: ANN001, ANN202 - Ctrl-C while the study runs
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_run", interrupted)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_SIM))
+    assert main(["run", str(path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["isoflop: interrupted; finished runs are kept: `isoflop resume NAME` continues the study"]
