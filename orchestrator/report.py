@@ -28,10 +28,9 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
             f"- finished runs: {study.get('finished_runs')}",
             f"- tracking store: `{study.get('tracking_uri')}` (parent run `{study.get('parent_run_id')}`)",
             f"- export schema version: {document.get('schema_version')}",
-            "",
+            *(f"- law `{name}` not fitted: {why}" for name, why in (study.get("not_fitted") or {}).items()),
+            "",  # the list ends before the next heading or paragraph
         ]
-        for name, why in (study.get("not_fitted") or {}).items():
-            lines.append(f"- law `{name}` not fitted: {why}")
     for entry in document.get("laws", []):
         name = entry.get("name", entry["law"])
         title = f"## Law `{name}`" + (f" ({entry['law']})" if name != entry["law"] else "")

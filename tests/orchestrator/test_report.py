@@ -44,3 +44,9 @@ def test_sparsity_is_a_column_only_when_some_run_is_sparse() -> None:
     header, *rows = _table(sparse)
     assert header == ["run", "N", "D", "C", "S", "loss"]
     assert [r[4] for r in rows] == ["0", "0.75"]
+
+
+def test_a_law_not_fitted_is_listed_apart_from_the_next_heading() -> None:
+    study = {"name": "s", "finished_runs": 3, "not_fitted": {"chinchilla": "only 3 data points"}}
+    text = markdown_report({"study": study, "laws": [], "runs": [_run("a", 1e7, 1e18)]})
+    assert "- export schema version: None\n- law `chinchilla` not fitted: only 3 data points\n\n" in text
