@@ -167,6 +167,8 @@ def validate(study: StudyConfig) -> None:
     }.items():
         if value <= 0:
             raise StudyError(key, f"must be positive, got {value}")
+    if study.cluster.num_cpus is not None and study.cluster.num_cpus < 1:
+        raise StudyError("cluster.num_cpus", f"must be at least 1 (or null: all of this machine's), got {study.cluster.num_cpus}")
     _validate_mixture_at(study)
     for i, b in enumerate(study.export.budgets):
         if not (math.isfinite(b) and b > 0):

@@ -27,6 +27,7 @@ MORE = [
     ("span below one", {**_SIM, "grid": {"isoflop": {"budgets": [1e18], "span": 0.5}}}, "grid.isoflop.span"),
     ("zero replicates", {**_SIM, "grid": {"N": [1e6], "D": [1e8], "replicates": 0}}, "grid.replicates"),
     ("zero cpus per run", {**_SIM, "resources": {"cpus_per_run": 0}}, "resources.cpus_per_run"),
+    ("zero cluster cpus", {**_SIM, "cluster": {"num_cpus": 0}}, "cluster.num_cpus"),
     ("negative concurrency", {**_SIM, "resources": {"max_concurrent": -2}}, "resources.max_concurrent"),
     ("negative pending watchdog", {**_SIM, "resources": {"pending_warn_s": -1}}, "resources.pending_warn_s"),
     ("negative GPU memory", {**_SIM, "resources": {"gpu_memory_mb": -1}}, "resources.gpu_memory_mb"),
