@@ -550,13 +550,6 @@ def _validate_laws(study: StudyConfig) -> None:
             raise StudyError(f"{key}.{field}" if message else key, message or field) from None
         except ValueError as exc:
             raise StudyError(key, str(exc)) from None
-        recorded = _recorded_inputs(study, mixture_width(study), c.runs)
-        if recorded is not None and (missing := [x for x in built.inputs if x not in recorded]):
-            raise StudyError(
-                f"{key}.inputs" if c.family == "custom" else key,
-                f"the law takes {missing}, which this study's {c.runs} runs do not record (they record "
-                f"{', '.join(sorted(recorded))})",
-            )
         name = law_name(c)
         if name in names:
             raise StudyError(f"{key}.name", f"law name {name!r} is already used by laws[{names[name]}]; give each a name")
@@ -577,6 +570,13 @@ def _validate_laws(study: StudyConfig) -> None:
                 raise StudyError(f"{key}.supervised", f"{c.supervised!r} must name a law listed before it")
             if study.laws[j].family not in SUPERVISED_FAMILIES:
                 raise StudyError(f"{key}.supervised", f"{c.supervised!r} is a {study.laws[j].family} law; use one of {', '.join(SUPERVISED_FAMILIES)}")
+        recorded = _recorded_inputs(study, mixture_width(study), c.runs)
+        if recorded is not None and (missing := [x for x in built.inputs if x not in recorded]):
+            raise StudyError(
+                f"{key}.inputs" if c.family == "custom" else key,
+                f"the law takes {missing}, which this study's {c.runs} runs do not record (they record "
+                f"{', '.join(sorted(recorded))})",
+            )
 
 
 def _recorded_inputs(study: StudyConfig, k: int, runs: str) -> set[str] | None:
