@@ -45,6 +45,9 @@ def _load(path: str, mtime: float, columns: tuple[tuple[str, str], ...], max_los
         raise ValueError(f"trainer.replay.columns: {path} must give N and D (or C), found {sorted(inputs)}")
     keep = np.isfinite(loss) & (loss > 0) & (inputs["N"] > 0) & (inputs["D"] > 0)
     if max_loss is not None:
+        if keep.any() and not (keep & (loss <= max_loss)).any():
+            raise ValueError(f"trainer.replay.max_loss: {max_loss:g} drops every row of {path} (lowest loss "
+                             f"{float(loss[keep].min()):.4g})")
         keep &= loss <= max_loss
     n = np.rint(inputs["N"][keep]).astype(np.int64)
     d = np.rint(inputs["D"][keep]).astype(np.int64)

@@ -45,7 +45,7 @@ def test_cost_expression_and_column_mapping(tmp_path: Path) -> None:
     [
         ({"path": "/nonexistent.csv"}, "trainer.replay.path"),
         ({"cost": "__import__('os')"}, "trainer.replay.cost"),
-        ({"max_loss": 0.1}, "trainer.replay.path: no usable rows"),
+        ({"max_loss": 0.1}, "trainer.replay.max_loss: 0.1 drops every row"),
     ],
 )
 def test_bad_tables_name_the_key(tmp_path: Path, replay: dict, needle: str) -> None:
