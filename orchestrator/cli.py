@@ -7,6 +7,7 @@ and nothing was written to the tracking store); 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -251,6 +252,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         # its store is the cluster's tracking server, not this machine's
         print(f"isoflop: {redact_text(str(exc.args[0]))}; pass --tracking-uri to read its runs and fits")
         return EXIT_OK
+    if args.study.endswith((".yaml", ".yml")) or Path(args.study).is_file():
+        # the study as it was run (its overrides included), where its store has it
+        from orchestrator.mlflow_tracker import tracking_uri
+        from orchestrator.store import load_stored_study
+
+        with contextlib.suppress(LookupError):  # not run yet: the YAML's own grid
+            study = load_stored_study(study.name, tracking_uri(study))
     from orchestrator.status import status_lines
 
     for line in status_lines(study):

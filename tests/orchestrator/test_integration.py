@@ -353,3 +353,23 @@ def test_mixture_laws_of_one_study_are_bootstrapped_jointly_for_the_optimal_mixt
 
     text = markdown_report(document)
     assert f"## Optimal mixture at N = {AT['N']:.3g}, D = {AT['D']:.3g}" in text and "Weight intervals: [" in text
+
+
+def test_status_of_a_yaml_shows_the_study_as_it_was_run(store, capsys) -> None:
+    """``isoflop status STUDY.yaml`` after a run with overrides: the grid the run had (stored on
+    its parent run), not the YAML's own."""
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.mlflow_tracker import MlflowTracker
+
+    raw = {"name": "status-overrides", "tracking": {"uri": store}, "trainer": {"kind": "simulated"},
+           "grid": {"N": [1e6, 1e7, 1e8], "D": [1e8, 1e9]}}
+    study = study_from_dict(raw, ["grid.D=[1e8]"])
+    run_study(study, tracker=MlflowTracker(store, study.name), executor=InlineExecutor(), background_refit=False)
+    path = Path(store.removeprefix("sqlite:///")).parent.parent / "status.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "runs 3/3" in out and "runs 3/6" not in out, out
