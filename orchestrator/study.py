@@ -31,7 +31,7 @@ from orchestrator.mlflow_tracker import MlflowTracker, tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.secrets import redact_text
-from orchestrator.selection import Selector, journal_storage
+from orchestrator.selection import Selector, check_selection_budget, journal_storage
 from orchestrator.selection.selector import SelectionView
 from orchestrator.tracking import NEXT_TAG, NOTE_TAG, STOPPED_TAG, FinishedRun, Tracker
 from trainers.memory import estimate_memory
@@ -228,6 +228,9 @@ def run_study(
     touched, so a rejected study leaves nothing behind.
     """
     candidates = runs if runs is not None else expand(study)
+    check_selection_budget(study, candidates)
+    if tracker is None:  # the study's own store: a server must answer before Ray starts
+        check_tracking_reachable(study)
     adopted = adopted_runs(study)
     num_cpus = study.resources.cpus_per_run
     capacity: int | None = None

@@ -381,7 +381,7 @@ def test_isoflop_run_picks_the_view_by_terminal(tty: bool, monkeypatch: pytest.M
     monkeypatch.delenv("ISOFLOP_PLAIN", raising=False)
     out = TtyStream() if tty else io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
-    study = SimpleNamespace(name="wired", selection=SimpleNamespace(mode="grid"), tracking=SimpleNamespace(uri=None))
+    study = SimpleNamespace(name="wired", selection=SimpleNamespace(mode="grid"))
     assert cli._run(study) == 0
     text = out.getvalue()
     assert ("\x1b[" in text) is tty
