@@ -186,18 +186,20 @@ class Scheduler:
                 checkpoint_path(self.checkpoints.directory(run.key)).unlink(missing_ok=True)  # type: ignore[union-attr]
                 previous = None
             if previous is not None:
-                self.finished[run.spec.run_key] = previous
-                self.stats.skipped += 1
-                self.on_event(Event(kind="skip", run=run, finished=previous))
+                self._skip(run, previous)
             else:
                 self._pending.append(run)
         for run in claimed:  # a budgeted selection's runs from earlier invocations
             if run.spec.run_key in stored and run.spec.run_key not in self.finished:
                 self.runs.append(run)
                 self.stats.total += 1
-                self.finished[run.spec.run_key] = stored[run.spec.run_key]
-                self.stats.skipped += 1
-                self.on_event(Event(kind="skip", run=run, finished=stored[run.spec.run_key]))
+                self._skip(run, stored[run.spec.run_key])
+
+    def _skip(self, run: PlannedRun, previous: FinishedRun) -> None:
+        """``run`` is done already (``previous``): counted as finished and reported as skipped."""
+        self.finished[run.spec.run_key] = previous
+        self.stats.skipped += 1
+        self.on_event(Event(kind="skip", run=run, finished=previous))
 
     def _checkpoint_missing(self, run: PlannedRun) -> bool:
         if run.key not in self._needed or self.checkpoints is None:
@@ -333,9 +335,7 @@ class Scheduler:
             if previous is None:
                 fresh.append(run)
                 continue
-            self.finished[run.spec.run_key] = previous
-            self.stats.skipped += 1
-            self.on_event(Event(kind="skip", run=run, finished=previous))
+            self._skip(run, previous)
         return fresh
 
     def run(self, timeout: float = 1.0) -> SchedulerStats:
