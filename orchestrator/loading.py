@@ -583,13 +583,16 @@ def _recorded_inputs(study: StudyConfig, k: int, runs: str) -> set[str] | None:
     """The law inputs the study's ``runs`` (main, teacher or pretrain) record
     (:func:`orchestrator.tracking.law_inputs` and the grid's and dependencies' extras); None for
     replayed runs, whose inputs are the table's columns."""
+    from orchestrator.scheduler import DEPENDENCY_INPUTS
+    from orchestrator.tracking import RUN_INPUTS
+
     if study.trainer.kind == "replay":
         return None
-    out = {"N", "N_non_embedding", "N_active", "D", "C", "S", *(f"h{i + 1}" for i in range(k))}
+    out = {*RUN_INPUTS, *(f"h{i + 1}" for i in range(k))}
     if runs == "main" and study.grid.teachers is not None:
-        out.add("L_T")
+        out.add(DEPENDENCY_INPUTS["teacher"])
     if runs == "main" and study.grid.finetune is not None:
-        out |= {"D_ft", "p", "L_pt0"}
+        out |= {"D_ft", "p", DEPENDENCY_INPUTS["init"]}  # the grid's finetuning inputs and the pretrained loss
     return out
 
 

@@ -65,17 +65,16 @@ class StudyStatus:
     last_failure: str | None = None  # the reason of the latest failed attempt
 
 
+#: the law inputs every run records (:func:`law_inputs`), besides its mixture weights and extras
+RUN_INPUTS = ("N", "N_non_embedding", "N_active", "D", "C", "S")
+
+
 def law_inputs(plan: RunPlan, spec: RunSpec, extra: Mapping[str, float] | None = None) -> dict[str, float]:
     """The quantities laws are fitted on, from a run's plan and point, plus ``extra`` inputs the
     grid or its dependencies give (finetuning's D_ft, p and L_pt0, distillation's L_T)."""
-    inputs = {
-        "N": float(plan.n_params),
-        "N_non_embedding": float(plan.n_params_non_embedding),
-        "N_active": float(plan.n_params_active),
-        "D": float(plan.tokens),
-        "C": float(plan.flops),
-        "S": float(spec.point.sparsity),
-    }
+    values = (plan.n_params, plan.n_params_non_embedding, plan.n_params_active, plan.tokens, plan.flops,
+              spec.point.sparsity)
+    inputs = {name: float(v) for name, v in zip(RUN_INPUTS, values, strict=True)}
     for i, w in enumerate(spec.point.mixture):
         inputs[f"h{i + 1}"] = float(w)  # h1 .. hk, as the mixture laws name them
     inputs.update({k: float(v) for k, v in (extra or {}).items()})
