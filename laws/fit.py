@@ -143,14 +143,15 @@ def _fit(
             f"law {law.name!r}: every start that reached a finite objective ran a log-parameter past "
             f"exp's float64 range (log > {MAX_LOG:.1f}); the data do not identify the law"
         )
-    objective_ = torch.where(usable, res.objective, torch.full_like(res.objective, np.inf))
+    inf = torch.full_like(res.objective, np.inf)
+    objective_ = torch.where(usable, res.objective, inf)
     best = int(torch.argmin(objective_))
     f_best = float(res.objective[best])
     # relative tolerance, with an absolute floor for (near-)exact fits whose optimum is ~0
     n_best = int((objective_ <= f_best + max(best_tol * abs(f_best), BEST_ABS_TOL)).sum())
     theta = res.theta[best]
     warns = list(warnings)
-    lowest = int(torch.argmin(torch.where(finite, res.objective, torch.full_like(res.objective, np.inf))))
+    lowest = int(torch.argmin(torch.where(finite, res.objective, inf)))
     if lowest != best and float(res.objective[lowest]) < f_best:
         t_low = res.theta[lowest]
         over = [(p.name, float(v)) for p, v in zip(law.params, t_low, strict=True) if p.log and float(v) > MAX_LOG]

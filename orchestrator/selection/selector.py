@@ -201,9 +201,7 @@ class Selector:
         law_name = chosen.name
         self.law_name = law_name  # the study's name for the law (its family is self.law.name)
         self.law = chosen.law
-        # the full grid's cost: every run it trains, each teacher once
-        grid_cost = float(sum(trained_flops(r) for r in runs))
-        self.pool = make_pool(self.candidates, self.law, sel, selection_budget(sel, grid_cost), list(self.upstream.values()))
+        self.pool = selection_pool(study, runs)
         check_affordable(study, self.pool)
         self._upstream_loss: dict[str, float] = {}  # final losses of upstream runs known so far
         self._sent: set[str] = set()  # upstream runs proposed by this invocation
@@ -306,9 +304,9 @@ class Selector:
             if self.waiting():
                 break
             if not available(self.study, self.pool).any():
-                left = len(set(range(self.pool.size)) - set(proposed(self.study)))
+                untaken = len(set(proposed(self.study))) < self.pool.size
                 self.stopped = (
-                    f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)" if left
+                    f"budget spent ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs)" if untaken
                     else f"every candidate run taken ({self.spent():.3g} of {self.pool.budget:.3g} FLOPs spent)"
                 )
                 break
@@ -444,15 +442,21 @@ def check_affordable(study: StudyConfig, pool: Pool) -> None:
         raise StudyError(key, f"a budget of {pool.budget:.3g} FLOPs cannot pay for even the cheapest {what} ({cheapest:.3g})")
 
 
-def check_selection_budget(study: StudyConfig, runs: Sequence[PlannedRun]) -> None:
-    """:func:`check_affordable` for a budgeted study's expanded ``runs``, before anything starts
-    (``isoflop validate`` and ``isoflop run`` call it; grid mode has nothing to check)."""
-    if study.selection.mode == "grid":
-        return
+def selection_pool(study: StudyConfig, runs: Sequence[PlannedRun]) -> Pool:
+    """The candidate pool of a budgeted study's expanded ``runs``: its runs of stage ``main``,
+    starting from the others (teachers), with the budget out of the full grid's cost (every run
+    it trains, each teacher once)."""
     main, upstream = [r for r in runs if r.stage == "main"], [r for r in runs if r.stage != "main"]
     grid_cost = float(sum(trained_flops(r) for r in runs))
-    law = selection_law(study).law
-    check_affordable(study, make_pool(main, law, study.selection, selection_budget(study.selection, grid_cost), upstream))
+    return make_pool(main, selection_law(study).law, study.selection, selection_budget(study.selection, grid_cost), upstream)
+
+
+def check_selection_budget(study: StudyConfig, runs: Sequence[PlannedRun]) -> None:
+    """:func:`check_affordable` for a budgeted study's expanded ``runs``, before anything starts
+    (``isoflop validate`` and :func:`~orchestrator.study.run_study` call it; grid mode has
+    nothing to check)."""
+    if study.selection.mode != "grid":
+        check_affordable(study, selection_pool(study, runs))
 
 
 def effective_cost_now(pool: Pool) -> np.ndarray:
