@@ -46,17 +46,15 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise StudyError(item, "an override must look like key.path=value")
-        key = item.partition("=")[0]
+        key, _, value = item.partition("=")
         if "[" in key:  # OmegaConf cannot merge a dotlist element into a list
             base = key.partition("[")[0]
             raise StudyError(key, f"one element of a list cannot be overridden: give the whole list, {base}=[...]")
         if "${" in item:  # before OmegaConf parses it: a malformed ${ would give its grammar error
-            key, _, value = item.partition("=")
             raise StudyError(key, f"interpolation (${{...}}) is not allowed in a study, got {value!r}: write the value itself")
         try:
             OmegaConf.from_dotlist([item])  # each alone first: a value YAML cannot parse names its key
         except yaml.YAMLError as exc:
-            key, _, value = item.partition("=")
             raise StudyError(key, f"not a valid value {value!r}: {getattr(exc, 'problem', None) or exc}") from None
         except OmegaConfBaseException:
             pass  # reported with its full key by the merge below
@@ -170,9 +168,9 @@ def validate(study: StudyConfig) -> None:
     if study.cluster.num_cpus is not None and study.cluster.num_cpus < 1:
         raise StudyError("cluster.num_cpus", f"must be at least 1 (or null: all of this machine's), got {study.cluster.num_cpus}")
     _validate_mixture_at(study)
-    for i, b in enumerate(study.export.budgets):
-        if not (math.isfinite(b) and b > 0):
-            raise StudyError(f"export.budgets[{i}]", f"must be a positive, finite number of FLOPs, got {b}")
+    for i, b in enumerate(study.export.budgets):  # finite: _check_numbers
+        if b <= 0:
+            raise StudyError(f"export.budgets[{i}]", f"must be a positive number of FLOPs, got {b}")
     if study.export.bootstrap < 0:
         raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
     if study.tracking.figures_every_s < 0:
@@ -244,11 +242,10 @@ def _validate_simulated(study: StudyConfig) -> None:
         )
     if not sim.params and sim.law != "chinchilla":
         raise StudyError("trainer.simulated.params", f"give the parameters of the {sim.law!r} ground truth")
-    for p in law.params:  # the truth must be a law the family can express (log parameters > 0)
+    for p in law.params:  # a truth the family can express: log parameters 0 or more (finite: _check_numbers)
         v = sim.params.get(p.name)
-        if v is not None and (not math.isfinite(v) or (p.log and v < 0)):
-            what = "finite and 0 or more" if p.log else "finite"
-            raise StudyError(f"trainer.simulated.params.{p.name}", f"must be {what}, got {v}")
+        if p.log and v is not None and v < 0:
+            raise StudyError(f"trainer.simulated.params.{p.name}", f"must be 0 or more, got {v}")
     if sim.law != "distillation":
         if sim.supervised:
             raise StudyError("trainer.simulated.supervised", f"is for a distillation ground truth, not {sim.law!r}")
