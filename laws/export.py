@@ -32,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from laws.bootstrap import BootstrapResult
 from laws.recipes import allocation_intervals, compute_optimal
 from laws.result import LawFit
@@ -67,8 +69,13 @@ def law_entry(fit_: LawFit, *, budgets: Sequence[float] = (), level: float = 0.9
     except ValueError as exc:
         entry["intervals"] = None
         entry["interval_method"] = str(exc)
-    if budgets and set(law.inputs) == {"N", "D"}:
-        optima = compute_optimal(fit_, budgets)
+    optima = compute_optimal(fit_, budgets) if budgets and set(law.inputs) == {"N", "D"} else []
+    if not all(np.isfinite(a.N_opt) for a in optima):
+        exponents = ", ".join(f"{k} = {fit_.params[k]:.4g}" for k in ("alpha", "beta") if k in fit_.params)
+        entry["report"] = {**entry["report"], "warnings": [
+            *entry["report"].get("warnings", []), f"no compute-optimal allocation: the law's loss has no minimum along an isoFLOP curve ({exponents})"]}
+        optima = []
+    if optima:
         entry["compute_optimal"] = [
             {"C": a.C, "N_opt": a.N_opt, "D_opt": a.D_opt, "tokens_per_param": a.tokens_per_param, "loss": a.loss}
             for a in optima

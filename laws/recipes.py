@@ -36,9 +36,15 @@ def chinchilla_optimum(params: Mapping[str, float], budgets: ArrayLike) -> tuple
 
     N_opt = G (C/6)^a,  D_opt = (C/6)^b / G,  a = beta/(alpha+beta), b = alpha/(alpha+beta),
     G = (alpha A / (beta B))^(1/(alpha+beta)).
+
+    NaN where the law has no such optimum: with alpha or beta not positive (a fit on few runs can
+    have them), the loss along an isoFLOP curve falls all the way to one end.
     """
     c = np.asarray(budgets, dtype=np.float64)
     alpha, beta, a_, b_ = params["alpha"], params["beta"], params["A"], params["B"]
+    if not (alpha > 0 and beta > 0 and a_ > 0 and b_ > 0):
+        nan = np.full(c.shape, np.nan)
+        return nan, nan.copy()
     s = alpha + beta
     g = (alpha * a_ / (beta * b_)) ** (1.0 / s)
     return g * (c / 6.0) ** (beta / s), (c / 6.0) ** (alpha / s) / g

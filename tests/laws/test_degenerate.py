@@ -262,3 +262,22 @@ def test_bootstrap_refits_beyond_float64_do_not_count_as_converged(monkeypatch):
     boot = module.bootstrap(fit, {"N": n, "D": d}, loss, n_resamples=40, grid_starts=1)
     assert 0 < boot.n_converged <= 20
     assert np.isfinite(boot.theta_converged).all()
+
+
+@pytest.mark.parametrize("exponent", ["alpha", "beta"])
+def test_a_fit_with_a_negative_exponent_has_no_compute_optimum(exponent):
+    """A fit on few runs can put alpha or beta below zero; the closed form then raised a negative
+    number to a fractional power, and the complex result was cast to a meaningless real N_opt."""
+    import warnings
+
+    from laws.export import law_entry
+
+    report = laws.FitReport(n_points=8, n_starts=1, n_best=1, best_tol=0.0, grad_norm=0.0, converged=True)
+    fit_ = laws.LawFit(law="chinchilla", params={**HOFFMANN_PARAMS, exponent: -0.1}, objective=0.0, report=report)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (a,) = laws.compute_optimal(fit_, [1e22])
+        entry = law_entry(fit_, budgets=[1e22])
+    assert np.isnan(a.N_opt) and np.isnan(a.D_opt) and np.isnan(a.loss)
+    assert entry["compute_optimal"] == []
+    assert any(w.startswith("no compute-optimal allocation") and f"{exponent} = -0.1" in w for w in entry["report"]["warnings"])
