@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import laws
@@ -11,7 +11,15 @@ from laws.bootstrap import joint_bootstrap
 from laws.mixture import is_mixture_law
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
-from orchestrator.fitting import LawOutcome, StudyLaw, fit_laws, study_laws
+from orchestrator.fitting import (
+    MIXTURE_RESAMPLE_OPTIONS,
+    LawOutcome,
+    StudyLaw,
+    fit_laws,
+    resample_options,
+    study_laws,
+)
+from orchestrator.grid import expand
 from orchestrator.secrets import redact_text
 from orchestrator.study import open_tracker, tracking_uri
 from orchestrator.tracking import FinishedRun
@@ -27,11 +35,6 @@ def export_study(
 ) -> dict[str, Any]:
     """Refit the study's laws on its finished runs and describe them (see ``laws.export_document``)."""
     return export_with_runs(study, budgets=budgets, bootstrap=bootstrap)[0]
-
-
-#: mixture laws leave E weakly identified (traded against the scale of the mixture term), so a
-#: resample's optimum lies far along a flat valley: up to about 1000 Newton iterations away
-MIXTURE_RESAMPLE_OPTIONS = laws.NewtonOptions(max_iter=1000)
 
 
 def _bootstraps(
@@ -59,13 +62,22 @@ def _bootstraps(
     for law, outcome in fitted:
         if law.name in boots or law.name in failed:
             continue
-        options = MIXTURE_RESAMPLE_OPTIONS if is_mixture_law(outcome.fit.law) else None  # type: ignore[union-attr]
         try:
             inputs, y = tables.get(law.name) or law.table(runs)
-            boots[law.name] = bootstrap_fit(outcome.fit, inputs, y, n_resamples=resamples, seed=seed, options=options)  # type: ignore[arg-type]
+            boots[law.name] = bootstrap_fit(
+                outcome.fit, inputs, y, n_resamples=resamples, seed=seed, options=resample_options(outcome.fit)  # type: ignore[arg-type]
+            )
         except ValueError as exc:  # e.g. too few configurations to resample: parametric only
             failed[law.name] = str(exc)
     return [boots.get(law.name) for law, _ in fitted], failed
+
+
+def grid_runs(study: StudyConfig, stored: Mapping[str, FinishedRun]) -> tuple[list[FinishedRun], int]:
+    """The ``stored`` runs (by run key) of the study's grid, which its laws are fitted on, as
+    ``isoflop run`` fits them; and how many stored runs are not in the grid (a grid since changed:
+    not counted, not fitted)."""
+    keys = {r.spec.run_key for r in expand(study)}
+    return [r for k, r in stored.items() if k in keys], sum(k not in keys for k in stored)
 
 
 def fit_histories(study: StudyConfig, names: Sequence[str]) -> dict[str, dict[int, dict[str, float]]]:
@@ -82,9 +94,13 @@ def export_with_runs(
     (default ``export.bootstrap``) add percentile intervals to every law that can be resampled."""
     tracker = open_tracker(study)
     parent = tracker.attach(study.name)
-    runs = list(tracker.finished_runs().values())
+    runs, outside = grid_runs(study, tracker.finished_runs())
     if not runs:
-        raise StudyError("", f"study {study.name!r} has no finished runs to fit yet")
+        elsewhere = (
+            f" ({outside} stored runs belong to another grid: export the study by name to fit them with the grid it was last run with)"
+            if outside else ""
+        )
+        raise StudyError("", f"study {study.name!r} has no finished runs of its grid to fit yet{elsewhere}")
     budgets = list(budgets or study.export.budgets or default_budgets(max(r.inputs.get("C", 0.0) for r in runs)))
     chosen = study_laws(study)
     outcomes = fit_laws(chosen, runs, seed=study.seed)
@@ -111,6 +127,7 @@ def export_with_runs(
         "parent_run_id": parent,
         "tracking_uri": redact_text(tracking_uri(study)),
         "finished_runs": len(runs),
+        "outside_grid": outside,
         "not_fitted": {o.name: o.error for o in outcomes if o.fit is None},
     }
     document["runs"] = [

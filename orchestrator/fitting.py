@@ -18,11 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 
 import laws
+from laws.mixture import is_mixture_law
 from orchestrator.config import LawConfig, StudyConfig
 from orchestrator.tracking import FinishedRun
 
 #: families a distillation law can take its supervised loss from
 SUPERVISED_FAMILIES = ("chinchilla_gamma", "chinchilla")
+
+#: mixture laws leave E weakly identified (traded against the scale of the mixture term), so a
+#: resample's optimum lies far along a flat valley: up to about 1000 Newton iterations away
+MIXTURE_RESAMPLE_OPTIONS = laws.NewtonOptions(max_iter=1000)
+
+
+def resample_options(fit_: laws.LawFit) -> laws.NewtonOptions | None:
+    """The Newton options a bootstrap refit of ``fit_``'s law needs (None: the defaults)."""
+    return MIXTURE_RESAMPLE_OPTIONS if is_mixture_law(fit_.law) else None
 
 
 @dataclass(frozen=True, kw_only=True)

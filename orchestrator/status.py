@@ -9,6 +9,7 @@ selection's metrics and the run keys it would propose next), and it is drawn by 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import laws
 from orchestrator.config import StudyConfig
@@ -99,13 +100,21 @@ def fit_lines(st: StudyStatus) -> list[str]:
     return out
 
 
-def selection_line(st: StudyStatus, runs: Sequence[PlannedRun]) -> str | None:
-    if not st.selection:
+#: the ``selection.*`` metrics only active selection logs (its estimates and plan)
+ACTIVE_METRICS = ("selection.noise_sd", "selection.misfit_sd", "selection.misfit_length", "selection.cost_exponent")
+
+
+def selection_line(st: StudyStatus, runs: Sequence[PlannedRun], mode: str) -> str | None:
+    """The selection's line for a study whose selection is ``mode`` now. The parent run keeps
+    every metric an earlier invocation logged: none is shown in grid mode, and a baseline's line
+    leaves out the estimates an earlier active selection logged."""
+    if not st.selection or mode == "grid":
         return None
+    metrics = st.selection if mode == "active" else {k: v for k, v in st.selection.items() if k not in ACTIVE_METRICS}
     by_key = {r.spec.run_key: r for r in runs}
     keys = [k for k in st.tags.get(NEXT_TAG, "").split(",") if k in by_key]
     view = SelectionView(
-        metrics=st.selection, next_runs=[by_key[k] for k in keys], stopped=st.tags.get(STOPPED_TAG) or None
+        metrics=metrics, next_runs=[by_key[k] for k in keys], stopped=st.tags.get(STOPPED_TAG) or None
     )
     return view.summary()
 
@@ -120,15 +129,20 @@ def status_lines(study: StudyConfig) -> list[str]:
     runs = expand(study)
     st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
     head = f"study {st.name!r} (parent run {st.parent_run_id}, {st.study_status.lower()})"
+    # runs of a grid since changed are not this grid's: not counted here, not fitted by export
+    keys = {r.spec.run_key for r in runs}
+    outside = sum(k not in keys for k in st.attempts)
+    st = replace(st, attempts={k: v for k, v in st.attempts.items() if k in keys})
     block = block_lines(
         study.name,
         snapshot_of(st, study, runs),
         fits=fit_lines(st),
-        selection=selection_line(st, runs),
+        selection=selection_line(st, runs, study.selection.mode),
         last_error=_first_line(st.last_failure),
         final=st.study_status != "RUNNING",
     )
-    return [head, *block]
+    note = [f"{outside} stored runs are not in this grid (it changed since they ran): not counted, not fitted"] if outside else []
+    return [head, *block, *note]
 
 
 __all__ = ["fit_lines", "run_states", "selection_line", "snapshot_of", "status_lines"]

@@ -373,3 +373,29 @@ def test_status_of_a_yaml_shows_the_study_as_it_was_run(store, capsys) -> None:
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert "runs 3/3" in out and "runs 3/6" not in out, out
+
+
+def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store) -> None:
+    """A study rerun on a smaller grid: status counts the runs of the grid it now has (it showed
+    '6/4' done), and export fits those runs, as the run's own final fit does, saying how many
+    stored runs it left out."""
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.export import export_with_runs
+    from orchestrator.mlflow_tracker import MlflowTracker
+
+    raw = {"name": "shrunk", "tracking": {"uri": store}, "trainer": {"kind": "simulated"},
+           "grid": {"N": [1e6, 1e7, 1e8], "D": [1e8, 1e9]}, "laws": ["chinchilla"]}
+    big = study_from_dict(raw)
+    run_study(big, tracker=MlflowTracker(store, big.name), executor=InlineExecutor(), background_refit=False)
+    small = study_from_dict(raw, ["grid.N=[1e7,1e8]"])
+    outcome = run_study(small, tracker=MlflowTracker(store, small.name), executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.skipped == 4
+    from orchestrator.status import status_lines
+
+    lines = status_lines(small)
+    assert any("runs 4/4" in line for line in lines), lines
+    assert lines[-1] == "2 stored runs are not in this grid (it changed since they ran): not counted, not fitted"
+    document, runs = export_with_runs(small)
+    assert len(runs) == 4 and document["study"]["finished_runs"] == 4 and document["study"]["outside_grid"] == 2
+    assert {r["N"] for r in document["runs"]} == {r.inputs["N"] for r in runs}
+    assert min(r["N"] for r in document["runs"]) > 5e6

@@ -470,8 +470,24 @@ def test_status_shows_the_selections_next_runs_from_the_parent_tags() -> None:
         selection={"selection.spent_flops": 1e15, "selection.budget_flops": 1e16},
         tags={NEXT_TAG: f"{runs[3].spec.run_key},unknown-key,{runs[0].spec.run_key}"},
     )
-    line = selection_line(st, runs)
+    line = selection_line(st, runs, "active")
     p3, p0 = runs[3].plan, runs[0].plan
     assert line.endswith(f"next N={p3.n_params:.2g} D={p3.tokens:.2g}, N={p0.n_params:.2g} D={p0.tokens:.2g}")
     assert "(10%)" in line
-    assert selection_line(StudyStatus(name="s", parent_run_id="p", counts={}, flops_done=0, fits={}), runs) is None
+    assert selection_line(StudyStatus(name="s", parent_run_id="p", counts={}, flops_done=0, fits={}), runs, "active") is None
+
+
+def test_status_shows_only_what_the_current_selection_mode_logs() -> None:
+    """The parent run keeps the metrics of earlier invocations: a study rerun in grid mode shows
+    no selection line, one rerun as a baseline not the active selection's estimates."""
+    from orchestrator.status import selection_line
+    from orchestrator.tracking import StudyStatus
+
+    st = StudyStatus(
+        name="s", parent_run_id="p", counts={}, flops_done=0.0, fits={},
+        selection={"selection.spent_flops": 1e15, "selection.budget_flops": 1e16, "selection.noise_sd": 0.01,
+                   "selection.misfit_sd": 0.02, "selection.misfit_length": 1.0, "selection.cost_exponent": 0.5},
+    )
+    assert "noise 1%, misfit 2%" in selection_line(st, [], "active")
+    assert selection_line(st, [], "random") == "selection: 1e+15 of 1e+16 FLOPs (10%)"
+    assert selection_line(st, [], "grid") is None
