@@ -205,7 +205,9 @@ class SelectionConfig:
     budget_fraction: float | None = None  # or: this fraction of the full grid's FLOPs
     law: str | None = None  # the law whose target predictions drive active selection; null = laws[0]
     target: TargetConfig = field(default_factory=TargetConfig)
-    tolerance: float = 0.0  # stop early once every target's 95% interval is within +-tolerance (relative)
+    # stop early once every target's 95% interval is within +-tolerance (relative; percentile
+    # intervals of 200 bootstrap refits, from two runs per law parameter on); 0 = spend the budget
+    tolerance: float = 0.0
     initial_runs: int = 0  # space-filling runs before the criterion takes over; 0 = 2 x law parameters
     # score = information / cost^exponent (1 = pure information per FLOP, 0 = information alone);
     # null = plan the remaining budget for exponents 0 to 1 and follow the plan that leaves the

@@ -12,7 +12,7 @@ runs as the step.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +36,9 @@ class RefitState:
     fit: laws.LawFit | None
     n_runs: int
     error: str | None = None
+    #: what the refitter's ``widths`` hook made of the fit (a budgeted selection's target
+    #: intervals, for its stopping rule), computed on the refit thread; None when not asked for
+    widths: Mapping[str, float] | None = None
 
 
 class OnlineRefitter:
@@ -45,6 +48,10 @@ class OnlineRefitter:
     step; fits are computed in a background thread on the latest snapshot of the runs (updates
     that arrive meanwhile are coalesced into the next one) and logged from the driver's thread
     by :meth:`poll`. With ``background=False`` every submit refits at once (tests, replay).
+
+    ``widths(law, fit, inputs, loss)``: more work on each new fit, done on the refit thread with
+    the fit (a bootstrap of the selection's targets for its stopping rule); its answer is the
+    state's ``widths``.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class OnlineRefitter:
         background: bool = True,
         min_interval_s: float = 0.5,
         on_fit: Callable[[RefitState], None] | None = None,
+        widths: Callable[[str, laws.LawFit, Mapping[str, np.ndarray], np.ndarray], Mapping[str, float] | None] | None = None,
     ) -> None:
         self.laws = {law.name: law for law in map(as_study_law, study_laws)}
         self.tracker = tracker
@@ -67,6 +75,7 @@ class OnlineRefitter:
         self.jitter_starts = jitter_starts
         self.rng = np.random.default_rng(seed)
         self.on_fit = on_fit or (lambda state: None)
+        self.widths = widths or (lambda law, fit_, inputs, loss: None)
         self.states: dict[str, RefitState] = {}
         self.updates = 0  # refits completed
         self._runs: dict[str, FinishedRun] = {}
@@ -183,7 +192,7 @@ class OnlineRefitter:
             except ValueError as exc:
                 out[name] = RefitState(law=name, fit=None, n_runs=len(runs), error=str(exc))
                 continue
-            out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs))
+            out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs), widths=self.widths(name, fit_, inputs, loss))
         return out
 
     def _log(self, state: RefitState) -> None:

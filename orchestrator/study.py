@@ -272,6 +272,7 @@ def run_study(
     tracker = tracker or open_tracker(study)
     refitter.tracker = tracker
     if selector is not None:
+        refitter.widths = selector.stop_widths
         refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit, on_selection or (lambda view: None))
     parent = tracker.open_study(study.name, redact_text(to_yaml(study)))
     tracker.log_study_tags({NOTE_TAG: study_note(study, candidates)})
@@ -352,7 +353,7 @@ def _selection_hook(
     def hook(state: RefitState) -> None:
         then(state)
         if state.law == selector.law_name:
-            selector.check_stop(state.fit)
+            selector.check_stop(state.widths)
             view = selector.view()
             tracker.log_study_metrics(view.metrics, step=state.n_runs)
             # what it would propose next, for ``isoflop status`` (run keys of the pool)

@@ -47,3 +47,18 @@ def test_a_degenerate_previous_fit_is_not_used_as_a_warm_start() -> None:
     refit.submit(_runs(12))  # must not raise on the infinite B
     fit = refit.current("chinchilla")
     assert fit is not None and all(np.isfinite(v) for v in fit.params.values())
+
+
+def test_the_widths_hook_runs_on_each_new_fit_with_its_table() -> None:
+    seen = []
+
+    def widths(law, fit_, inputs, loss):  # noqa: ANN001, ANN202 - the refitter's hook
+        seen.append((law, len(loss), sorted(inputs)))
+        return {"loss@N=1e9": float(len(loss))}
+
+    refit = OnlineRefitter(["chinchilla"], background=False, widths=widths)
+    runs = _runs(12)
+    refit.submit(runs[:10])
+    refit.submit(runs[10:])
+    assert seen == [("chinchilla", 10, ["D", "N"]), ("chinchilla", 12, ["D", "N"])]
+    assert refit.states["chinchilla"].widths == {"loss@N=1e9": 12.0}

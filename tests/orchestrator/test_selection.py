@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 import laws
 from orchestrator.errors import StudyError
 from orchestrator.executors import InlineExecutor
-from orchestrator.grid import expand
+from orchestrator.grid import expand, trained_flops
 from orchestrator.loading import study_from_dict
 from orchestrator.selection import (
     Selector,
@@ -20,6 +20,7 @@ from orchestrator.selection import (
     greedy_information,
     space_filling,
     target_gradients,
+    target_widths,
 )
 from orchestrator.selection.criteria import (
     design_bound,
@@ -569,3 +570,106 @@ def test_a_budget_beyond_the_pool_stops_when_every_candidate_is_taken() -> None:
     assert outcome.stats.finished == len(grid)
     total = sum(r.plan.flops for r in grid)
     assert outcome.stopped == f"every candidate run taken ({total:.3g} of 1e+40 FLOPs spent)"
+
+
+def _simulated_table(n: int, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = {"N": 10 ** rng.uniform(7, 9, n), "D": 10 ** rng.uniform(9, 11, n)}
+    y = laws.get_law("chinchilla").predict(REPLICATION_CHINCHILLA, **x) * np.exp(0.01 * rng.normal(size=n))
+    return x, y
+
+
+def test_stopping_widths_are_the_bootstrap_percentile_intervals_of_the_targets() -> None:
+    from laws.bootstrap import bootstrap
+
+    x, y = _simulated_table(40)
+    fit_ = laws.fit("chinchilla", x, y)
+    targets = [Target(kind="loss", inputs={"N": 1e10, "D": 2e11}), Target(kind="loss", budget=1e22),
+               Target(kind="N_opt", budget=1e22)]
+    widths = target_widths(fit_, x, y, targets, n_resamples=100, seed=3)
+    boot = bootstrap(fit_, x, y, n_resamples=100, seed=3)
+
+    def half_width(interval: tuple[float, float], centre: float) -> float:
+        return max(interval[1] / centre - 1.0, centre / interval[0] - 1.0)
+
+    lo, hi = boot.prediction_interval(N=1e10, D=2e11)
+    optimum = laws.compute_optimal(fit_, [1e22])[0]
+    loss_at_optimum = boot.derived_interval(lambda f: laws.compute_optimal(f, [1e22])[0].loss)
+    expected = [
+        half_width((lo[0], hi[0]), float(fit_.predict(N=1e10, D=2e11))),
+        half_width(loss_at_optimum, optimum.loss),
+        half_width(boot.optimum_interval(1e22)["N_opt"], optimum.N_opt),
+    ]
+    assert list(widths) == [t.label for t in targets]
+    assert list(widths.values()) == pytest.approx(expected, rel=1e-3)
+    assert all(0 < w < np.inf for w in widths.values())
+
+
+def test_stopping_widths_need_two_configurations_per_parameter() -> None:
+    """Five runs fit the five-parameter law exactly, so every resample's refit stays at the fit
+    and the bootstrap's interval is a point; the delta method too calls such fits precise.
+    Repeating a configuration (seeds) does not count."""
+    x, y = _simulated_table(9)
+    x = {k: np.concatenate([v, v[:3]]) for k, v in x.items()}
+    y = np.concatenate([y, y[:3] * 1.001])
+    fit_ = laws.fit("chinchilla", x, y)
+    targets = [Target(kind="loss", budget=1e22)]
+    assert target_widths(fit_, x, y, targets) == {"loss@C=1e+22": float("inf")}
+    x10, y10 = _simulated_table(10)
+    assert np.isfinite(target_widths(laws.fit("chinchilla", x10, y10), x10, y10, targets)["loss@C=1e+22"])
+
+
+def test_check_stop_needs_every_target_within_the_tolerance() -> None:
+    _, _, sel = _selector_on_the_true_law(tolerance=0.1)
+    for widths in (None, {}, {"loss@C=1e+22": 0.05, "N_opt@C=1e+22": 0.2}, {"loss@C=1e+22": float("inf")}):
+        sel.check_stop(widths)
+        assert sel.stopped is None
+    sel.check_stop({"loss@C=1e+22": 0.05, "N_opt@C=1e+22": 0.09})
+    assert sel.stopped == "target intervals within +-0.1 (loss@C=1e+22: 0.05, N_opt@C=1e+22: 0.09)"
+    assert sel.propose(3) == []
+
+
+def test_the_tolerance_stop_ends_the_selection_once_the_bootstrap_interval_is_narrow() -> None:
+    """An active study with a loss target and a 5 % tolerance stops well before its budget (the
+    whole grid), and its final prediction is within the tolerance of the truth."""
+    study = _study("active", budget_fraction=1.0, tolerance=0.05, refit_every=5,
+                   target={"points": [{"N": 1e10, "D": 2e11}], "quantities": []})
+    outcome = run_study(study, tracker=MemoryTracker(), executor=InlineExecutor(),
+                        optuna_storage=optuna.storages.InMemoryStorage(), background_refit=False)
+    assert outcome.stopped is not None and outcome.stopped.startswith("target intervals within +-0.05 (loss@N=1e+10,D=2e+11: ")
+    assert float(outcome.stopped.rsplit(": ", 1)[1].rstrip(")")) <= 0.05
+    assert outcome.stats.finished >= 10, "no interval before two configurations per parameter"
+    assert outcome.stats.flops_done < 0.5 * sum(trained_flops(r) for r in expand(study))
+    truth = laws.get_law("chinchilla").predict(REPLICATION_CHINCHILLA, N=1e10, D=2e11)
+    assert abs(float(outcome.laws[0].fit.predict(N=1e10, D=2e11) / truth) - 1) <= 0.05
+
+
+def test_a_slow_stopping_bootstrap_waits_for_a_quarter_more_runs(monkeypatch) -> None:
+    """A mixture law's bootstrap takes half a minute: redone at every fit it would hold the refit
+    thread for good. After one that took a second or more, the next waits until the runs have
+    grown by STOP_GROWTH; a fast one is redone at every fit."""
+    from orchestrator.selection import selector as module
+
+    _, _, sel = _selector_on_the_true_law(tolerance=0.1)
+    fit_ = sel._fit()
+    calls, clock = [], [0.0]
+
+    def widths(fit_, inputs, loss, targets, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(len(loss))
+        clock[0] += duration
+        return {"loss@C=1e+22": 0.5}
+
+    monkeypatch.setattr(module, "target_widths", widths)
+    monkeypatch.setattr(module.time, "perf_counter", lambda: clock[0])
+
+    def table(n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return {"N": np.ones(n), "D": np.ones(n)}, np.ones(n)
+
+    duration = 0.2
+    for n in (20, 21, 22):
+        assert sel.stop_widths(sel.law_name, fit_, *table(n)) == {"loss@C=1e+22": 0.5}
+    duration = 30.0
+    results = [sel.stop_widths(sel.law_name, fit_, *table(n)) for n in (23, 24, 28, 29, 36, 37)]
+    assert calls == [20, 21, 22, 23, 29, 37]
+    assert [r is None for r in results] == [False, True, True, False, True, False]
+    assert sel.stop_widths("another law", fit_, *table(50)) is None and calls[-1] == 37
