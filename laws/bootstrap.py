@@ -166,12 +166,14 @@ class BootstrapResult:
         return nd[:, 0], nd[:, 1]
 
     def optimum_interval(self, budget: float, level: float = 0.95) -> dict[str, tuple[float, float] | None]:
-        """Percentile intervals of N_opt and D_opt at ``budget`` (None when too few converged)."""
+        """Percentile intervals of N_opt and D_opt at ``budget``: None when too few converged, or
+        when more than a tail's share of the resamples have no optimum (an exponent below zero;
+        see :func:`unbounded_percentile`)."""
         _check_level(level)
         if not self.has_intervals:
             return {"N_opt": None, "D_opt": None}
         n, d = self.optimum_samples(budget)
-        return {"N_opt": _percentile(n, level), "D_opt": _percentile(d, level)}
+        return {"N_opt": unbounded_percentile(n, level), "D_opt": unbounded_percentile(d, level)}
 
 
 def enough_converged(n_converged: int, n_resamples: int, min_converged: float = MIN_CONVERGED) -> bool:
@@ -203,6 +205,20 @@ def _check_level(level: float) -> None:
 def _percentile(v: np.ndarray, level: float) -> tuple[float, float]:
     _check_level(level)
     lo, hi = np.nanquantile(v, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def unbounded_percentile(v: np.ndarray, level: float) -> tuple[float, float] | None:
+    """Percentile interval of samples ``v`` whose non-finite entries are unbounded (a resample
+    whose law has no compute optimum): they count at both ends instead of being dropped, which
+    would narrow the interval. None when they are more than one tail, (1 - level) / 2, of ``v``."""
+    _check_level(level)
+    v = np.asarray(v, dtype=np.float64).ravel()
+    finite = v[np.isfinite(v)]
+    unbounded, tail = v.size - finite.size, (1 - level) / 2
+    if finite.size == 0 or unbounded > tail * v.size:
+        return None
+    lo, hi = np.quantile(finite, [(tail * v.size - unbounded) / finite.size, min((1 - tail) * v.size / finite.size, 1.0)])
     return float(lo), float(hi)
 
 

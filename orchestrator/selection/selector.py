@@ -32,7 +32,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 import laws
-from laws.bootstrap import BootstrapResult
+from laws.bootstrap import BootstrapResult, unbounded_percentile
 from laws.bootstrap import bootstrap as bootstrap_fit
 from orchestrator.config import SelectionConfig, StudyConfig
 from orchestrator.errors import StudyError
@@ -558,14 +558,13 @@ def target_widths(
     if not boot.has_intervals:
         return unknown
     centre, samples = target_samples(boot, fit_, targets)
-    # a resample whose law has no compute optimum (an exponent below zero) leaves the target
-    # unbounded: it counts at both ends, not dropped
-    unbounded = ~np.isfinite(samples)
-    lo = np.quantile(np.where(unbounded, 0.0, samples), (1 - level) / 2, axis=1)
-    hi = np.quantile(np.where(unbounded, np.inf, samples), (1 + level) / 2, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        width = np.maximum(hi / centre - 1.0, centre / lo - 1.0)
-    return {t.label: float(w) if np.isfinite(w) and lo_ > 0 else float("inf") for t, w, lo_ in zip(targets, width, lo, strict=True)}
+    out = {}
+    for t, c, s in zip(targets, centre, samples, strict=True):
+        # a resample whose law has no compute optimum leaves the target unbounded
+        interval = unbounded_percentile(s, level)
+        width = max(interval[1] / c - 1.0, c / interval[0] - 1.0) if interval and interval[0] > 0 and c > 0 else np.inf
+        out[t.label] = float(width) if np.isfinite(width) else float("inf")
+    return out
 
 
 def journal_storage(path: Path) -> JournalStorage:

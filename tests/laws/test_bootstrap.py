@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import laws
-from laws.bootstrap import bootstrap, resample_weights
+from laws.bootstrap import bootstrap, resample_weights, unbounded_percentile
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +176,29 @@ def test_converged_fit_bootstraps_cleanly(noisy_sparsity):
     assert b.n_converged >= 0.9 * b.n_resamples and b.warnings == ()
     lo, hi = b.interval("alpha")
     assert lo < fit.params["alpha"] < hi
+
+
+def test_resamples_without_an_optimum_widen_the_interval_instead_of_vanishing():
+    """A resample whose law has no compute optimum (NaN N_opt) is unbounded: dropping it, as
+    before, narrowed the interval to the resamples that happened to have one."""
+    v = np.arange(1.0, 201.0)  # 200 resamples
+    assert unbounded_percentile(v, 0.95) == pytest.approx(tuple(np.quantile(v, [0.025, 0.975])))
+    with_nan = v.copy()
+    with_nan[:4] = np.nan  # 2 % unbounded: counted at both ends
+    lo, hi = unbounded_percentile(with_nan, 0.95)
+    finite = np.sort(with_nan[np.isfinite(with_nan)])
+    assert lo < np.nanquantile(with_nan, 0.025) and hi > np.nanquantile(with_nan, 0.975)
+    assert lo == pytest.approx(np.quantile(finite, (5 - 4) / 196)) and hi == pytest.approx(np.quantile(finite, 195 / 196))
+    with_nan[:6] = np.nan  # 3 %: more than a tail, no interval
+    assert unbounded_percentile(with_nan, 0.95) is None
+    assert unbounded_percentile(np.full(10, np.nan), 0.95) is None
+
+
+def test_the_optimum_interval_is_none_when_too_many_resamples_have_no_optimum(boot):
+    """Resamples with beta below zero have no compute optimum; past a tail's share, no interval."""
+    assert boot.optimum_interval(1e22)["N_opt"] is not None
+    beta = boot.get_law().param_names.index("beta")
+    theta = boot.theta.copy()
+    theta[: len(theta) // 10, beta] = -0.1  # 10 % of the resamples
+    broken = dataclasses.replace(boot, theta=theta)
+    assert broken.optimum_interval(1e22) == {"N_opt": None, "D_opt": None}
