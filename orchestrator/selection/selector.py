@@ -211,7 +211,7 @@ class Selector:
         law_name = chosen.name
         self.law_name = law_name  # the study's name for the law (its family is self.law.name)
         self.law = chosen.law
-        self.pool = selection_pool(study, runs)
+        self.pool = selection_pool(study, runs, self.law)
         check_affordable(study, self.pool)
         self._upstream_loss: dict[str, float] = {}  # final losses of upstream runs known so far
         self._sent: set[str] = set()  # upstream runs proposed by this invocation
@@ -474,13 +474,14 @@ def check_affordable(study: StudyConfig, pool: Pool) -> None:
         raise StudyError(key, f"a budget of {pool.budget:.3g} FLOPs cannot pay for even the cheapest {what} ({cheapest:.3g})")
 
 
-def selection_pool(study: StudyConfig, runs: Sequence[PlannedRun]) -> Pool:
-    """The candidate pool of a budgeted study's expanded ``runs``: its runs of stage ``main``,
-    starting from the others (teachers), with the budget out of the full grid's cost (every run
-    it trains, each teacher once)."""
+def selection_pool(study: StudyConfig, runs: Sequence[PlannedRun], law: laws.ScalingLaw | None = None) -> Pool:
+    """The candidate pool of a budgeted study's expanded ``runs`` for ``law`` (default: the
+    selection's law): its runs of stage ``main``, starting from the others (teachers), with the
+    budget out of the full grid's cost (every run it trains, each teacher once)."""
     main, upstream = [r for r in runs if r.stage == "main"], [r for r in runs if r.stage != "main"]
     grid_cost = float(sum(trained_flops(r) for r in runs))
-    return make_pool(main, selection_law(study).law, study.selection, selection_budget(study.selection, grid_cost), upstream)
+    law = law or selection_law(study).law
+    return make_pool(main, law, study.selection, selection_budget(study.selection, grid_cost), upstream)
 
 
 def check_selection_budget(study: StudyConfig, runs: Sequence[PlannedRun]) -> None:
