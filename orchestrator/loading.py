@@ -652,7 +652,15 @@ def _validate_selection(study: StudyConfig) -> None:
         raise StudyError("selection.target", "active selection needs a target: a budget or points")
     if t.budget is not None and t.budget <= 0:
         raise StudyError("selection.target.budget", f"must be positive, got {t.budget}")
-    for i, q in enumerate(t.quantities):
+    if t.budget is not None and set(law.inputs) != {"N", "D"}:
+        # the compute optimum of a budget is over N and D alone (C = 6ND)
+        raise StudyError(
+            "selection.target.budget",
+            f"law {law.name!r} takes inputs {list(law.inputs)}: a budget's compute optimum needs a law of N and D alone; "
+            "give target points with every input instead",
+        )
+    # the quantities are at the budget: with target points alone they do not apply
+    for i, q in enumerate(t.quantities if t.budget is not None else []):
         if q not in ("loss", "N_opt"):
             raise StudyError(f"selection.target.quantities[{i}]", f"unknown quantity {q!r}; use loss or N_opt")
         if q == "N_opt" and not {"A", "B", "alpha", "beta"} <= set(law.param_names):

@@ -25,7 +25,8 @@ def markdown_report(document: Mapping[str, Any], *, figures: Sequence[str] = ())
     lines = [f"# Scaling-law study `{study.get('name', '?')}`", ""]
     if study:
         lines += [
-            f"- finished runs: {study.get('finished_runs')}",
+            f"- finished runs: {study.get('finished_runs')}"
+            + (f" ({study['outside_grid']} more in the store, of a grid since changed: not fitted)" if study.get("outside_grid") else ""),
             f"- tracking store: `{study.get('tracking_uri')}` (parent run `{study.get('parent_run_id')}`)",
             f"- export schema version: {document.get('schema_version')}",
             *(f"- law `{name}` not fitted: {why}" for name, why in (study.get("not_fitted") or {}).items()),

@@ -102,15 +102,20 @@ def fit_lines(st: StudyStatus) -> list[str]:
 
 #: the ``selection.*`` metrics only active selection logs (its estimates and plan)
 ACTIVE_METRICS = ("selection.noise_sd", "selection.misfit_sd", "selection.misfit_length", "selection.cost_exponent")
+#: ... and those a selection with a tolerance logs (its stopping rule's)
+TOLERANCE_METRICS = ("selection.tolerance", "selection.widest_interval")
 
 
-def selection_line(st: StudyStatus, runs: Sequence[PlannedRun], mode: str) -> str | None:
-    """The selection's line for a study whose selection is ``mode`` now. The parent run keeps
-    every metric an earlier invocation logged: none is shown in grid mode, and a baseline's line
-    leaves out the estimates an earlier active selection logged."""
+def selection_line(st: StudyStatus, runs: Sequence[PlannedRun], mode: str, tolerance: float = 0.0) -> str | None:
+    """The selection's line for a study whose selection is ``mode`` (with ``tolerance``) now.
+    The parent run keeps every metric an earlier invocation logged: none is shown in grid mode,
+    a baseline's line leaves out the estimates an earlier active selection logged, and one
+    without a tolerance the stopping rule's."""
     if not st.selection or mode == "grid":
         return None
     metrics = st.selection if mode == "active" else {k: v for k, v in st.selection.items() if k not in ACTIVE_METRICS}
+    if tolerance <= 0:
+        metrics = {k: v for k, v in metrics.items() if k not in TOLERANCE_METRICS}
     by_key = {r.spec.run_key: r for r in runs}
     keys = [k for k in st.tags.get(NEXT_TAG, "").split(",") if k in by_key]
     view = SelectionView(
@@ -132,12 +137,15 @@ def status_lines(study: StudyConfig) -> list[str]:
     # runs of a grid since changed are not this grid's: not counted here, not fitted by export
     keys = {r.spec.run_key for r in runs}
     outside = sum(k not in keys for k in st.attempts)
-    st = replace(st, attempts={k: v for k, v in st.attempts.items() if k in keys})
+    if outside:
+        attempts = {k: v for k, v in st.attempts.items() if k in keys}
+        done = [r for r in runs if "FINISHED" in attempts.get(r.spec.run_key, ())]
+        st = replace(st, attempts=attempts, flops_done=grid_flops_of(done))
     block = block_lines(
         study.name,
         snapshot_of(st, study, runs),
         fits=fit_lines(st),
-        selection=selection_line(st, runs, study.selection.mode),
+        selection=selection_line(st, runs, study.selection.mode, study.selection.tolerance),
         last_error=_first_line(st.last_failure),
         final=st.study_status != "RUNNING",
     )

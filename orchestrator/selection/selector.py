@@ -86,6 +86,12 @@ class SelectionView:
             parts.append(f"noise {100 * m['selection.noise_sd']:.2g}%, misfit {100 * m['selection.misfit_sd']:.2g}%")
         if "selection.cost_exponent" in m:
             parts.append(f"cost exponent {m['selection.cost_exponent']:g}")
+        if "selection.tolerance" in m:
+            widest = m.get("selection.widest_interval")
+            parts.append(
+                f"widest target interval +-{widest:.3g} (stop at +-{m['selection.tolerance']:g})" if widest is not None
+                else f"no bootstrap interval of the targets yet (stop at +-{m['selection.tolerance']:g})"
+            )
         line = "selection: " + ", ".join(parts)
         if self.stopped:
             return f"{line}; stopped: {self.stopped}"
@@ -218,6 +224,7 @@ class Selector:
         self.targets = targets_of(sel)
         self._seed = study.seed
         self._last_widths: tuple[int, float] | None = None  # (runs, seconds) of the latest bootstrap
+        self.widest: float | None = None  # the widest target interval the stopping rule last saw (inf: none)
         self._fit = lambda: fit_provider(law_name)
         self.sampler = self._sampler(study)
         self.study = optuna.create_study(
@@ -404,7 +411,7 @@ class Selector:
         runs), too long for the driver's. One that took ``STOP_SLOW_S`` or more (a mixture law's:
         half a minute and more) is redone only once the runs have grown by ``STOP_GROWTH``; the
         fits in between get None (no stop)."""
-        if self.config.tolerance <= 0 or law_name != self.law_name:
+        if self.config.tolerance <= 0 or law_name != self.law_name or self.stopped is not None:
             return None
         if self._last_widths is not None:
             runs, seconds = self._last_widths
@@ -421,6 +428,7 @@ class Selector:
         tol = self.config.tolerance
         if tol <= 0 or not widths or self.stopped is not None:
             return
+        self.widest = max(widths.values())
         if max(widths.values()) <= tol:
             self.stopped = f"target intervals within +-{tol:g} ({', '.join(f'{k}: {v:.3g}' for k, v in widths.items())})"
 
@@ -442,6 +450,10 @@ class Selector:
         log-loss; the misfit's length-scale in standard deviations of the pool's log-inputs) and
         the cost exponent of the current plan. Logged on the parent run as ``selection.*``."""
         out = {"selection.spent_flops": self.spent(), "selection.budget_flops": self.pool.budget}
+        if self.config.tolerance > 0:
+            out["selection.tolerance"] = self.config.tolerance
+            if self.widest is not None and np.isfinite(self.widest):
+                out["selection.widest_interval"] = self.widest
         sampler = self.sampler
         if isinstance(sampler, InformationSampler):
             if sampler.last_found is not None:

@@ -399,3 +399,8 @@ def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store) -> None:
     assert len(runs) == 4 and document["study"]["finished_runs"] == 4 and document["study"]["outside_grid"] == 2
     assert {r["N"] for r in document["runs"]} == {r.inputs["N"] for r in runs}
     assert min(r["N"] for r in document["runs"]) > 5e6
+    from orchestrator.report import markdown_report
+
+    assert "- finished runs: 4 (2 more in the store, of a grid since changed: not fitted)" in markdown_report(document)
+    # the FLOPs status shows are the grid's runs' (it showed 1009 % of the grid)
+    assert any("FLOPs" in line and "(100.0%)" in line for line in lines), lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -423,8 +424,6 @@ def test_the_selection_line_shows_spend_estimates_and_next_choices() -> None:
         "next N=1e+06 D=2e+07, N=1e+06 D=2e+07"
     )
     # before the criterion takes over there are no estimates; a stopped selection says why
-    from dataclasses import replace
-
     assert _selection_view().summary().startswith("selection: 2.5e+19 of 1e+20 FLOPs (25%); next ")
     assert replace(_selection_view(), stopped="budget spent").summary().endswith("; stopped: budget spent")
 
@@ -491,3 +490,16 @@ def test_status_shows_only_what_the_current_selection_mode_logs() -> None:
     assert "noise 1%, misfit 2%" in selection_line(st, [], "active")
     assert selection_line(st, [], "random") == "selection: 1e+15 of 1e+16 FLOPs (10%)"
     assert selection_line(st, [], "grid") is None
+
+
+def test_the_selection_line_shows_the_stopping_rules_widest_interval() -> None:
+    from orchestrator.status import selection_line
+    from orchestrator.tracking import StudyStatus
+
+    metrics = {"selection.spent_flops": 1e15, "selection.budget_flops": 1e16, "selection.tolerance": 0.05}
+    st = StudyStatus(name="s", parent_run_id="p", counts={}, flops_done=0.0, fits={}, selection=metrics)
+    assert selection_line(st, [], "random", 0.05).endswith("no bootstrap interval of the targets yet (stop at +-0.05)")
+    st = replace(st, selection={**metrics, "selection.widest_interval": 0.0812})
+    assert selection_line(st, [], "active", 0.05).endswith("widest target interval +-0.0812 (stop at +-0.05)")
+    # rerun without a tolerance: the earlier invocation's stopping metrics are not shown
+    assert selection_line(st, [], "active") == "selection: 1e+15 of 1e+16 FLOPs (10%)"

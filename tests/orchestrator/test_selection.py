@@ -673,3 +673,37 @@ def test_a_slow_stopping_bootstrap_waits_for_a_quarter_more_runs(monkeypatch) ->
     assert calls == [20, 21, 22, 23, 29, 37]
     assert [r is None for r in results] == [False, True, True, False, True, False]
     assert sel.stop_widths("another law", fit_, *table(50)) is None and calls[-1] == 37
+
+
+def _sparse_study(target: dict) -> object:
+    return study_from_dict({
+        "name": "sparse-target", "trainer": {"kind": "simulated"}, "laws": ["sparsity"],
+        "grid": {"N": [1e7, 1e8], "D": [1e9, 1e10], "sparsity": [0.0, 0.5]},
+        "selection": {"mode": "active", "budget_fraction": 0.5, "target": target},
+    })
+
+
+def test_a_budget_target_needs_a_law_of_n_and_d_alone() -> None:
+    """A budget's compute optimum is over N and D: the sparsity law's S (or distillation's L_T)
+    has no value there. validate accepted it and the run crashed in the criterion."""
+    with pytest.raises(StudyError) as err:
+        _sparse_study({"budget": 1e20, "quantities": ["loss"]})
+    assert err.value.key == "selection.target.budget" and "['N', 'D', 'S']" in str(err.value)
+    # target points with every input are the way; the quantities (loss, N_opt by default) are at a budget only
+    study = _sparse_study({"points": [{"N": 1e9, "D": 2e10, "S": 0.5}]})
+    assert study.selection.target.quantities == ["loss", "N_opt"]
+
+
+def test_no_stopping_bootstrap_once_the_selection_has_stopped(monkeypatch) -> None:
+    """A stopped selection (budget spent) needs no more widths: a mixture law's bootstraps ran on
+    after the budget was spent, 30 s each, before the study could end."""
+    from orchestrator.selection import selector as module
+
+    _, _, sel = _selector_on_the_true_law(tolerance=0.1)
+    calls = []
+    monkeypatch.setattr(module, "target_widths", lambda *a, **k: calls.append(1) or {"loss@C=1e+22": 0.5})
+    x, y = {"N": np.ones(30), "D": np.ones(30)}, np.ones(30)
+    sel.check_stop(sel.stop_widths(sel.law_name, sel._fit(), x, y))
+    assert calls == [1] and sel.widest == 0.5 and sel.diagnostics()["selection.widest_interval"] == 0.5
+    sel.stopped = "budget spent (1e+20 of 1e+20 FLOPs)"
+    assert sel.stop_widths(sel.law_name, sel._fit(), x, y) is None and calls == [1]
