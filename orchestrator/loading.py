@@ -621,6 +621,8 @@ def _validate_selection(study: StudyConfig) -> None:
         if sel.budget_flops is not None or sel.budget_fraction is not None:
             key = "selection.budget_flops" if sel.budget_flops is not None else "selection.budget_fraction"
             raise StudyError(key, "grid mode trains every run: a budget needs selection.mode active, random or cheapest")
+        if sel.tolerance > 0:
+            raise StudyError("selection.tolerance", "grid mode trains every run: an early stop needs selection.mode active, random or cheapest")
         return
     if study.grid.finetune is not None:
         # a finetuning run's law input L_pt0 is its pretrained run's loss, which no law of the

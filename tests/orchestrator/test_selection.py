@@ -394,6 +394,7 @@ def test_a_batch_asked_on_one_fit_is_planned_once(monkeypatch, discrepancy: bool
         ({"mode": "active", "budget_fraction": 0.1, "misfit_prior": -0.01, "target": {"budget": 1e22}},
          "selection.misfit_prior"),
         ({"mode": "bayes"}, "selection.mode"),
+        ({"mode": "grid", "tolerance": 0.1}, "selection.tolerance"),
     ],
 )
 def test_bad_selection_names_the_key(selection: dict, key: str) -> None:
