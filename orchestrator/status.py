@@ -31,14 +31,15 @@ def run_states(attempts: Mapping[str, Sequence[str]], *, max_attempts: int, ende
     """Runs (not attempts) by state: ``done`` (an attempt finished), ``running``, ``failed`` (every
     allowed attempt failed, or the study ended without it finishing) and ``retries`` (failed
     attempts that were, or will be, tried again). Attempts a dead driver left (KILLED) are redone,
-    so they count as neither."""
+    so they count as neither; so are attempts still marked RUNNING once the study has ended (an
+    interrupted driver's: nothing runs them any more)."""
     done = running = failed = failed_attempts = 0
     for states in attempts.values():
         n_failed = sum(s == "FAILED" for s in states)
         failed_attempts += n_failed
         if "FINISHED" in states:
             done += 1
-        elif "RUNNING" in states:
+        elif "RUNNING" in states and not ended:
             running += 1
         elif n_failed and (n_failed >= max_attempts or ended):
             failed += 1

@@ -452,8 +452,10 @@ def test_status_counts_runs_not_attempts() -> None:
         "f": ["KILLED"],  # a dead driver's: redone, so pending
     }
     assert run_states(attempts, max_attempts=2, ended=False) == {"done": 2, "running": 1, "failed": 1, "retries": 4}
-    # once the study has ended, a run that never finished has failed
-    assert run_states(attempts, max_attempts=2, ended=True) == {"done": 2, "running": 1, "failed": 2, "retries": 3}
+    # once the study has ended, a run that never finished has failed, and nothing is running
+    # (an interrupted driver leaves its attempts RUNNING: status showed "2 running" after Ctrl-C)
+    assert run_states(attempts, max_attempts=2, ended=True) == {"done": 2, "running": 0, "failed": 3, "retries": 2}
+    assert run_states({"g": ["RUNNING"]}, max_attempts=2, ended=True) == {"done": 0, "running": 0, "failed": 0, "retries": 0}
 
 
 def test_status_shows_the_selections_next_runs_from_the_parent_tags() -> None:
