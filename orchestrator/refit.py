@@ -213,4 +213,6 @@ def fit_summary(state: RefitState) -> str:
     for k, v in state.fit.params.items():
         lo_hi = intervals.get(k)
         parts.append(f"{k}={v:.4g}" + (f" [{lo_hi[0]:.3g}, {lo_hi[1]:.3g}]" if lo_hi else ""))
-    return f"law {state.law} on {state.n_runs} runs: " + ", ".join(parts)
+    # the runs the law is fitted to (a distillation study's supervised law: its teachers only)
+    n = state.fit.report.n_points or state.n_runs
+    return f"law {state.law} on {n} runs: " + ", ".join(parts)

@@ -176,7 +176,7 @@ def test_eta_under_a_budget_counts_the_runs_the_budget_still_pays_for() -> None:
 
 def fitted_state(law: str, params: dict[str, float], n_runs: int) -> RefitState:
     """A refit result whose fit carries only parameters (intervals come from the patched law API)."""
-    fit: Any = SimpleNamespace(params=params)
+    fit: Any = SimpleNamespace(params=params, report=SimpleNamespace(n_points=n_runs))
     return RefitState(law=law, fit=fit, n_runs=n_runs)
 
 

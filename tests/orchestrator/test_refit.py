@@ -62,3 +62,14 @@ def test_the_widths_hook_runs_on_each_new_fit_with_its_table() -> None:
     refit.submit(runs[10:])
     assert seen == [("chinchilla", 10, ["D", "N"]), ("chinchilla", 12, ["D", "N"])]
     assert refit.states["chinchilla"].widths == {"loss@N=1e9": 12.0}
+
+
+def test_a_fit_summary_counts_the_runs_the_law_is_fitted_to() -> None:
+    """A distillation study's supervised law is fitted to its teachers: the live view said
+    "law supervised on 24 runs" (every finished run) where the final line said 8."""
+    from orchestrator.refit import fit_summary
+
+    runs = _runs(8)
+    fit_ = laws.fit("chinchilla", {"N": np.array([r.inputs["N"] for r in runs]), "D": np.array([r.inputs["D"] for r in runs])},
+                    np.array([r.final_loss for r in runs]))
+    assert fit_summary(RefitState(law="supervised", fit=fit_, n_runs=24)).startswith("law supervised on 8 runs: ")
