@@ -429,7 +429,7 @@ class Selector:
         if tol <= 0 or not widths or self.stopped is not None:
             return
         self.widest = max(widths.values())
-        if max(widths.values()) <= tol:
+        if self.widest <= tol:
             self.stopped = f"target intervals within +-{tol:g} ({', '.join(f'{k}: {v:.3g}' for k, v in widths.items())})"
 
     def next_choices(self, k: int = 3) -> list[PlannedRun]:
@@ -514,8 +514,9 @@ def effective_cost_now(pool: Pool) -> np.ndarray:
 def target_samples(boot: BootstrapResult, fit_: laws.LawFit, targets: Sequence[Target]) -> tuple[np.ndarray, np.ndarray]:
     """Each target's value under ``fit_`` [T] and under each converged resample of ``boot``
     [T, R_c]: the loss at a target's inputs, or the loss and N_opt at the compute optimum of a
-    target budget (each resample at its own optimum)."""
+    target budget (each resample at its own optimum; a budget's loss and N_opt share them)."""
     centre, samples = [], []
+    optima: dict[float, tuple[laws.Allocation, np.ndarray, np.ndarray]] = {}
     for t in targets:
         if t.inputs:
             x = {k: np.array([v]) for k, v in t.inputs.items()}
@@ -524,8 +525,9 @@ def target_samples(boot: BootstrapResult, fit_: laws.LawFit, targets: Sequence[T
             continue
         if t.budget is None:
             raise ValueError(f"target {t.kind!r} needs a budget or inputs")
-        optimum = laws.compute_optimal(fit_, [t.budget])[0]
-        n, d = boot.optimum_samples(t.budget)
+        if t.budget not in optima:
+            optima[t.budget] = (laws.compute_optimal(fit_, [t.budget])[0], *boot.optimum_samples(t.budget))
+        optimum, n, d = optima[t.budget]
         if t.kind == "N_opt":
             centre.append(optimum.N_opt)
             samples.append(n)
