@@ -21,6 +21,11 @@ fit's sandwich covariance, from the first fit) and ``delta_guarded`` (the delta 
 bootstrap rule's minimum of configurations).
 
     python benchmarks/stopping.py [--seeds 6] [--fraction 0.5] [--out PATH]
+    python benchmarks/stopping.py --cost
+
+``--cost`` times the rule's bootstrap alone (:func:`target_widths`, 200 resamples) on simulated
+runs (1 % noise, random N and D): the Chinchilla law on 30, 100 and 300 runs, and the 3-domain
+additive mixture law of the selection benchmark's mixture world on 40 and 140 runs.
 
 Prints, per target and tolerance, for each rule: how many of the seeds stopped, how many stops
 left the error above the tolerance (and the largest such error), and the mean runs and share of
@@ -113,12 +118,46 @@ def _width(widths: dict[str, float], quantity: str) -> float:
     return next((v for k, v in widths.items() if k.startswith(quantity + "@")), float("inf"))
 
 
+def cost() -> None:
+    """Seconds of one stopping bootstrap per law and number of runs."""
+    from selection import POINT_WORLDS
+
+    from orchestrator.selection.selector import target_widths
+    from trainers.config import REPLICATION_CHINCHILLA
+
+    rng = np.random.default_rng(0)
+    chinchilla = laws.get_law("chinchilla")
+    for n in (30, 100, 300):
+        x = {"N": 10 ** rng.uniform(7, 9, n), "D": 10 ** rng.uniform(9, 11, n)}
+        y = chinchilla.predict(REPLICATION_CHINCHILLA, **x) * np.exp(0.01 * rng.normal(size=n))
+        fit_ = laws.fit(chinchilla, x, y)
+        t0 = time.perf_counter()
+        target_widths(fit_, x, y, [Target(kind="loss", budget=1e22), Target(kind="N_opt", budget=1e22)])
+        print(f"chinchilla, {n:3d} runs: {time.perf_counter() - t0:6.2f} s")
+    world = POINT_WORLDS["mixture"]
+    mixture = laws.get_law(world["law"], k=3)
+    for n in (40, 140):
+        h = 0.1 + 0.7 * rng.dirichlet(np.ones(3), n)
+        h = h / h.sum(1, keepdims=True)
+        x = {"N": 10 ** rng.uniform(7, 9, n), "D": 10 ** rng.uniform(9, 11, n), "h1": h[:, 0], "h2": h[:, 1], "h3": h[:, 2]}
+        x = {k: x[k] for k in mixture.inputs}
+        y = mixture.predict(world["params"], **x) * np.exp(0.01 * rng.normal(size=n))
+        fit_ = laws.fit(mixture, x, y)
+        t0 = time.perf_counter()
+        target_widths(fit_, x, y, [Target(kind="loss", inputs=world["target"])])
+        print(f"mixture,    {n:3d} runs: {time.perf_counter() - t0:6.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--fraction", type=float, default=0.5, help="the selection's budget, a share of the grid's compute")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--cost", action="store_true", help="time the rule's bootstrap per law and number of runs instead")
     args = ap.parse_args()
+    if args.cost:
+        cost()
+        return
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     reference = truth("simulated")
     print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}")

@@ -409,7 +409,7 @@ class Selector:
         fit of the selection's law when a tolerance is set (else None). The refitter calls it on
         its thread: a bootstrap takes a fraction of a second (a Chinchilla law on a few hundred
         runs), too long for the driver's. One that took ``STOP_SLOW_S`` or more (a mixture law's:
-        half a minute and more) is redone only once the runs have grown by ``STOP_GROWTH``; the
+        20 s and more) is redone only once the runs have grown by ``STOP_GROWTH``; the
         fits in between get None (no stop)."""
         if self.config.tolerance <= 0 or law_name != self.law_name or self.stopped is not None:
             return None
