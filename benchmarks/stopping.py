@@ -22,10 +22,18 @@ bootstrap rule's minimum of configurations).
 
     python benchmarks/stopping.py [--seeds 6] [--fraction 0.5] [--out PATH]
     python benchmarks/stopping.py --cost
+    python benchmarks/stopping.py --latency [--seeds 3]
 
 ``--cost`` times the rule's bootstrap alone (:func:`target_widths`, 200 resamples) on simulated
 runs (1 % noise, random N and D): the Chinchilla law on 30, 100 and 300 runs, and the 3-domain
 additive mixture law of the selection benchmark's mixture world on 40 and 140 runs.
+
+``--latency``: does the bootstrap hold up the selection? One active study of the mixture world
+(5 % of the grid's compute, runs that finish at once, the refitter in its background thread as
+in ``isoflop run``) with a tolerance no fit reaches (so a bootstrap follows every fit), against
+the same study without a tolerance (no bootstrap), same seed: the seconds until the fit the
+criterion waits for (the first on the space-filling start's runs) comes out, and the study's
+wall time.
 
 Prints, per target and tolerance, for each rule: how many of the seeds stopped, how many stops
 left the error above the tolerance (and the largest such error), and the mean runs and share of
@@ -50,7 +58,7 @@ import laws
 from orchestrator.executors import InlineExecutor
 from orchestrator.grid import expand, trained_flops
 from orchestrator.selection.criteria import Target, target_gradients
-from orchestrator.selection.selector import MIN_CONFIGURATIONS_PER_PARAM, Selector
+from orchestrator.selection.selector import MIN_CONFIGURATIONS_PER_PARAM, Selector, selection_law
 from orchestrator.study import run_study
 from orchestrator.tracking import MemoryTracker
 
@@ -148,15 +156,39 @@ def cost() -> None:
         print(f"mixture,    {n:3d} runs: {time.perf_counter() - t0:6.2f} s")
 
 
+def latency(seeds: int) -> None:
+    """Seconds to the criterion's first fit, with and without the stopping bootstrap."""
+    for seed in range(seeds):
+        cells = []
+        for tolerance in (0.0, 1e-3):
+            base = study("mixture", "active", 0.05, seed)
+            config = replace(base, selection=replace(base.selection, tolerance=tolerance))
+            fits: list[tuple[float, int]] = []
+            t0 = time.perf_counter()
+            run_study(config, tracker=MemoryTracker(), executor=InlineExecutor(),
+                      optuna_storage=optuna.storages.InMemoryStorage(), background_refit=True,
+                      on_fit=lambda state, t0=t0, fits=fits: fits.append((time.perf_counter() - t0, state.n_runs)))
+            wall = time.perf_counter() - t0
+            start = config.selection.initial_runs or 2 * selection_law(config).law.n_params
+            first = next((t for t, n in fits if n >= start), float("nan"))
+            cells.append(f"tolerance {tolerance:g}: criterion's first fit at {first:5.1f} s, study {wall:5.1f} s")
+        print(f"seed {seed}: " + " | ".join(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--fraction", type=float, default=0.5, help="the selection's budget, a share of the grid's compute")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cost", action="store_true", help="time the rule's bootstrap per law and number of runs instead")
+    ap.add_argument("--latency", action="store_true", help="time the selection's fits with and without the bootstrap instead")
     args = ap.parse_args()
     if args.cost:
         cost()
+        return
+    if args.latency:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        latency(args.seeds)
         return
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     reference = truth("simulated")

@@ -28,7 +28,7 @@ from laws.distill_plan import DistillationPlan, plan_distillation
 from laws.export import SCHEMA_VERSION, document_schema, export_document, load_document
 from laws.fit import Screen, fit
 from laws.io import load_table
-from laws.optimizer import NewtonOptions
+from laws.optimizer import Cancelled, NewtonOptions
 from laws.recipes import Allocation, IsoflopMinimum, compute_optimal, isoflop_minima
 from laws.registry import LAW_NAMES, get_law, law_from_spec
 from laws.result import FitReport, LawFit
@@ -40,6 +40,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Allocation",
     "BootstrapResult",
+    "Cancelled",
     "CustomLaw",
     "CustomLawError",
     "DistillationPlan",

@@ -244,6 +244,7 @@ def bootstrap(
     options: NewtonOptions | None = None,
     threads: int | None = 1,
     min_converged: float = MIN_CONVERGED,
+    cancel: Callable[[], bool] | None = None,
 ) -> BootstrapResult:
     """Bootstrap ``fit_`` (fitted on ``inputs``/``loss``) by resampling configurations.
 
@@ -252,6 +253,8 @@ def bootstrap(
     starts drawn (seeded) from the law's grid; the best start per resample is kept (and counts as
     converged when that start's refit did). Deterministic for a given ``seed``.
     ``min_converged``: the fraction of resamples that must converge for intervals to be given.
+    ``cancel``: asked between Newton iterations; when it says True the refits stop and
+    :class:`laws.optimizer.Cancelled` is raised (a caller that no longer needs the result).
     """
     import time
 
@@ -273,7 +276,9 @@ def bootstrap(
     objective = Objective(law, x, torch.from_numpy(y.copy()), weights=weights)
     t0 = time.perf_counter()
     with torch_threads(threads):
-        res = minimise_batched(objective.jet, objective.value, starts, options=options or NewtonOptions(max_iter=100))
+        res = minimise_batched(
+            objective.jet, objective.value, starts, options=options or NewtonOptions(max_iter=100), cancel=cancel
+        )
     seconds = time.perf_counter() - t0
     obj = res.objective.view(n_resamples, k)
     best = torch.argmin(obj, dim=1)

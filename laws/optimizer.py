@@ -52,6 +52,10 @@ class NewtonOptions:
     eig_floor: float = 1e-12
 
 
+class Cancelled(RuntimeError):
+    """A minimisation stopped by its ``cancel`` callback (its caller no longer needs it)."""
+
+
 @dataclass(frozen=True)
 class BatchResult:
     """Per-start outcome: final iterates [S, P], objectives [S], gradient max-norms [S],
@@ -70,8 +74,10 @@ def minimise_batched(
     theta0: Tensor,
     *,
     options: NewtonOptions = NewtonOptions(),
+    cancel: Callable[[], bool] | None = None,
 ) -> BatchResult:
-    """Minimise from every row of ``theta0`` [S, P] at once; returns per-start results."""
+    """Minimise from every row of ``theta0`` [S, P] at once; returns per-start results.
+    ``cancel``: asked before every iteration; when it says True, :class:`Cancelled` is raised."""
     opts = options
     theta = theta0.clone().to(torch.float64)
     s, p = theta.shape
@@ -95,6 +101,8 @@ def minimise_batched(
     fresh = ~done
     iterations = 0
     for iterations in range(1, opts.max_iter + 1):  # noqa: B007 - reported
+        if cancel is not None and cancel():
+            raise Cancelled(f"minimisation cancelled after {iterations - 1} iterations")
         active = (~done).nonzero().squeeze(-1)
         if active.numel() == 0:
             break

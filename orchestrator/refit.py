@@ -7,10 +7,15 @@ and a few seeded perturbations of them: milliseconds for a few hundred runs). Ev
 background thread; its optimum joins the warm starts of the next update, so the online fit cannot
 stay stuck in a poor basin. Fits are logged on the study's parent run with the number of finished
 runs as the step.
+
+More work on a fit (a budgeted selection's bootstrap of its targets, for the stopping rule: 20 s
+and more for a mixture law) runs on a second thread, after the fit is out: it never delays the
+fit the selection's criterion waits for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,8 +42,13 @@ class RefitState:
     n_runs: int
     error: str | None = None
     #: what the refitter's ``widths`` hook made of the fit (a budgeted selection's target
-    #: intervals, for its stopping rule), computed on the refit thread; None when not asked for
+    #: intervals, for its stopping rule), computed on the widths thread after the fit was
+    #: published; None until then, or when not asked for
     widths: Mapping[str, float] | None = None
+
+
+#: one fit the ``widths`` hook is asked about: the law, its fit and the table it was fitted to
+WidthsJob = tuple[str, laws.LawFit, Mapping[str, np.ndarray], np.ndarray]
 
 
 class OnlineRefitter:
@@ -49,9 +59,11 @@ class OnlineRefitter:
     that arrive meanwhile are coalesced into the next one) and logged from the driver's thread
     by :meth:`poll`. With ``background=False`` every submit refits at once (tests, replay).
 
-    ``widths(law, fit, inputs, loss)``: more work on each new fit, done on the refit thread with
-    the fit (a bootstrap of the selection's targets for its stopping rule); its answer is the
-    state's ``widths``.
+    ``widths(law, fit, inputs, loss)``: more work on each new fit (a bootstrap of the selection's
+    targets for its stopping rule), done on a thread of its own once the fit is published, one
+    fit at a time: fits that arrive meanwhile are coalesced to the latest of each law. Its answer
+    becomes the state's ``widths`` (when the fit is still the current one) and is reported to
+    ``on_widths`` with the fit's state, from :meth:`poll` on the driver's thread.
     """
 
     def __init__(
@@ -67,6 +79,7 @@ class OnlineRefitter:
         min_interval_s: float = 0.5,
         on_fit: Callable[[RefitState], None] | None = None,
         widths: Callable[[str, laws.LawFit, Mapping[str, np.ndarray], np.ndarray], Mapping[str, float] | None] | None = None,
+        on_widths: Callable[[RefitState], None] | None = None,
     ) -> None:
         self.laws = {law.name: law for law in map(as_study_law, study_laws)}
         self.tracker = tracker
@@ -75,14 +88,19 @@ class OnlineRefitter:
         self.jitter_starts = jitter_starts
         self.rng = np.random.default_rng(seed)
         self.on_fit = on_fit or (lambda state: None)
-        self.widths = widths or (lambda law, fit_, inputs, loss: None)
+        self.widths = widths
+        self.on_widths = on_widths or (lambda state: None)
         self.states: dict[str, RefitState] = {}
         self.updates = 0  # refits completed
         self._runs: dict[str, FinishedRun] = {}
         self._dirty = False
         self._full: dict[str, np.ndarray] = {}  # law -> latest full multi-start optimum
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit") if background else None
-        self._job: Future[dict[str, RefitState]] | None = None
+        self._job: Future[tuple[dict[str, RefitState], dict[str, WidthsJob]]] | None = None
+        self._tables: dict[str, WidthsJob] = {}  # the latest fits the widths hook has not seen
+        self._widths_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit-widths") if background else None
+        self._widths_job: Future[Mapping[str, float] | None] | None = None
+        self._widths_of: tuple[str, laws.LawFit, int] | None = None  # the law, fit and runs of that job
         # background refits start at most this often, so the refit thread cannot starve the
         # driver of the GIL when results arrive quickly
         self.min_interval_s = min_interval_s if background else 0.0
@@ -112,21 +130,30 @@ class OnlineRefitter:
             self.poll()
 
     def poll(self) -> dict[str, RefitState]:
-        """Collect a finished refit (logging it); returns the laws it updated (may be empty)."""
+        """Collect a finished refit (logging it) and finished widths; returns the laws whose fit
+        it updated (may be empty)."""
+        self._poll_widths()
         if self._job is None:
             self._start()
             return {}
         if not self._job.done():
             return {}
-        new = self._job.result()
+        new, tables = self._job.result()
         self._job = None
         self.updates += 1
         for name, state in new.items():
             self.states[name] = state
             self._log(state)
             self.on_fit(state)
+        if self.widths is not None:
+            self._tables.update(tables)
+            self._poll_widths()
         self._start()
         return new
+
+    def widths_behind(self) -> bool:
+        """Whether a fit's widths are being computed or wait to be."""
+        return self._widths_job is not None or bool(self._tables)
 
     def drain(self) -> dict[str, RefitState]:
         """Wait until the fits reflect every submitted run."""
@@ -138,8 +165,12 @@ class OnlineRefitter:
         return dict(self.states)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Stop the threads, after the refit and the widths in flight (fits waiting for their
+        widths are dropped: nothing is left to decide with them)."""
+        self._tables.clear()
+        for pool in (self._pool, self._widths_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     # -- internals ------------------------------------------------------------------------------
     def _start(self, force: bool = False) -> None:
@@ -174,10 +205,38 @@ class OnlineRefitter:
         jitter = jitter + self.rng.normal(scale=0.1, size=jitter.shape) * np.maximum(np.abs(jitter), 0.1)
         return np.concatenate([base, jitter])
 
+    def _poll_widths(self) -> None:
+        """Report the widths job if it is done, and start the next one (inline without a pool)."""
+        while True:
+            if self._widths_job is not None:
+                if not self._widths_job.done():
+                    return
+                answer = self._widths_job.result()
+                name, fit_, n_runs = self._widths_of or ("", None, 0)
+                self._widths_job = self._widths_of = None
+                state = self.states.get(name)
+                if state is not None and state.fit is fit_:
+                    state = self.states[name] = dataclasses.replace(state, widths=answer)
+                else:  # a newer fit is out; these widths are still those of the fit they came from
+                    state = RefitState(law=name, fit=fit_, n_runs=n_runs, widths=answer)
+                self.on_widths(state)
+            if not self._tables or self.widths is None:
+                return
+            name = next(iter(self._tables))
+            job = self._tables.pop(name)
+            self._widths_of = (name, job[1], self.states[name].n_runs if name in self.states else len(job[3]))
+            if self._widths_pool is None:
+                done: Future[Mapping[str, float] | None] = Future()
+                done.set_result(self.widths(*job))
+                self._widths_job = done
+            else:
+                self._widths_job = self._widths_pool.submit(self.widths, *job)
+
     def _refit_all(
         self, runs: list[FinishedRun], starts: dict[str, np.ndarray | None], full: bool
-    ) -> dict[str, RefitState]:
+    ) -> tuple[dict[str, RefitState], dict[str, WidthsJob]]:
         out: dict[str, RefitState] = {}
+        tables: dict[str, WidthsJob] = {}
         for name, study_law in self.laws.items():
             try:
                 ready = resolve(study_law, {k: v.fit for k, v in out.items()})
@@ -192,8 +251,9 @@ class OnlineRefitter:
             except ValueError as exc:
                 out[name] = RefitState(law=name, fit=None, n_runs=len(runs), error=str(exc))
                 continue
-            out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs), widths=self.widths(name, fit_, inputs, loss))
-        return out
+            out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs))
+            tables[name] = (name, fit_, inputs, loss)
+        return out, tables
 
     def _log(self, state: RefitState) -> None:
         if self.tracker is None or state.fit is None:

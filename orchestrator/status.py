@@ -23,7 +23,7 @@ from orchestrator.live import (
 )
 from orchestrator.mlflow_tracker import study_status, tracking_uri
 from orchestrator.refit import RefitState, fit_summary
-from orchestrator.selection.selector import SelectionView
+from orchestrator.selection.selector import ACTIVE_METRICS, TOLERANCE_METRICS, SelectionView
 from orchestrator.tracking import NEXT_TAG, STOPPED_TAG, StudyStatus
 
 
@@ -99,12 +99,6 @@ def fit_lines(st: StudyStatus) -> list[str]:
             params = {k: v for k, v in st.fits.get(law, {}).items() if k != "objective"}
             out.append(f"law {law}: " + ", ".join(f"{k}={v:.4g}" for k, v in params.items()))
     return out
-
-
-#: the ``selection.*`` metrics only active selection logs (its estimates and plan)
-ACTIVE_METRICS = ("selection.noise_sd", "selection.misfit_sd", "selection.misfit_length", "selection.cost_exponent")
-#: ... and those a selection with a tolerance logs (its stopping rule's)
-TOLERANCE_METRICS = ("selection.tolerance", "selection.widest_interval")
 
 
 def selection_line(st: StudyStatus, runs: Sequence[PlannedRun], mode: str, tolerance: float = 0.0) -> str | None:

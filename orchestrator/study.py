@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.secrets import redact_text
 from orchestrator.selection import Selector, check_selection_budget, journal_storage
-from orchestrator.selection.selector import SelectionView
+from orchestrator.selection.selector import TOLERANCE_METRICS, SelectionView
 from orchestrator.tracking import NEXT_TAG, NOTE_TAG, STOPPED_TAG, FinishedRun, Tracker
 from trainers.memory import estimate_memory
 
@@ -273,7 +273,7 @@ def run_study(
     refitter.tracker = tracker
     if selector is not None:
         refitter.widths = selector.stop_widths
-        refitter.on_fit = _selection_hook(selector, tracker, refitter.on_fit, on_selection or (lambda view: None))
+        refitter.on_fit, refitter.on_widths = _selection_hooks(selector, tracker, refitter.on_fit, on_selection)
     parent = tracker.open_study(study.name, redact_text(to_yaml(study)))
     tracker.log_study_tags({NOTE_TAG: study_note(study, candidates)})
     scheduler = Scheduler(
@@ -302,9 +302,13 @@ def run_study(
         refitter.drain()
     except BaseException:
         executor.shutdown()
+        if selector is not None:
+            selector.close()
         refitter.close()
         tracker.close_study(failed=True)
         raise
+    if selector is not None:
+        selector.close()
     refitter.close()
     # the final word: a full multi-start fit of every law on every finished run
     outcomes = fit_laws(fitted, scheduler.finished.values(), seed=study.seed)
@@ -344,25 +348,38 @@ def study_note(study: StudyConfig, runs: list[PlannedRun], outcomes: list[LawOut
     return "\n".join(lines)
 
 
-def _selection_hook(
-    selector: Selector, tracker: Tracker, then: Callable[[RefitState], None], show: Callable[[SelectionView], None]
-) -> Callable[[RefitState], None]:
-    """After each refit of the selection's law: apply the stopping rule, log what the selection
-    believes and show it (on the driver thread, where the refitter reports its fits)."""
+def _selection_hooks(
+    selector: Selector,
+    tracker: Tracker,
+    then: Callable[[RefitState], None],
+    show: Callable[[SelectionView], None] | None,
+) -> tuple[Callable[[RefitState], None], Callable[[RefitState], None]]:
+    """The refitter's ``on_fit`` and ``on_widths`` for a budgeted selection (both run on the
+    driver thread, where the refitter reports). After each refit of the selection's law: ``then``,
+    then log what the selection believes and show it. When the stopping widths of one of its fits
+    are in (later, from their own thread): apply the stopping rule and log its interval at that
+    fit's step."""
+    show = show or (lambda view: None)
 
-    def hook(state: RefitState) -> None:
+    def report(state: RefitState, metrics: Callable[[Mapping[str, float]], Mapping[str, float]]) -> None:
+        view = selector.view()
+        tracker.log_study_metrics(metrics(view.metrics), step=state.n_runs)
+        # what it would propose next, for ``isoflop status`` (run keys of the pool)
+        tracker.log_study_tags({NEXT_TAG: ",".join(r.spec.run_key for r in view.next_runs), STOPPED_TAG: view.stopped or ""})
+        show(view)
+
+    def on_fit(state: RefitState) -> None:
         then(state)
         if state.law == selector.law_name:
             selector.check_stop(state.widths)
-            view = selector.view()
-            tracker.log_study_metrics(view.metrics, step=state.n_runs)
-            # what it would propose next, for ``isoflop status`` (run keys of the pool)
-            tracker.log_study_tags(
-                {NEXT_TAG: ",".join(r.spec.run_key for r in view.next_runs), STOPPED_TAG: view.stopped or ""}
-            )
-            show(view)
+            report(state, lambda m: m)
 
-    return hook
+    def on_widths(state: RefitState) -> None:
+        if state.law == selector.law_name:
+            selector.check_stop(state.widths)
+            report(state, lambda m: {k: v for k, v in m.items() if k in TOLERANCE_METRICS})
+
+    return on_fit, on_widths
 
 
 class FigureLogger:

@@ -20,6 +20,7 @@ published one before the first fit); the pool's inputs are refreshed before ever
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -64,6 +65,12 @@ MIN_CONFIGURATIONS_PER_PARAM = 2
 #: this factor (:meth:`Selector.stop_widths`)
 STOP_SLOW_S = 1.0
 STOP_GROWTH = 1.25
+
+
+#: the ``selection.*`` metrics only active selection logs (its estimates and plan)
+ACTIVE_METRICS = ("selection.noise_sd", "selection.misfit_sd", "selection.misfit_length", "selection.cost_exponent")
+#: ... and those a selection with a tolerance logs (its stopping rule's)
+TOLERANCE_METRICS = ("selection.tolerance", "selection.widest_interval")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,6 +231,7 @@ class Selector:
         self.targets = targets_of(sel)
         self._seed = study.seed
         self._last_widths: tuple[int, float] | None = None  # (runs, seconds) of the latest bootstrap
+        self._closed = threading.Event()  # set by :meth:`close`, read by the widths thread
         self.widest: float | None = None  # the widest target interval the stopping rule last saw (inf: none)
         self._fit = lambda: fit_provider(law_name)
         self.sampler = self._sampler(study)
@@ -407,20 +415,29 @@ class Selector:
     ) -> dict[str, float] | None:
         """The targets' interval widths for the stopping rule (:func:`target_widths`), for a new
         fit of the selection's law when a tolerance is set (else None). The refitter calls it on
-        its thread: a bootstrap takes a fraction of a second (a Chinchilla law on a few hundred
-        runs), too long for the driver's. One that took ``STOP_SLOW_S`` or more (a mixture law's:
+        a thread of its own once the fit is out: a bootstrap takes a fraction of a second (a
+        Chinchilla law on a few hundred runs), too long for the driver's, and must not delay
+        the fit the criterion waits for. One that took ``STOP_SLOW_S`` or more (a mixture law's:
         20 s and more) is redone only once the runs have grown by ``STOP_GROWTH``; the
         fits in between get None (no stop)."""
-        if self.config.tolerance <= 0 or law_name != self.law_name or self.stopped is not None:
+        if self.config.tolerance <= 0 or law_name != self.law_name or self.stopped is not None or self._closed.is_set():
             return None
         if self._last_widths is not None:
             runs, seconds = self._last_widths
             if seconds >= STOP_SLOW_S and len(loss) < STOP_GROWTH * runs:
                 return None  # a slow bootstrap (a mixture law's) waits for more runs
         t0 = time.perf_counter()
-        widths = target_widths(fit_, inputs, loss, self.targets, seed=self._seed)
+        try:
+            widths = target_widths(fit_, inputs, loss, self.targets, seed=self._seed, cancel=self._closed.is_set)
+        except laws.Cancelled:
+            return None
         self._last_widths = (len(loss), time.perf_counter() - t0)
         return widths
+
+    def close(self) -> None:
+        """The study is over: a stopping bootstrap in flight stops (its answer is not needed,
+        and a mixture law's takes a minute), and none starts."""
+        self._closed.set()
 
     def check_stop(self, widths: Mapping[str, float] | None) -> None:
         """Stop proposing once every target's 95 % interval (``widths``, from
@@ -546,6 +563,7 @@ def target_widths(
     n_resamples: int = STOP_RESAMPLES,
     seed: int = 0,
     level: float = 0.95,
+    cancel: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Relative half-width of each target's ``level`` interval, max(hi / T - 1, T / lo - 1) for
     the percentile interval [lo, hi] of the target T over bootstrap refits of ``fit_`` on whole
@@ -557,7 +575,10 @@ def target_widths(
     noisy and too small, and stopping at the first fit it calls precise enough is stopping on
     its noise. On the simulated Chinchilla world (``benchmarks/stopping.py``, 8 seeds) the
     delta-method rule left N_opt more than 20 % off in 5 of its 8 stops at +-20 % (up to 63 %
-    off); no stop of this rule, at any tolerance, left its target beyond the tolerance."""
+    off); no stop of this rule, at any tolerance, left its target beyond the tolerance.
+
+    ``cancel``: asked between the refits' Newton iterations; True stops them and raises
+    :class:`laws.Cancelled`."""
     unknown = {t.label: float("inf") for t in targets}
     law = fit_.get_law()
     configurations = len(np.unique(np.column_stack([np.asarray(inputs[k], dtype=np.float64) for k in law.inputs]), axis=0))
@@ -567,7 +588,9 @@ def target_widths(
         # the refits agree for want of data, not for the data's sake
         return unknown
     try:
-        boot = bootstrap_fit(fit_, inputs, loss, n_resamples=n_resamples, seed=seed, options=resample_options(fit_))
+        boot = bootstrap_fit(
+            fit_, inputs, loss, n_resamples=n_resamples, seed=seed, options=resample_options(fit_), cancel=cancel
+        )
     except ValueError:  # too few configurations to resample
         return unknown
     if not boot.has_intervals:

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 import laws
+from laws.bootstrap import bootstrap
 from laws.chinchilla import HOFFMANN_PARAMS
+from laws.objective import Objective
 from tests.laws.conftest import nd_design
+from trainers.config import REPLICATION_CHINCHILLA
 
 #: a few starts are enough to exercise validation and reporting
 FEW = laws.get_law("chinchilla").init_grid()[::50]
@@ -281,3 +284,19 @@ def test_a_fit_with_a_negative_exponent_has_no_compute_optimum(exponent):
     assert np.isnan(a.N_opt) and np.isnan(a.D_opt) and np.isnan(a.loss)
     assert entry["compute_optimal"] == []
     assert any(w.startswith("no compute-optimal allocation") and f"{exponent} = -0.1" in w for w in entry["report"]["warnings"])
+
+
+def test_a_cancelled_minimisation_raises_instead_of_returning_a_partial_result() -> None:
+    from laws.optimizer import minimise_batched
+
+    law = laws.get_law("chinchilla")
+    rng = np.random.default_rng(0)
+    x = {"N": 10 ** rng.uniform(7, 9, 20), "D": 10 ** rng.uniform(9, 11, 20)}
+    y = law.predict(REPLICATION_CHINCHILLA, **x)
+    fit_ = laws.fit(law, x, y)
+    asked = []
+    with pytest.raises(laws.Cancelled, match="after 2 iterations"):
+        bootstrap(fit_, x, y, n_resamples=20, cancel=lambda: asked.append(1) or len(asked) > 2)
+    objective = Objective(law, law.prepare_inputs(x), torch.from_numpy(np.asarray(y)))
+    result = minimise_batched(objective.jet, objective.value, law.init_grid()[:4], cancel=lambda: False)
+    assert result.iterations > 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -73,3 +76,41 @@ def test_a_fit_summary_counts_the_runs_the_law_is_fitted_to() -> None:
     fit_ = laws.fit("chinchilla", {"N": np.array([r.inputs["N"] for r in runs]), "D": np.array([r.inputs["D"] for r in runs])},
                     np.array([r.final_loss for r in runs]))
     assert fit_summary(RefitState(law="supervised", fit=fit_, n_runs=24)).startswith("law supervised on 8 runs: ")
+
+
+def test_a_slow_widths_hook_does_not_hold_up_the_fits() -> None:
+    """The stopping bootstrap of a mixture law takes 20 s and more: it ran on the refit thread
+    before the fit was published, so the criterion waiting for that fit waited for it too. The
+    fits come out at once; widths follow from their own thread, coalesced to the latest fit."""
+    release, started = threading.Event(), threading.Event()
+    asked: list[int] = []
+    reported: list[tuple[int, dict]] = []
+
+    def widths(law, fit_, inputs, loss):  # noqa: ANN001, ANN202 - the refitter's hook
+        asked.append(len(loss))
+        started.set()
+        assert release.wait(30)
+        return {"loss@N=1e9": float(len(loss))}
+
+    refit = OnlineRefitter(["chinchilla"], min_interval_s=0.0, widths=widths,
+                           on_widths=lambda state: reported.append((state.n_runs, dict(state.widths))))
+    runs = _runs(30)
+    try:
+        for n in (10, 20, 30):
+            refit.submit(runs[n - 10 : n])
+            states = refit.drain()  # every fit, while the first widths are still being computed
+            assert states["chinchilla"].n_runs == n and states["chinchilla"].fit is not None
+            assert states["chinchilla"].widths is None
+        assert started.wait(30) and asked == [10] and refit.widths_behind()
+        release.set()
+        deadline = time.monotonic() + 30
+        while refit.widths_behind() and time.monotonic() < deadline:
+            refit.poll()
+            time.sleep(0.01)
+    finally:
+        release.set()
+        refit.close()
+    # the fit on 20 runs was superseded before its widths could start: only 10 and 30 are asked
+    assert asked == [10, 30]
+    assert reported == [(10, {"loss@N=1e9": 10.0}), (30, {"loss@N=1e9": 30.0})]
+    assert refit.states["chinchilla"].widths == {"loss@N=1e9": 30.0}

@@ -708,3 +708,33 @@ def test_no_stopping_bootstrap_once_the_selection_has_stopped(monkeypatch) -> No
     assert calls == [1] and sel.widest == 0.5 and sel.diagnostics()["selection.widest_interval"] == 0.5
     sel.stopped = "budget spent (1e+20 of 1e+20 FLOPs)"
     assert sel.stop_widths(sel.law_name, sel._fit(), x, y) is None and calls == [1]
+
+
+def test_closing_the_selection_cancels_the_stopping_bootstrap_in_flight(monkeypatch) -> None:
+    """At the end of a study (or on Ctrl-C) the refitter waits for its widths thread: a mixture
+    law's bootstrap in flight held the study's end for 15 s and more, for an answer nothing
+    needed. Closing the selector stops the refits between Newton iterations."""
+    from orchestrator.selection import selector as module
+
+    _, _, sel = _selector_on_the_true_law(tolerance=0.1)
+    rng = np.random.default_rng(0)
+    x = {"N": 10 ** rng.uniform(7, 9, 30), "D": 10 ** rng.uniform(9, 11, 30)}
+    y = laws.get_law("chinchilla").predict(REPLICATION_CHINCHILLA, **x) * np.exp(0.01 * rng.normal(size=30))
+    fit_ = laws.fit("chinchilla", x, y)
+    assert np.isfinite(sel.stop_widths(sel.law_name, fit_, x, y)["loss@C=1e+22"])
+    iterations = []
+    real = module.bootstrap_fit
+
+    def closed_midway(*args, cancel, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def asked() -> bool:
+            iterations.append(1)
+            if len(iterations) == 3:
+                sel.close()  # the study ends while the refits run
+            return cancel()
+
+        return real(*args, cancel=asked, **kwargs)
+
+    monkeypatch.setattr(module, "bootstrap_fit", closed_midway)
+    assert sel.stop_widths(sel.law_name, fit_, x, y) is None
+    assert len(iterations) == 3, "the refits stopped at the first iteration after the close"
+    assert sel.stop_widths(sel.law_name, fit_, x, y) is None and len(iterations) == 3, "none starts once closed"
