@@ -322,6 +322,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.bootstrap is not None and args.bootstrap < 0:
         raise StudyError("--bootstrap", f"must be 0 or a number of resamples, got {args.bootstrap}")
     document, runs = export_with_runs(study, budgets=budgets, bootstrap=args.bootstrap)
+    outside = document["study"].get("outside_grid", 0)
+    if outside:
+        # a YAML exports with its own grid: runs of an earlier grid, or of overrides given to
+        # ``isoflop run``, are not in it, and a JSON document's reader would not notice
+        store = f" --tracking-uri {redact_text(study.tracking.uri)}" if study.tracking.uri else ""
+        hint = f"; `isoflop export {study.name}{store}` fits the study as it was last run" if args.study != study.name else ""
+        print(
+            f"isoflop: warning: {outside} stored runs of study {study.name!r} are not in this grid (a grid since "
+            f"changed, or overrides given to isoflop run) and were not fitted{hint}",
+            file=sys.stderr,
+        )
     if args.format == "md" and args.output:
         from orchestrator.export import fit_histories
         from orchestrator.report import write_report

@@ -63,6 +63,10 @@ PARAM = "candidate"
 #: trial user attribute: FLOPs of the upstream run (teacher) the trial's proposal brought, 0 when
 #: that run was already committed or free
 UPSTREAM_FLOPS = "upstream_flops"
+#: trial user attribute: True for a candidate that had finished before the selection took it
+#: over (a grid phase of the same study, or a journal since lost): known data for the sampler,
+#: never proposed, and nothing spent on it by the selection
+PRIOR = "prior"
 
 
 def _no_upstream() -> np.ndarray:
@@ -140,8 +144,15 @@ def effective_cost(study: optuna.Study, pool: Pool) -> np.ndarray:
 
 def spent(study: optuna.Study, pool: Pool) -> float:
     """FLOPs the trials have committed: each proposed candidate's own cost plus the upstream run
-    its proposal brought (recorded on the trial as :data:`UPSTREAM_FLOPS`)."""
-    return float(sum(pool.cost[int(t.params[PARAM])] + float(t.user_attrs.get(UPSTREAM_FLOPS, 0.0)) for t in _trials(study)))
+    its proposal brought (recorded on the trial as :data:`UPSTREAM_FLOPS`); nothing for the
+    :data:`PRIOR` ones."""
+    return float(
+        sum(
+            pool.cost[int(t.params[PARAM])] + float(t.user_attrs.get(UPSTREAM_FLOPS, 0.0))
+            for t in _trials(study)
+            if not t.user_attrs.get(PRIOR)
+        )
+    )
 
 
 def budget_left(study: optuna.Study, pool: Pool) -> float:

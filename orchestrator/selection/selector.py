@@ -43,6 +43,7 @@ from orchestrator.scheduler import DEPENDENCY_INPUTS, Event
 from orchestrator.selection.criteria import Target
 from orchestrator.selection.samplers import (
     PARAM,
+    PRIOR,
     UPSTREAM_FLOPS,
     CheapestSampler,
     InformationSampler,
@@ -315,7 +316,29 @@ class Selector:
             else:
                 self.study.tell(self._trials[run.spec.run_key], done.final_loss, skip_if_finished=True)
         self._requeue = again
+        self._add_prior(finished)
         return [r for r in self.candidates if r.spec.run_key in finished]
+
+    def _add_prior(self, finished: Mapping[str, FinishedRun]) -> None:
+        """Candidates finished before this selection took them over, with no trial in the journal
+        (the study ran as a grid before, or the journal was lost): completed trials marked
+        :data:`PRIOR`, so the sampler counts them as known and never proposes them again (it
+        did, and the budget paid for runs that were only skipped), at no cost to the budget."""
+        known = {t.user_attrs.get("run_key") for t in self.study.get_trials(deepcopy=False)}
+        distribution = {PARAM: self.pool.distribution()}
+        for i, run in enumerate(self.candidates):
+            key = run.spec.run_key
+            done = finished.get(key)
+            if done is None or key in known or not np.isfinite(done.final_loss):
+                continue
+            self.study.add_trial(
+                optuna.trial.create_trial(
+                    params={PARAM: i},
+                    distributions=distribution,
+                    value=done.final_loss,
+                    user_attrs={"run_key": key, "flops": float(run.plan.flops), PRIOR: True},
+                )
+            )
 
     def propose(self, k: int) -> list[PlannedRun]:
         """Up to ``k`` new candidate runs (fewer, or none, when the budget or the stopping rule

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 import laws
@@ -375,7 +376,7 @@ def test_status_of_a_yaml_shows_the_study_as_it_was_run(store, capsys) -> None:
     assert "runs 3/3" in out and "runs 3/6" not in out, out
 
 
-def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store) -> None:
+def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
     """A study rerun on a smaller grid: status counts the runs of the grid it now has (it showed
     '6/4' done), and export fits those runs, as the run's own final fit does, saying how many
     stored runs it left out."""
@@ -402,5 +403,18 @@ def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store) -> None:
     from orchestrator.report import markdown_report
 
     assert "- finished runs: 4 (2 more in the store, of a grid since changed: not fitted)" in markdown_report(document)
+    # the CLI says so, where a reader of the JSON would not look. A YAML exports with its own
+    # grid (here N = 1e8 alone: 4 of the 6 stored runs are not in it); by name, the grid it was
+    # last run with (the rerun's N = 1e7, 1e8: the 2 runs of N = 1e6 are left out)
+    path = tmp_path / "shrunk.yaml"
+    path.write_text(yaml.safe_dump({**raw, "grid": {"N": [1e8], "D": [1e8, 1e9]}}))
+    capsys.readouterr()
+    assert main(["export", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 4 stored runs of study 'shrunk' are not in this grid" in err, err
+    assert f"`isoflop export shrunk --tracking-uri {store}` fits the study as it was last run" in err, err
+    assert main(["export", "shrunk", "--tracking-uri", store]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 stored runs of study 'shrunk' are not in this grid" in err and "isoflop export shrunk" not in err
     # the FLOPs status shows are the grid's runs' (it showed 1009 % of the grid)
     assert any("FLOPs" in line and "(100.0%)" in line for line in lines), lines

@@ -307,6 +307,32 @@ def test_active_selection_resumes_where_a_dead_driver_stopped() -> None:
     assert not {r.spec.run_key for r in fresh} & {r.spec.run_key for r in proposed}
 
 
+@pytest.mark.parametrize("mode", ["active", "cheapest"])
+def test_runs_finished_before_the_selection_are_known_never_proposed_and_free(mode: str) -> None:
+    """A study run as a grid, then switched to a selection: its finished candidates were not in
+    the journal, so the selection proposed them again (skipped by the scheduler, paid for by the
+    budget: 'budget spent' after training nothing). They are now completed trials marked prior:
+    in the design, never proposed, outside the spent FLOPs, and added once across resumes."""
+    study = _study(mode)
+    grid = expand(study)
+    cheapest = sorted(grid, key=lambda r: r.plan.flops)[:6]  # what cheapest-first would take first
+    finished = {r.spec.run_key: FinishedRun(run_key=r.spec.run_key, run_id=f"g{i}", inputs={}, final_loss=3.0 + i)
+                for i, r in enumerate(cheapest)}
+    storage = optuna.storages.InMemoryStorage()
+    sel = Selector(study, grid, fit_provider=lambda name: None, storage=storage)
+    assert {r.spec.run_key for r in sel.start(finished)} == set(finished)
+    prior = [t for t in sel.study.trials if t.user_attrs.get("prior")]
+    assert sorted(t.user_attrs["run_key"] for t in prior) == sorted(finished)
+    assert all(t.state == TrialState.COMPLETE for t in prior) and sorted(t.value for t in prior) == [3.0 + i for i in range(6)]
+    assert sel.spent() == 0.0
+    picks = sel.propose(4)
+    assert len(picks) == 4 and not {r.spec.run_key for r in picks} & set(finished)
+    assert sel.spent() == pytest.approx(sum(r.plan.flops for r in picks), rel=1e-9)
+    again = Selector(study, grid, fit_provider=lambda name: None, storage=storage)
+    again.start(finished)  # a resume: the prior trials are in the journal already
+    assert sum(bool(t.user_attrs.get("prior")) for t in again.study.trials) == 6
+
+
 def test_a_run_that_finished_after_its_driver_died_is_told_not_proposed_again() -> None:
     study = _study("active")
     grid = expand(study)
