@@ -336,7 +336,12 @@ class Selector:
                     params={PARAM: i},
                     distributions=distribution,
                     value=done.final_loss,
-                    user_attrs={"run_key": key, "flops": float(run.plan.flops), PRIOR: True},
+                    user_attrs={
+                        "run_key": key,
+                        "inputs": {k: float(v[i]) for k, v in self.pool.inputs.items()},
+                        "flops": float(run.plan.flops),
+                        PRIOR: True,
+                    },
                 )
             )
 
