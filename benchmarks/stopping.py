@@ -15,12 +15,14 @@ true errors. The selection does not depend on the tolerance (it only ends it), s
 at which a rule's widths fall within each tolerance is where that rule would have stopped.
 
 Rules: ``bootstrap`` (the rule ``isoflop`` uses: percentile intervals over 200 refits on
-resampled configurations, :func:`orchestrator.selection.selector.target_widths`, once there are
-two configurations per law parameter), ``delta`` (the rule before it: the delta method on the
-fit's sandwich covariance, from the first fit) and ``delta_guarded`` (the delta method with the
-bootstrap rule's minimum of configurations).
+configurations reweighted by the Bayesian bootstrap,
+:func:`orchestrator.selection.selector.target_widths`, once there are two configurations per
+law parameter), ``multinomial`` (the same with the multinomial resampling of ``isoflop export
+--bootstrap``, the rule until 2026-12-07), ``delta`` (the rule before both: the delta method on
+the fit's sandwich covariance, from the first fit) and ``delta_guarded`` (the delta method with
+the bootstrap rules' minimum of configurations).
 
-    python benchmarks/stopping.py [--seeds 6] [--fraction 0.5] [--out PATH]
+    python benchmarks/stopping.py [--seeds 6] [--first-seed 0] [--fraction 0.5] [--out PATH]
     python benchmarks/stopping.py --cost
     python benchmarks/stopping.py --latency [--seeds 3]
 
@@ -58,11 +60,16 @@ import laws
 from orchestrator.executors import InlineExecutor
 from orchestrator.grid import expand, trained_flops
 from orchestrator.selection.criteria import Target, target_gradients
-from orchestrator.selection.selector import MIN_CONFIGURATIONS_PER_PARAM, Selector, selection_law
+from orchestrator.selection.selector import (
+    MIN_CONFIGURATIONS_PER_PARAM,
+    Selector,
+    selection_law,
+    target_widths,
+)
 from orchestrator.study import run_study
 from orchestrator.tracking import MemoryTracker
 
-RULES = ("bootstrap", "delta", "delta_guarded")
+RULES = ("bootstrap", "multinomial", "delta", "delta_guarded")
 TOLERANCES = {"loss": [0.01, 0.02, 0.03, 0.05], "N_opt": [0.1, 0.2, 0.3, 0.5]}
 
 
@@ -98,6 +105,7 @@ def trajectory(seed: int, fraction: float, reference: tuple[float, float]) -> li
         rows.append({
             "seed": seed, "runs": int(len(loss)), "compute": self.spent() / grid_cost,
             "bootstrap": dict(widths or {}), "delta": delta, "seconds": seconds,
+            "multinomial": target_widths(fit_, inputs, loss, self.targets, seed=self._seed, scheme="multinomial"),
             "delta_guarded": delta if len(loss) >= MIN_CONFIGURATIONS_PER_PARAM * fit_.get_law().n_params else unknown,
             "error": {"loss": abs(a.loss / reference[0] - 1.0), "N_opt": float(np.expm1(abs(np.log(a.N_opt / reference[1]))))},
         })
@@ -130,7 +138,6 @@ def cost() -> None:
     """Seconds of one stopping bootstrap per law and number of runs."""
     from selection import POINT_WORLDS
 
-    from orchestrator.selection.selector import target_widths
     from trainers.config import REPLICATION_CHINCHILLA
 
     rng = np.random.default_rng(0)
@@ -178,6 +185,7 @@ def latency(seeds: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=6)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--fraction", type=float, default=0.5, help="the selection's budget, a share of the grid's compute")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--cost", action="store_true", help="time the rule's bootstrap per law and number of runs instead")
@@ -195,7 +203,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}")
     rows = []
     t0 = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         rows += trajectory(seed, args.fraction, reference)
     seconds = [r["seconds"] for r in rows]
     print(f"{args.seeds} studies, {len(rows)} fits in {time.perf_counter() - t0:.0f} s; "

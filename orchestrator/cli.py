@@ -31,7 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:  # Ctrl-C: the study's state is in its store; no traceback
         running = args.handler in (_cmd_run, _cmd_resume)
-        print("isoflop: interrupted" + ("; finished runs are kept: `isoflop resume NAME` continues the study" if running else ""),
+        name = "NAME"
+        with contextlib.suppress(Exception):  # the study's name, as resume takes it
+            name = _study_name(args.study)
+        print("isoflop: interrupted" + (f"; finished runs are kept: `isoflop resume {name}` continues the study" if running else ""),
               file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (``isoflop validate ... | head``)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ class OnlineRefitter:
         self._widths_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit-widths") if background else None
         self._widths_job: Future[Mapping[str, float] | None] | None = None
         self._widths_of: tuple[str, laws.LawFit, int] | None = None  # the law, fit and runs of that job
+        self._answered: dict[str, int] = {}  # law -> runs of the latest fit whose widths are in
         # background refits start at most this often, so the refit thread cannot starve the
         # driver of the GIL when results arrive quickly
         self.min_interval_s = min_interval_s if background else 0.0
@@ -145,6 +147,8 @@ class OnlineRefitter:
             self.states[name] = state
             self._log(state)
             self.on_fit(state)
+            if name not in tables or self.widths is None:  # no fit, or nothing more to do with one
+                self._answered[name] = max(self._answered.get(name, -1), state.n_runs)
         if self.widths is not None:
             self._tables.update(tables)
             self._poll_widths()
@@ -154,6 +158,16 @@ class OnlineRefitter:
     def widths_behind(self) -> bool:
         """Whether a fit's widths are being computed or wait to be."""
         return self._widths_job is not None or bool(self._tables)
+
+    @property
+    def submitted(self) -> int:
+        """How many finished runs have been submitted so far."""
+        return len(self._runs)
+
+    def answered(self, name: str, n_runs: int) -> bool:
+        """Whether a fit of law ``name`` on at least ``n_runs`` submitted runs is out with its
+        widths (or failed: there will be no widths for it)."""
+        return self._answered.get(name, -1) >= n_runs
 
     def drain(self) -> dict[str, RefitState]:
         """Wait until the fits reflect every submitted run."""
@@ -211,9 +225,14 @@ class OnlineRefitter:
             if self._widths_job is not None:
                 if not self._widths_job.done():
                     return
-                answer = self._widths_job.result()
+                try:
+                    answer = self._widths_job.result()
+                except Exception as exc:  # noqa: BLE001 - more work on a fit must not end the study
+                    warnings.warn(f"refit: the widths of a fit failed ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+                    answer = None
                 name, fit_, n_runs = self._widths_of or ("", None, 0)
                 self._widths_job = self._widths_of = None
+                self._answered[name] = max(self._answered.get(name, -1), n_runs)
                 state = self.states.get(name)
                 if state is not None and state.fit is fit_:
                     state = self.states[name] = dataclasses.replace(state, widths=answer)

@@ -267,6 +267,8 @@ def run_study(
             candidates,
             fit_provider=refitter.current,
             refit_behind=refitter.behind,
+            answered=refitter.answered,
+            submitted=lambda: refitter.submitted,
             storage=optuna_storage or (lambda: journal_storage(selection_journal(study))),
         )
     tracker = tracker or open_tracker(study)

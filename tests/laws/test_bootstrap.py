@@ -29,6 +29,23 @@ def test_resampling_draws_whole_configurations():
     assert not np.array_equal(w, resample_weights(groups, 50, seed=4))
 
 
+def test_bayesian_resampling_weighs_every_configuration():
+    """Rubin's Bayesian bootstrap: a flat Dirichlet over the configurations, scaled to their
+    number; no configuration is ever left out (a multinomial resample leaves out 37 % of them)."""
+    groups = np.array([0, 0, 1, 1, 1, 2, 3, 4])
+    w = resample_weights(groups, 4000, seed=3, scheme="bayesian")
+    assert w.shape == (4000, 8) and np.all(w > 0)
+    assert np.all(w[:, 0] == w[:, 1]) and np.all(w[:, 2] == w[:, 4])
+    np.testing.assert_allclose(w[:, [0, 2, 5, 6, 7]].sum(1), 5.0)
+    # each configuration's weight is 5 x Beta(1, 4): mean 1, variance 25 * 4 / (25 * 6) = 2/3
+    assert w[:, 0].mean() == pytest.approx(1.0, abs=0.05) and w[:, 0].var() == pytest.approx(2 / 3, rel=0.1)
+    counts = resample_weights(groups, 4000, seed=3)
+    assert (counts[:, 0] == 0).mean() == pytest.approx((4 / 5) ** 5, abs=0.03)
+    np.testing.assert_array_equal(w, resample_weights(groups, 4000, seed=3, scheme="bayesian"))
+    with pytest.raises(ValueError, match="unknown resampling scheme 'jackknife'"):
+        resample_weights(groups, 10, seed=0, scheme="jackknife")
+
+
 def test_seeded_and_reproducible(replication, replication_fit, boot):
     inputs, loss = replication
     again = bootstrap(replication_fit, inputs, loss, n_resamples=20, seed=0)

@@ -324,4 +324,5 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path, monkeypatch, cap
     path.write_text(yaml.safe_dump(_SIM))
     assert main(["run", str(path)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["isoflop: interrupted; finished runs are kept: `isoflop resume NAME` continues the study"]
+    name = _SIM["name"]
+    assert err == [f"isoflop: interrupted; finished runs are kept: `isoflop resume {name}` continues the study"]

@@ -102,6 +102,7 @@ def test_a_slow_widths_hook_does_not_hold_up_the_fits() -> None:
             assert states["chinchilla"].n_runs == n and states["chinchilla"].fit is not None
             assert states["chinchilla"].widths is None
         assert started.wait(30) and asked == [10] and refit.widths_behind()
+        assert refit.submitted == 30 and not refit.answered("chinchilla", 10)
         release.set()
         deadline = time.monotonic() + 30
         while refit.widths_behind() and time.monotonic() < deadline:
@@ -114,3 +115,13 @@ def test_a_slow_widths_hook_does_not_hold_up_the_fits() -> None:
     assert asked == [10, 30]
     assert reported == [(10, {"loss@N=1e9": 10.0}), (30, {"loss@N=1e9": 30.0})]
     assert refit.states["chinchilla"].widths == {"loss@N=1e9": 30.0}
+    assert refit.answered("chinchilla", 30) and not refit.answered("chinchilla", 31)
+
+
+def test_a_law_that_cannot_be_fitted_yet_is_answered_for_without_widths() -> None:
+    """A selection with a tolerance waits for the widths of a fit of the runs finished when it
+    last proposed: a law with too few runs to fit has no fit and no widths, and must not leave
+    it waiting."""
+    refit = OnlineRefitter(["chinchilla"], background=False, widths=lambda *args: {"x": 1.0})
+    refit.submit(_runs(2))
+    assert refit.states["chinchilla"].fit is None and refit.answered("chinchilla", 2)

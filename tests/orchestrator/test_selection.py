@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -614,7 +615,7 @@ def test_stopping_widths_are_the_bootstrap_percentile_intervals_of_the_targets()
     targets = [Target(kind="loss", inputs={"N": 1e10, "D": 2e11}), Target(kind="loss", budget=1e22),
                Target(kind="N_opt", budget=1e22)]
     widths = target_widths(fit_, x, y, targets, n_resamples=100, seed=3)
-    boot = bootstrap(fit_, x, y, n_resamples=100, seed=3)
+    boot = bootstrap(fit_, x, y, n_resamples=100, seed=3, scheme="bayesian")
 
     def half_width(interval: tuple[float, float], centre: float) -> float:
         return max(interval[1] / centre - 1.0, centre / interval[0] - 1.0)
@@ -669,6 +670,60 @@ def test_the_tolerance_stop_ends_the_selection_once_the_bootstrap_interval_is_na
     assert outcome.stats.flops_done < 0.5 * sum(trained_flops(r) for r in expand(study))
     truth = laws.get_law("chinchilla").predict(REPLICATION_CHINCHILLA, N=1e10, D=2e11)
     assert abs(float(outcome.laws[0].fit.predict(N=1e10, D=2e11) / truth) - 1) <= 0.05
+
+
+def test_proposals_wait_for_the_stopping_rule_to_answer_for_the_runs_finished_before() -> None:
+    """With a tolerance, after proposing, the next proposal waits until a fit of the runs that
+    had finished then is out with its stopping widths (their answer may end the selection): a
+    sparsity study's first interval was within the tolerance at 7 % of the budget, and runs
+    proposed meanwhile took the stop to 96 %. The wait is for a fixed number of runs, so runs
+    that keep finishing cannot hold proposals off."""
+    answered_for, finished = [3], [5]
+    study = _study("active", initial_runs=1, tolerance=0.1)
+    fit_ = replace(_true_fit(), report=replace(_true_fit().report, n_points=20))  # past the space-filling start
+    sel = Selector(study, expand(study), fit_provider=lambda name: fit_, storage=optuna.storages.InMemoryStorage(),
+                   answered=lambda law, n: law == "chinchilla" and answered_for[0] >= n, submitted=lambda: finished[0])
+    assert len(sel.propose(2)) == 2  # proposed with 5 runs finished: too few for an interval, no wait
+    assert not sel.waiting() and len(sel.propose(1)) == 1
+    finished[0] = 12
+    assert len(sel.propose(2)) == 2  # with 12 finished (two per parameter of the law's 5)
+    finished[0] = 14
+    assert sel.waiting() and sel.propose(3) == [], "no answer yet for the 12 runs"
+    answered_for[0] = 12  # the fit of those 12 and its widths are in; 2 more finished meanwhile
+    assert not sel.waiting() and len(sel.propose(3)) == 3
+    assert sel.waiting(), "now it waits for an answer on the 14"
+    # without a tolerance there is nothing to wait for
+    plain = _study("cheapest")
+    other = Selector(plain, expand(plain), fit_provider=lambda name: None, storage=optuna.storages.InMemoryStorage(),
+                     answered=lambda law, n: False, submitted=lambda: 9)
+    assert len(other.propose(2)) == 2 and not other.waiting() and len(other.propose(2)) == 2
+
+
+def test_a_background_tolerance_stop_spends_nothing_after_its_interval(monkeypatch) -> None:
+    """End to end with the refits in their thread and runs that finish at once: once a fit's
+    interval is within the tolerance, few runs finish after it."""
+    from orchestrator.selection import selector as module
+
+    first_within: list[int] = []
+    real = module.Selector.stop_widths
+
+    def recorded(self, law_name, fit_, inputs, loss):  # noqa: ANN001, ANN202 - Selector.stop_widths
+        widths = real(self, law_name, fit_, inputs, loss)
+        if widths and max(widths.values()) <= 0.05 and not first_within:
+            first_within.append(len(loss))
+        return widths
+
+    monkeypatch.setattr(module.Selector, "stop_widths", recorded)
+    study = _study("active", budget_fraction=1.0, tolerance=0.05, refit_every=5,
+                   target={"points": [{"N": 1e10, "D": 2e11}], "quantities": []})
+    study = replace(study, resources=replace(study.resources, max_concurrent=2))
+    outcome = run_study(study, tracker=MemoryTracker(), executor=InlineExecutor(),
+                        optuna_storage=optuna.storages.InMemoryStorage(), background_refit=True)
+    assert outcome.stopped is not None and first_within
+    # each proposal waits for the answer on the runs finished at the one before: after the fit
+    # whose interval was narrow enough, at most the runs in flight then and one batch proposed
+    # before its answer came finish (without the wait: 19 runs for an interval on 11)
+    assert outcome.stats.finished <= first_within[0] + 2 * 2, (outcome.stats.finished, first_within)
 
 
 def test_a_slow_stopping_bootstrap_waits_for_a_quarter_more_runs(monkeypatch) -> None:
