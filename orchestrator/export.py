@@ -96,7 +96,13 @@ def export_with_runs(
     parent = tracker.attach(study.name)
     runs, outside = grid_runs(study, tracker.finished_runs())
     if not runs:
-        elsewhere = f" ({outside} stored runs belong to another grid: export with that grid's YAML to fit them)" if outside else ""
+        store = f" --tracking-uri {redact_text(study.tracking.uri)}" if study.tracking.uri else ""
+        elsewhere = (
+            f" ({outside} stored runs belong to another grid, or to overrides given to isoflop run: "
+            f"`isoflop export {study.name}{store}` uses the study as it was last run)"
+            if outside
+            else ""
+        )
         raise StudyError("", f"study {study.name!r} has no finished runs of its grid to fit yet{elsewhere}")
     budgets = list(budgets or study.export.budgets or default_budgets(max(r.inputs.get("C", 0.0) for r in runs)))
     chosen = study_laws(study)

@@ -416,5 +416,11 @@ def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, 
     assert main(["export", "shrunk", "--tracking-uri", store]) == 0
     err = capsys.readouterr().err
     assert "warning: 2 stored runs of study 'shrunk' are not in this grid" in err and "isoflop export shrunk" not in err
+    # a YAML none of whose runs are stored (a pacing option or an override changed every run key)
+    path.write_text(yaml.safe_dump({**raw, "grid": {"N": [1e9], "D": [1e8]}}))
+    assert main(["export", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "no finished runs of its grid to fit yet (6 stored runs belong to another grid" in err, err
+    assert f"`isoflop export shrunk --tracking-uri {store}` uses the study as it was last run" in err, err
     # the FLOPs status shows are the grid's runs' (it showed 1009 % of the grid)
     assert any("FLOPs" in line and "(100.0%)" in line for line in lines), lines
