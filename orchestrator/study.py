@@ -373,12 +373,12 @@ def _selection_hooks(
     def on_fit(state: RefitState) -> None:
         then(state)
         if state.law == selector.law_name:
-            selector.check_stop(state.widths)
+            selector.check_stop(state.widths, state.n_runs)
             report(state, lambda m: m)
 
     def on_widths(state: RefitState) -> None:
         if state.law == selector.law_name:
-            selector.check_stop(state.widths)
+            selector.check_stop(state.widths, state.n_runs)
             report(state, lambda m: {k: v for k, v in m.items() if k in TOLERANCE_METRICS})
 
     return on_fit, on_widths

@@ -73,7 +73,7 @@ STOP_GROWTH = 1.25
 #: the ``selection.*`` metrics only active selection logs (its estimates and plan)
 ACTIVE_METRICS = ("selection.noise_sd", "selection.misfit_sd", "selection.misfit_length", "selection.cost_exponent")
 #: ... and those a selection with a tolerance logs (its stopping rule's)
-TOLERANCE_METRICS = ("selection.tolerance", "selection.widest_interval")
+TOLERANCE_METRICS = ("selection.tolerance", "selection.widest_interval", "selection.widest_interval_runs")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,9 +97,11 @@ class SelectionView:
         if "selection.cost_exponent" in m:
             parts.append(f"cost exponent {m['selection.cost_exponent']:g}")
         if "selection.tolerance" in m:
-            widest = m.get("selection.widest_interval")
+            widest, runs = m.get("selection.widest_interval"), m.get("selection.widest_interval_runs")
+            # the interval is the latest bootstrap's, which may be some runs old (a slow law's)
+            on = f" on {runs:.0f} runs" if runs is not None else ""
             parts.append(
-                f"widest target interval +-{widest:.3g} (stop at +-{m['selection.tolerance']:g})" if widest is not None
+                f"widest target interval +-{widest:.3g}{on} (stop at +-{m['selection.tolerance']:g})" if widest is not None
                 else f"no bootstrap interval of the targets yet (stop at +-{m['selection.tolerance']:g})"
             )
         line = "selection: " + ", ".join(parts)
@@ -240,6 +242,7 @@ class Selector:
         self._answered, self._submitted = answered, submitted
         self._proposed_at = -1  # finished runs when this invocation last proposed (with a tolerance)
         self.widest: float | None = None  # the widest target interval the stopping rule last saw (inf: none)
+        self.widest_runs: int | None = None  # ... in a fit of this many finished runs
         self._fit = lambda: fit_provider(law_name)
         self.sampler = self._sampler(study)
         self.study = optuna.create_study(
@@ -496,13 +499,13 @@ class Selector:
         and a mixture law's takes a minute), and none starts."""
         self._closed.set()
 
-    def check_stop(self, widths: Mapping[str, float] | None) -> None:
+    def check_stop(self, widths: Mapping[str, float] | None, n_runs: int | None = None) -> None:
         """Stop proposing once every target's 95 % interval (``widths``, from
-        :meth:`stop_widths`) is within the tolerance."""
+        :meth:`stop_widths`, of a fit on ``n_runs`` finished runs) is within the tolerance."""
         tol = self.config.tolerance
         if tol <= 0 or not widths or self.stopped is not None:
             return
-        self.widest = max(widths.values())
+        self.widest, self.widest_runs = max(widths.values()), n_runs
         if self.widest <= tol:
             self.stopped = f"target intervals within +-{tol:g} ({', '.join(f'{k}: {v:.3g}' for k, v in widths.items())})"
 
@@ -528,6 +531,8 @@ class Selector:
             out["selection.tolerance"] = self.config.tolerance
             if self.widest is not None and np.isfinite(self.widest):
                 out["selection.widest_interval"] = self.widest
+                if self.widest_runs is not None:
+                    out["selection.widest_interval_runs"] = float(self.widest_runs)
         sampler = self.sampler
         if isinstance(sampler, InformationSampler):
             if sampler.last_found is not None:

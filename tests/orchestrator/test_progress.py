@@ -503,5 +503,8 @@ def test_the_selection_line_shows_the_stopping_rules_widest_interval() -> None:
     assert selection_line(st, [], "random", 0.05).endswith("no bootstrap interval of the targets yet (stop at +-0.05)")
     st = replace(st, selection={**metrics, "selection.widest_interval": 0.0812})
     assert selection_line(st, [], "active", 0.05).endswith("widest target interval +-0.0812 (stop at +-0.05)")
+    # the latest bootstrap may be some runs old: the line says which fit it is of
+    st2 = replace(st, selection={**st.selection, "selection.widest_interval_runs": 23.0})
+    assert selection_line(st2, [], "active", 0.05).endswith("widest target interval +-0.0812 on 23 runs (stop at +-0.05)")
     # rerun without a tolerance: the earlier invocation's stopping metrics are not shown
     assert selection_line(st, [], "active") == "selection: 1e+15 of 1e+16 FLOPs (10%)"

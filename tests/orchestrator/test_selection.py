@@ -785,8 +785,9 @@ def test_no_stopping_bootstrap_once_the_selection_has_stopped(monkeypatch) -> No
     calls = []
     monkeypatch.setattr(module, "target_widths", lambda *a, **k: calls.append(1) or {"loss@C=1e+22": 0.5})
     x, y = {"N": np.ones(30), "D": np.ones(30)}, np.ones(30)
-    sel.check_stop(sel.stop_widths(sel.law_name, sel._fit(), x, y))
+    sel.check_stop(sel.stop_widths(sel.law_name, sel._fit(), x, y), 30)
     assert calls == [1] and sel.widest == 0.5 and sel.diagnostics()["selection.widest_interval"] == 0.5
+    assert sel.diagnostics()["selection.widest_interval_runs"] == 30
     sel.stopped = "budget spent (1e+20 of 1e+20 FLOPs)"
     assert sel.stop_widths(sel.law_name, sel._fit(), x, y) is None and calls == [1]
 
