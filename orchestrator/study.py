@@ -359,13 +359,17 @@ def _selection_hooks(
     """The refitter's ``on_fit`` and ``on_widths`` for a budgeted selection (both run on the
     driver thread, where the refitter reports). After each refit of the selection's law: ``then``,
     then log what the selection believes and show it. When the stopping widths of one of its fits
-    are in (later, from their own thread): apply the stopping rule and log its interval at that
-    fit's step."""
+    are in (later, from their own thread): apply the stopping rule and log its interval
+    (``selection.widest_interval_runs`` says which fit's) at the latest step logged, not that
+    fit's: a newer fit has logged the interval it knew at a higher step, and the latest value of
+    a metric is the one at the highest step (status showed the older interval after a stop)."""
     show = show or (lambda view: None)
+    latest = [0]  # the highest step logged
 
     def report(state: RefitState, metrics: Callable[[Mapping[str, float]], Mapping[str, float]]) -> None:
         view = selector.view()
-        tracker.log_study_metrics(metrics(view.metrics), step=state.n_runs)
+        latest[0] = max(latest[0], state.n_runs)
+        tracker.log_study_metrics(metrics(view.metrics), step=latest[0])
         # what it would propose next, for ``isoflop status`` (run keys of the pool)
         tracker.log_study_tags({NEXT_TAG: ",".join(r.spec.run_key for r in view.next_runs), STOPPED_TAG: view.stopped or ""})
         show(view)

@@ -820,3 +820,24 @@ def test_closing_the_selection_cancels_the_stopping_bootstrap_in_flight(monkeypa
     assert sel.stop_widths(sel.law_name, fit_, x, y) is None
     assert len(iterations) == 3, "the refits stopped at the first iteration after the close"
     assert sel.stop_widths(sel.law_name, fit_, x, y) is None and len(iterations) == 3, "none starts once closed"
+
+
+def test_late_widths_are_logged_at_the_latest_step_with_the_fit_they_are_of() -> None:
+    """The widths of a fit arrive after newer fits have logged the interval they knew at higher
+    steps; logged at their own fit's step they were not the metric's latest value, and status
+    showed an older interval than the one the selection stopped on."""
+    from orchestrator.refit import RefitState
+    from orchestrator.study import _selection_hooks
+
+    _, _, sel = _selector_on_the_true_law(tolerance=0.1)
+    tracker = MemoryTracker()
+    on_fit, on_widths = _selection_hooks(sel, tracker, lambda state: None, None)
+    fit_ = sel._fit()
+    on_fit(RefitState(law="chinchilla", fit=fit_, n_runs=20))
+    on_widths(RefitState(law="chinchilla", fit=fit_, n_runs=20, widths={"loss@C=1e+22": 0.3, "N_opt@C=1e+22": 0.2}))
+    on_fit(RefitState(law="chinchilla", fit=fit_, n_runs=24))  # knows the interval of the fit on 20
+    on_widths(RefitState(law="chinchilla", fit=fit_, n_runs=22, widths={"loss@C=1e+22": 0.05, "N_opt@C=1e+22": 0.08}))
+    assert sel.stopped is not None and sel.stopped.startswith("target intervals within +-0.1")
+    logged = [(step, m) for step, m in tracker.study_metrics if "selection.widest_interval" in m]
+    step, latest = max(enumerate(logged), key=lambda e: (e[1][0], e[0]))[1]
+    assert step == 24 and latest["selection.widest_interval"] == 0.08 and latest["selection.widest_interval_runs"] == 22
