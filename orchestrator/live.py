@@ -56,13 +56,16 @@ class Snapshot:
     mean_run_s: float | None
     eta_s: float | None
     grid_flops: float | None = None  # FLOPs of every run of the grid (grid mode), to show progress against
+    #: of ``flops_done``: runs of the pool finished before the selection took the study over (a
+    #: grid phase), which its budget does not pay for
+    flops_before: float = 0.0
 
     @property
     def budget_fraction(self) -> float | None:
-        """FLOPs spent as a fraction of the selection budget (None in grid mode)."""
+        """FLOPs the selection spent as a fraction of its budget (None in grid mode)."""
         if self.budget_flops is None or self.budget_flops <= 0:
             return None
-        return self.flops_done / self.budget_flops
+        return (self.flops_done - self.flops_before) / self.budget_flops
 
 
 def selection_budget_of(study: object, runs: Sequence[PlannedRun]) -> float | None:
@@ -107,6 +110,7 @@ class RunTally:
         self._max_running = 0
         self._done = self._skipped = self._failed = self._retries = 0
         self._flops = 0.0
+        self.flops_before = 0.0  # set from the selection's ``selection.prior_flops``
 
     def record(self, event: Event) -> None:
         """Count one scheduler event."""
@@ -157,11 +161,12 @@ class RunTally:
                 [now - t for t in self._started.values()],
                 parallel=self._max_running,
                 budget_flops=self.budget_flops,
-                flops_done=self._flops,
+                flops_done=self._flops - self.flops_before,
                 done=self._done,
                 done_here=self._done - self._skipped,
             ),
             grid_flops=self.grid_flops,
+            flops_before=self.flops_before,
         )
 
 
@@ -244,6 +249,7 @@ class LiveView:
         with self._lock:
             self._active = True
             self.selection = view
+            self.tally.flops_before = view.metrics.get("selection.prior_flops", 0.0)
             self._maybe_draw(self.clock())
 
     def close(self) -> None:
@@ -371,7 +377,8 @@ def spend_line(s: Snapshot, *, final: bool = False) -> str:
     unless ``final``, the estimated time left."""
     flops = f"FLOPs {s.flops_done:.3g}"
     if s.budget_fraction is not None:
-        flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%)"
+        before = f", {s.flops_before:.3g} of them before the selection" if s.flops_before > 0 else ""
+        flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%{before})"
     elif s.grid_flops:
         flops += f" of {s.grid_flops:.3g} for the grid ({100 * s.flops_done / s.grid_flops:.1f}%)"
     timing = f"  elapsed {_duration(s.elapsed_s)}"
@@ -427,6 +434,7 @@ class PlainProgress:
 
     def on_selection(self, view: SelectionView) -> None:
         """A line per change of the selection's plan or estimates, at most every 10 s."""
+        self.tally.flops_before = view.metrics.get("selection.prior_flops", 0.0)
         line = view.summary()
         now = time.monotonic()
         if line != self._selection_line and now - self._selection_at >= 10.0:

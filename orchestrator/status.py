@@ -53,6 +53,7 @@ def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun])
     total = len(runs)
     pending = max(total - states["done"] - states["failed"] - states["running"], 0)
     budget = selection_budget_of(study, runs)
+    before = st.selection.get("selection.prior_flops", 0.0) if budget is not None else 0.0
     mean = sum(st.run_seconds) / len(st.run_seconds) if st.run_seconds else None
     eta = None
     if not ended:
@@ -62,7 +63,7 @@ def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun])
             st.running_since_s,
             parallel=max(len(st.running_since_s), study.resources.max_concurrent, 1),
             budget_flops=budget,
-            flops_done=st.flops_done,
+            flops_done=st.flops_done - before,
             done=states["done"],
             done_here=states["done"],
         )
@@ -80,6 +81,7 @@ def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun])
         mean_run_s=mean,
         eta_s=eta,
         grid_flops=grid_flops_of(runs),
+        flops_before=before,
     )
 
 

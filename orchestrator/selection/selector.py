@@ -527,6 +527,11 @@ class Selector:
         log-loss; the misfit's length-scale in standard deviations of the pool's log-inputs) and
         the cost exponent of the current plan. Logged on the parent run as ``selection.*``."""
         out = {"selection.spent_flops": self.spent(), "selection.budget_flops": self.pool.budget}
+        prior = sum(
+            self.candidates[int(t.params[PARAM])].plan.flops for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(PRIOR)
+        )
+        if prior > 0:  # runs finished before the selection took over: done, not paid for by its budget
+            out["selection.prior_flops"] = float(prior)
         if self.config.tolerance > 0:
             out["selection.tolerance"] = self.config.tolerance
             if self.widest is not None and np.isfinite(self.widest):

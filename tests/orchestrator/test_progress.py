@@ -345,6 +345,27 @@ def test_plain_lines_report_flops_and_time_left_every_few_seconds() -> None:
     assert len(spend_lines()) == 2
 
 
+def test_runs_done_before_the_selection_are_not_charged_to_its_budget() -> None:
+    """A study run as a grid, then as a selection: the grid phase's FLOPs showed as the
+    selection's ('FLOPs 1.27e+22 of budget 6.67e+21 (190.0%)', while it had spent 100 %)."""
+    from orchestrator.selection.selector import SelectionView
+
+    clock = Clock()
+    pipe = io.StringIO()
+    plain = PlainProgress(total=6, stream=pipe, budget_flops=4e18, every_s=0.0, clock=clock)  # type: ignore[arg-type]
+    prior = [fake_run(f"g{i}", flops=2e18) for i in range(3)]
+    for run in prior:
+        plain(ev("skip", run))
+    plain.on_selection(SelectionView(metrics={"selection.spent_flops": 0.0, "selection.budget_flops": 4e18,
+                                              "selection.prior_flops": 6e18}, next_runs=[], stopped=None))
+    run = fake_run("a", flops=1e18)
+    plain(ev("start", run))
+    clock.t += 2
+    plain(ev("finish", run))
+    line = [x.strip() for x in pipe.getvalue().splitlines() if x.strip().startswith("FLOPs")][-1]
+    assert line.startswith("FLOPs 7e+18 of budget 4e+18 (25.0%, 6e+18 of them before the selection)"), line
+
+
 def test_choice_of_view() -> None:
     study = SimpleNamespace(name="s", selection=SimpleNamespace(mode="grid"))
     tty = TtyStream()

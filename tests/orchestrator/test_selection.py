@@ -326,6 +326,7 @@ def test_runs_finished_before_the_selection_are_known_never_proposed_and_free(mo
     assert sorted(t.user_attrs["run_key"] for t in prior) == sorted(finished)
     assert all(t.state == TrialState.COMPLETE for t in prior) and sorted(t.value for t in prior) == [3.0 + i for i in range(6)]
     assert sel.spent() == 0.0
+    assert sel.diagnostics()["selection.prior_flops"] == pytest.approx(sum(r.plan.flops for r in cheapest), rel=1e-9)
     picks = sel.propose(4)
     assert len(picks) == 4 and not {r.spec.run_key for r in picks} & set(finished)
     assert sel.spent() == pytest.approx(sum(r.plan.flops for r in picks), rel=1e-9)
