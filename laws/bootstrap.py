@@ -21,8 +21,9 @@ configuration's weight is drawn from a flat Dirichlet (scaled to the number of c
 instead of a multinomial count. Its resamples never drop a configuration altogether: with
 multinomial counts a run is absent from 37 % of the resamples, and in a design chosen to
 extrapolate (an active selection's few large runs) those resamples carry the tails of the
-interval. The selection's tolerance stop uses it (``benchmarks/stopping.py``: no stop beyond
-its tolerance either way, and stops at 35 to 50 % less compute).
+interval. The selection's tolerance stop uses it (``benchmarks/stopping.py``, 16 seeds: it
+stopped with 35 to 40 % less compute than the multinomial resampling; 1 of its 60 stops left
+its target beyond the tolerance, against 0 of 51).
 """
 
 from __future__ import annotations

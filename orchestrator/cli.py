@@ -311,7 +311,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from orchestrator.export import export_with_runs
+    from orchestrator.export import export_by_name, export_with_runs
 
     study = _resolve(args.study, store=args.tracking_uri)
     budgets = None
@@ -329,8 +329,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if outside:
         # a YAML exports with its own grid: runs of an earlier grid, or of overrides given to
         # ``isoflop run``, are not in it, and a JSON document's reader would not notice
-        store = f" --tracking-uri {redact_text(study.tracking.uri)}" if study.tracking.uri else ""
-        hint = f"; `isoflop export {study.name}{store}` fits the study as it was last run" if args.study != study.name else ""
+        hint = f"; `{export_by_name(study)}` fits the study as it was last run" if args.study != study.name else ""
         print(
             f"isoflop: warning: {outside} stored runs of study {study.name!r} are not in this grid (a grid since "
             f"changed, or overrides given to isoflop run) and were not fitted{hint}",

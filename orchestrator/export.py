@@ -80,6 +80,12 @@ def grid_runs(study: StudyConfig, stored: Mapping[str, FinishedRun]) -> tuple[li
     return [r for k, r in stored.items() if k in keys], sum(k not in keys for k in stored)
 
 
+def export_by_name(study: StudyConfig) -> str:
+    """The command that exports ``study`` as it was last run: by name, from its stored config."""
+    store = f" --tracking-uri {redact_text(study.tracking.uri)}" if study.tracking.uri else ""
+    return f"isoflop export {study.name}{store}"
+
+
 def fit_histories(study: StudyConfig, names: Sequence[str]) -> dict[str, dict[int, dict[str, float]]]:
     """Every logged fit of each named law of the study, by step (for parameter trajectories)."""
     tracker = open_tracker(study)
@@ -96,10 +102,9 @@ def export_with_runs(
     parent = tracker.attach(study.name)
     runs, outside = grid_runs(study, tracker.finished_runs())
     if not runs:
-        store = f" --tracking-uri {redact_text(study.tracking.uri)}" if study.tracking.uri else ""
         elsewhere = (
             f" ({outside} stored runs belong to another grid, or to overrides given to isoflop run: "
-            f"`isoflop export {study.name}{store}` uses the study as it was last run)"
+            f"`{export_by_name(study)}` uses the study as it was last run)"
             if outside
             else ""
         )

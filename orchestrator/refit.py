@@ -48,8 +48,8 @@ class RefitState:
     widths: Mapping[str, float] | None = None
 
 
-#: one fit the ``widths`` hook is asked about: the law, its fit and the table it was fitted to
-WidthsJob = tuple[str, laws.LawFit, Mapping[str, np.ndarray], np.ndarray]
+#: one fit the ``widths`` hook is asked about: its state and the table it was fitted to
+WidthsJob = tuple[RefitState, Mapping[str, np.ndarray], np.ndarray]
 
 
 class OnlineRefitter:
@@ -101,7 +101,7 @@ class OnlineRefitter:
         self._tables: dict[str, WidthsJob] = {}  # the latest fits the widths hook has not seen
         self._widths_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refit-widths") if background else None
         self._widths_job: Future[Mapping[str, float] | None] | None = None
-        self._widths_of: tuple[str, laws.LawFit, int] | None = None  # the law, fit and runs of that job
+        self._widths_of: RefitState | None = None  # the fit of that job
         self._answered: dict[str, int] = {}  # law -> runs of the latest fit whose widths are in
         # background refits start at most this often, so the refit thread cannot starve the
         # driver of the GIL when results arrive quickly
@@ -148,16 +148,12 @@ class OnlineRefitter:
             self._log(state)
             self.on_fit(state)
             if name not in tables or self.widths is None:  # no fit, or nothing more to do with one
-                self._answered[name] = max(self._answered.get(name, -1), state.n_runs)
+                self._answer(state)
         if self.widths is not None:
             self._tables.update(tables)
             self._poll_widths()
         self._start()
         return new
-
-    def widths_behind(self) -> bool:
-        """Whether a fit's widths are being computed or wait to be."""
-        return self._widths_job is not None or bool(self._tables)
 
     @property
     def submitted(self) -> int:
@@ -230,26 +226,26 @@ class OnlineRefitter:
                 except Exception as exc:  # noqa: BLE001 - more work on a fit must not end the study
                     warnings.warn(f"refit: the widths of a fit failed ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
                     answer = None
-                name, fit_, n_runs = self._widths_of or ("", None, 0)
+                state = dataclasses.replace(self._widths_of, widths=answer)
                 self._widths_job = self._widths_of = None
-                self._answered[name] = max(self._answered.get(name, -1), n_runs)
-                state = self.states.get(name)
-                if state is not None and state.fit is fit_:
-                    state = self.states[name] = dataclasses.replace(state, widths=answer)
-                else:  # a newer fit is out; these widths are still those of the fit they came from
-                    state = RefitState(law=name, fit=fit_, n_runs=n_runs, widths=answer)
+                self._answer(state)
+                if self.states.get(state.law) is not None and self.states[state.law].fit is state.fit:
+                    self.states[state.law] = state  # still the current fit (else a newer one is out)
                 self.on_widths(state)
             if not self._tables or self.widths is None:
                 return
-            name = next(iter(self._tables))
-            job = self._tables.pop(name)
-            self._widths_of = (name, job[1], self.states[name].n_runs if name in self.states else len(job[3]))
+            self._widths_of, inputs, loss = self._tables.pop(next(iter(self._tables)))
+            job = (self._widths_of.law, self._widths_of.fit, inputs, loss)
             if self._widths_pool is None:
                 done: Future[Mapping[str, float] | None] = Future()
                 done.set_result(self.widths(*job))
                 self._widths_job = done
             else:
                 self._widths_job = self._widths_pool.submit(self.widths, *job)
+
+    def _answer(self, state: RefitState) -> None:
+        """Note that the fit of ``state`` has its widths, or will have none (:meth:`answered`)."""
+        self._answered[state.law] = max(self._answered.get(state.law, -1), state.n_runs)
 
     def _refit_all(
         self, runs: list[FinishedRun], starts: dict[str, np.ndarray | None], full: bool
@@ -271,7 +267,7 @@ class OnlineRefitter:
                 out[name] = RefitState(law=name, fit=None, n_runs=len(runs), error=str(exc))
                 continue
             out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs))
-            tables[name] = (name, fit_, inputs, loss)
+            tables[name] = (out[name], inputs, loss)
         return out, tables
 
     def _log(self, state: RefitState) -> None:

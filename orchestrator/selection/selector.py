@@ -243,6 +243,7 @@ class Selector:
         self._proposed_at = -1  # finished runs when this invocation last proposed (with a tolerance)
         self.widest: float | None = None  # the widest target interval the stopping rule last saw (inf: none)
         self.widest_runs: int | None = None  # ... in a fit of this many finished runs
+        self.prior_flops = 0.0  # FLOPs of the candidates finished before the selection (:meth:`_add_prior`)
         self._fit = lambda: fit_provider(law_name)
         self.sampler = self._sampler(study)
         self.study = optuna.create_study(
@@ -333,7 +334,9 @@ class Selector:
         (the study ran as a grid before, or the journal was lost): completed trials marked
         :data:`PRIOR`, so the sampler counts them as known and never proposes them again (it
         did, and the budget paid for runs that were only skipped), at no cost to the budget."""
-        known = {t.user_attrs.get("run_key") for t in self.study.get_trials(deepcopy=False)}
+        trials = self.study.get_trials(deepcopy=False)
+        known = {t.user_attrs.get("run_key") for t in trials}
+        prior = [int(t.params[PARAM]) for t in trials if t.user_attrs.get(PRIOR)]  # an earlier invocation's
         distribution = {PARAM: self.pool.distribution()}
         for i, run in enumerate(self.candidates):
             key = run.spec.run_key
@@ -353,6 +356,8 @@ class Selector:
                     },
                 )
             )
+            prior.append(i)
+        self.prior_flops = float(sum(self.candidates[i].plan.flops for i in prior))
 
     def propose(self, k: int) -> list[PlannedRun]:
         """Up to ``k`` new candidate runs (fewer, or none, when the budget or the stopping rule
@@ -527,11 +532,8 @@ class Selector:
         log-loss; the misfit's length-scale in standard deviations of the pool's log-inputs) and
         the cost exponent of the current plan. Logged on the parent run as ``selection.*``."""
         out = {"selection.spent_flops": self.spent(), "selection.budget_flops": self.pool.budget}
-        prior = sum(
-            self.candidates[int(t.params[PARAM])].plan.flops for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(PRIOR)
-        )
-        if prior > 0:  # runs finished before the selection took over: done, not paid for by its budget
-            out["selection.prior_flops"] = float(prior)
+        if self.prior_flops > 0:  # runs finished before the selection took over: done, not paid for by its budget
+            out["selection.prior_flops"] = self.prior_flops
         if self.config.tolerance > 0:
             out["selection.tolerance"] = self.config.tolerance
             if self.widest is not None and np.isfinite(self.widest):
@@ -641,13 +643,13 @@ def target_widths(
 
     Not the delta method on the fit's covariance: with few runs the sandwich covariance is both
     noisy and too small, and stopping at the first fit it calls precise enough is stopping on
-    its noise. On the simulated Chinchilla world (``benchmarks/stopping.py``) the delta-method
-    rule left N_opt more than 20 % off in 5 of its 8 stops at +-20 % (up to 63 % off); no stop
-    of a bootstrap rule, at any tolerance, left its target beyond the tolerance.
-    ``scheme``: the Bayesian bootstrap by default, not the multinomial one of ``isoflop export
-    --bootstrap``. Both intervals held the error on all fits there (conservative), but the
-    multinomial resamples that leave out one of a selection's few large runs widen the interval
-    most, and the Bayesian bootstrap stopped with 35 to 50 % less compute.
+    its noise. On the simulated Chinchilla world (``benchmarks/stopping.py``, 16 seeds) the
+    delta-method rule left N_opt more than 20 % off in 10 of its 16 stops at +-20 % (up to 81 %
+    off). ``scheme``: the Bayesian bootstrap by default, not the multinomial one of ``isoflop
+    export --bootstrap``. Both are conservative there (the interval held the error on 98 to
+    100 % of the fits), but the multinomial resamples that leave out one of a selection's few
+    large runs widen the interval most: the Bayesian bootstrap stopped with 35 to 40 % less
+    compute, 1 of its 60 stops beyond the tolerance against 0 of 51.
 
     ``cancel``: asked between the refits' Newton iterations; True stops them and raises
     :class:`laws.Cancelled`."""
@@ -655,9 +657,9 @@ def target_widths(
     law = fit_.get_law()
     configurations = len(np.unique(np.column_stack([np.asarray(inputs[k], dtype=np.float64) for k in law.inputs]), axis=0))
     if configurations < MIN_CONFIGURATIONS_PER_PARAM * law.n_params:
-        # a resample holds about 63 % of the configurations: with too few, most resamples can be
-        # fitted exactly (by the fit itself, where its runs cannot be fitted any other way), and
-        # the refits agree for want of data, not for the data's sake
+        # with too few configurations a refit can fit them (or a multinomial resample's 63 % of
+        # them) exactly, by the fit itself where they cannot be fitted any other way: the
+        # refits agree for want of data, not for the data's sake
         return unknown
     try:
         boot = bootstrap_fit(
