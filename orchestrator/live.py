@@ -381,10 +381,10 @@ def spend_line(s: Snapshot, *, final: bool = False) -> str:
         flops += f" of budget {s.budget_flops:.3g} ({100 * s.budget_fraction:.1f}%{before})"
     elif s.grid_flops:
         flops += f" of {s.grid_flops:.3g} for the grid ({100 * s.flops_done / s.grid_flops:.1f}%)"
-    timing = f"  elapsed {_duration(s.elapsed_s)}"
+    timing = f"  elapsed {duration(s.elapsed_s)}"
     if s.mean_run_s is not None:
         timing += f", mean run {s.mean_run_s:.1f}s"
-    timing += f", ETA {_duration(s.eta_s)}" if s.eta_s is not None and not final else ""
+    timing += f", ETA {duration(s.eta_s)}" if s.eta_s is not None and not final else ""
     return flops + timing
 
 
@@ -517,7 +517,8 @@ def _wrap(line: str, width: int) -> list[str]:
     return out
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
+    """``seconds`` as m:ss, or h:mm:ss from an hour on ("-" when unknown)."""
     if seconds is None:
         return "-"
     s = int(round(seconds))

@@ -423,6 +423,14 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
                     local = client.download_artifacts(parent, artifact.path, scratch)
                     documents[Path(artifact.path).stem] = json.loads(Path(local).read_text())
     info = study_run.info
+    # every invocation logs its YAML as study/<unix seconds>.yaml (:meth:`MlflowTracker.open_study`)
+    started = sorted(
+        int(Path(a.path).stem) for a in client.list_artifacts(parent, "study") if Path(a.path).stem.isdigit()
+    )
+    # a resumed parent run is RUNNING again but keeps the end time of its previous invocation
+    end_ms = now_ms if info.status == "RUNNING" else info.end_time or now_ms
+    # (named to the second: a later invocation's time is exact to a second, the first's is the run's)
+    latest_ms = max(1000.0 * started[-1], info.start_time) if len(started) > 1 else info.start_time
     return StudyStatus(
         name=name,
         parent_run_id=parent,
@@ -433,7 +441,9 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
         attempts=attempts,
         run_seconds=seconds,
         running_since_s=running_for,
-        elapsed_s=((info.end_time or now_ms) - info.start_time) / 1000,
+        elapsed_s=max(end_ms - latest_ms, 0.0) / 1000,
+        since_first_s=max(end_ms - info.start_time, 0.0) / 1000,
+        invocations=max(len(started), 1),
         study_status=info.status,
         fit_documents=documents,
         tags={k: v for k, v in study_run.data.tags.items() if k.startswith("isoflop.")},

@@ -17,6 +17,7 @@ from orchestrator.grid import PlannedRun, expand
 from orchestrator.live import (
     Snapshot,
     block_lines,
+    duration,
     estimate_eta,
     grid_flops_of,
     selection_budget_of,
@@ -131,6 +132,13 @@ def status_lines(study: StudyConfig) -> list[str]:
     runs = expand(study)
     st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
     head = f"study {st.name!r} (parent run {st.parent_run_id}, {st.study_status.lower()})"
+    if st.invocations > 1:  # the block's elapsed time is the latest invocation's
+        span = duration(st.since_first_s)
+        head += (
+            f"; invocation {st.invocations}, the first began {span} ago"
+            if st.study_status == "RUNNING"
+            else f"; {st.invocations} invocations over {span}"
+        )
     # runs of a grid since changed are not this grid's: not counted here, not fitted by export
     keys = {r.spec.run_key for r in runs}
     outside = sum(k not in keys for k in st.attempts)

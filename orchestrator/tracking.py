@@ -58,7 +58,9 @@ class StudyStatus:
     attempts: Mapping[str, Sequence[str]] = field(default_factory=dict)
     run_seconds: Sequence[float] = ()  # wall time of each finished attempt
     running_since_s: Sequence[float] = ()  # seconds each RUNNING attempt has run so far
-    elapsed_s: float = 0.0  # since the parent run started (to its end, if it ended)
+    elapsed_s: float = 0.0  # since the latest invocation started (to its end, if it ended)
+    since_first_s: float = 0.0  # since the study's first invocation started
+    invocations: int = 1  # how many times the study was run or resumed
     study_status: str = "RUNNING"  # the parent run's MLflow status
     fit_documents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # law -> fits/<law>.json
     tags: Mapping[str, str] = field(default_factory=dict)  # the parent run's isoflop.* tags

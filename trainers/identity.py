@@ -5,6 +5,10 @@ resolved trainer configuration as returned by ``config_identity``: every field o
 ``TrainerConfig``, except
 
 * fields that say how a run executes, not what it trains (``compile``), never part of it;
+* fields that only pace a run (``simulated.sleep_s``: how long a simulated run takes on the wall
+  clock), always entered at one fixed value: the value run keys were first computed with, so
+  that keys made before they were normalised stay the same, and a study resumed at another pace
+  finds the runs it already finished;
 * fields added after run keys were first computed, left out while they hold their default,
   so that a configuration which does not use them keeps the key it always had (a finished run
   stays recognised as finished). Setting one to anything else makes a different run.
@@ -30,6 +34,9 @@ from trainers.config import TrainerConfig
 #: Key paths (under the trainer config) of fields that never enter a run's identity.
 EXECUTION_ONLY: tuple[tuple[str, ...], ...] = (("compile",),)
 
+#: Key path -> the value a pacing-only field always enters the identity with, whatever is set.
+PACING_ONLY: dict[tuple[str, ...], object] = {("simulated", "sleep_s"): 0.0}
+
 #: Key path -> default of fields left out of the identity while at that default.
 NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("optim", "reference_batch_size"): None,
@@ -49,6 +56,8 @@ def config_identity(config: TrainerConfig) -> dict[str, Any]:
     tree = asdict(config)
     for path in EXECUTION_ONLY:
         _parent(tree, path).pop(path[-1], None)
+    for path, value in PACING_ONLY.items():
+        _parent(tree, path)[path[-1]] = value
     for path, default in NEUTRAL_DEFAULTS.items():
         parent = _parent(tree, path)
         if path[-1] in parent and parent[path[-1]] == default:

@@ -87,11 +87,13 @@ class SelectionView:
     stopped: str | None = None
 
     def summary(self) -> str:
-        """One line: ``selection: 3.1e+20 of 1e+21 FLOPs (31%), noise 0.4%, misfit 2.1%,
-        cost exponent 0.8; next N=1.2e+08 D=2.4e+09, ...``."""
+        """One line: ``selection: 3.1e+20 of 1e+21 FLOPs committed (31%), noise 0.4%, misfit
+        2.1%, cost exponent 0.8; next N=1.2e+08 D=2.4e+09, ...``. Committed: the cost of every
+        run proposed, finished or not (a run an interrupted study left unfinished is trained
+        again on resume, and paid for once)."""
         m = self.metrics
         spent, budget = m.get("selection.spent_flops", 0.0), m.get("selection.budget_flops", 0.0)
-        parts = [f"{spent:.3g} of {budget:.3g} FLOPs" + (f" ({100 * spent / budget:.0f}%)" if budget > 0 else "")]
+        parts = [f"{spent:.3g} of {budget:.3g} FLOPs committed" + (f" ({100 * spent / budget:.0f}%)" if budget > 0 else "")]
         if "selection.noise_sd" in m:
             parts.append(f"noise {100 * m['selection.noise_sd']:.2g}%, misfit {100 * m['selection.misfit_sd']:.2g}%")
         if "selection.cost_exponent" in m:

@@ -15,6 +15,7 @@ import laws
 from orchestrator.api import latest_fits, study_runs
 from orchestrator.cli import main
 from orchestrator.export import export_study
+from orchestrator.live import duration
 from orchestrator.loading import study_from_dict
 from orchestrator.mlflow_tracker import PARENT_TAG, ROLE_TAG
 from orchestrator.study import run_study
@@ -374,6 +375,31 @@ def test_status_of_a_yaml_shows_the_study_as_it_was_run(store, capsys) -> None:
     assert main(["status", str(path)]) == 0
     out = capsys.readouterr().out
     assert "runs 3/3" in out and "runs 3/6" not in out, out
+
+
+def test_status_times_the_latest_invocation_and_counts_them(store, capsys) -> None:
+    """A resumed study's elapsed time is its latest invocation's (it counted from the first, days
+    earlier for a study resumed after a weekend), and the head line says how many there were."""
+    import time
+
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.mlflow_tracker import MlflowTracker, study_status
+    from orchestrator.status import status_lines
+
+    raw = {"name": "resumed-twice", "tracking": {"uri": store}, "trainer": {"kind": "simulated"},
+           "grid": {"N": [1e6, 1e7], "D": [1e8]}}
+    study = study_from_dict(raw)
+    run_study(study, tracker=MlflowTracker(store, study.name), executor=InlineExecutor(), background_refit=False)
+    first = study_status(store, study.name, study.name)
+    assert first.invocations == 1 and first.elapsed_s == pytest.approx(first.since_first_s)
+    assert "invocation" not in status_lines(study)[0]
+    time.sleep(1.5)
+    again = run_study(study, tracker=MlflowTracker(store, study.name), executor=InlineExecutor(), background_refit=False)
+    assert again.stats.skipped == 2
+    second = study_status(store, study.name, study.name)
+    assert second.invocations == 2 and second.study_status == "FINISHED"
+    assert second.since_first_s >= second.elapsed_s + 1.0
+    assert status_lines(study)[0].endswith(f"; 2 invocations over {duration(second.since_first_s)}")
 
 
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:

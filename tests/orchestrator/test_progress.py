@@ -441,11 +441,11 @@ def test_the_selection_line_shows_spend_estimates_and_next_choices() -> None:
         "selection.noise_sd": 0.004, "selection.misfit_sd": 0.021, "selection.cost_exponent": 0.8,
     }).summary()
     assert line == (
-        "selection: 2.5e+19 of 1e+20 FLOPs (25%), noise 0.4%, misfit 2.1%, cost exponent 0.8; "
+        "selection: 2.5e+19 of 1e+20 FLOPs committed (25%), noise 0.4%, misfit 2.1%, cost exponent 0.8; "
         "next N=1e+06 D=2e+07, N=1e+06 D=2e+07"
     )
     # before the criterion takes over there are no estimates; a stopped selection says why
-    assert _selection_view().summary().startswith("selection: 2.5e+19 of 1e+20 FLOPs (25%); next ")
+    assert _selection_view().summary().startswith("selection: 2.5e+19 of 1e+20 FLOPs committed (25%); next ")
     assert replace(_selection_view(), stopped="budget spent").summary().endswith("; stopped: budget spent")
 
 
@@ -511,7 +511,7 @@ def test_status_shows_only_what_the_current_selection_mode_logs() -> None:
                    "selection.misfit_sd": 0.02, "selection.misfit_length": 1.0, "selection.cost_exponent": 0.5},
     )
     assert "noise 1%, misfit 2%" in selection_line(st, [], "active")
-    assert selection_line(st, [], "random") == "selection: 1e+15 of 1e+16 FLOPs (10%)"
+    assert selection_line(st, [], "random") == "selection: 1e+15 of 1e+16 FLOPs committed (10%)"
     assert selection_line(st, [], "grid") is None
 
 
@@ -528,4 +528,4 @@ def test_the_selection_line_shows_the_stopping_rules_widest_interval() -> None:
     st2 = replace(st, selection={**st.selection, "selection.widest_interval_runs": 23.0})
     assert selection_line(st2, [], "active", 0.05).endswith("widest target interval +-0.0812 on 23 runs (stop at +-0.05)")
     # rerun without a tolerance: the earlier invocation's stopping metrics are not shown
-    assert selection_line(st, [], "active") == "selection: 1e+15 of 1e+16 FLOPs (10%)"
+    assert selection_line(st, [], "active") == "selection: 1e+15 of 1e+16 FLOPs committed (10%)"

@@ -17,6 +17,7 @@ from trainers.config import (
     DomainConfig,
     MoEConfig,
     OptimConfig,
+    SimulatedConfig,
     TrainerConfig,
 )
 from trainers.identity import NEUTRAL_DEFAULTS, changed_texts, config_identity
@@ -61,6 +62,15 @@ def test_new_keys_at_their_default_are_left_out_and_count_once_set() -> None:
     assert config_identity(scaled)["optim"]["reference_batch_size"] == 16
     assert run_key(POINT, scaled, 0) != run_key(POINT, TrainerConfig(), 0)
     assert run_key(POINT, scaled, 0) != run_key(POINT, replace(scaled, optim=OptimConfig(reference_batch_size=32)), 0)
+
+
+def test_a_runs_pace_is_not_its_identity() -> None:
+    paced = TrainerConfig(kind="simulated", simulated=SimulatedConfig(sleep_s=2.5))
+    # a study run slowly for a demo and resumed at full speed finds its finished runs
+    assert run_key(POINT, paced, 0) == PINNED["simulated"][1]
+    # what the simulated run computes still counts
+    noisier = TrainerConfig(kind="simulated", simulated=SimulatedConfig(sleep_s=2.5, noise=0.05))
+    assert run_key(POINT, noisier, 0) != PINNED["simulated"][1]
 
 
 MLFLOW_DOCS = DomainConfig(source="mlflow_docs")
