@@ -400,6 +400,14 @@ def test_status_times_the_latest_invocation_and_counts_them(store, capsys) -> No
     assert second.invocations == 2 and second.study_status == "FINISHED"
     assert second.since_first_s >= second.elapsed_s + 1.0
     assert status_lines(study)[0].endswith(f"; 2 invocations over {duration(second.since_first_s)}")
+    # a third invocation, still running: timed to now, not to the end time the parent run kept
+    time.sleep(1.0)
+    MlflowTracker(store, study.name).open_study(study.name, "name: resumed-twice\n")
+    third = study_status(store, study.name, study.name)
+    assert third.study_status == "RUNNING" and third.invocations == 3
+    assert 0.0 <= third.elapsed_s < 2.0
+    assert third.since_first_s > second.since_first_s
+    assert ", the first began " in status_lines(study)[0]
 
 
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
