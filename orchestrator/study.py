@@ -33,7 +33,15 @@ from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, Scheduler
 from orchestrator.secrets import redact_text
 from orchestrator.selection import Selector, check_selection_budget, journal_storage
 from orchestrator.selection.selector import TOLERANCE_METRICS, SelectionView
-from orchestrator.tracking import NEXT_TAG, NOTE_TAG, STOPPED_TAG, FinishedRun, Tracker
+from orchestrator.tracking import (
+    HEARTBEAT_S,
+    HEARTBEAT_TAG,
+    NEXT_TAG,
+    NOTE_TAG,
+    STOPPED_TAG,
+    FinishedRun,
+    Tracker,
+)
 from trainers.memory import estimate_memory
 
 
@@ -297,10 +305,13 @@ def run_study(
         adopted=adopted,
     )
     figures = FigureLogger(tracker, refitter, budgets=study.export.budgets, every_s=study.tracking.figures_every_s)
+    heartbeat = Heartbeat(tracker)
     try:
         while scheduler.step(study.resources.wait_timeout_s):
             refitter.poll()
             figures.maybe_log()
+            heartbeat.maybe_beat()
+        heartbeat.beat()  # the final fits below may take a while
         refitter.drain()
     except BaseException:
         executor.shutdown()
@@ -386,6 +397,26 @@ def _selection_hooks(
             report(state, lambda m: {k: v for k, v in m.items() if k in TOLERANCE_METRICS})
 
     return on_fit, on_widths
+
+
+class Heartbeat:
+    """Tells the store the driver is alive: the parent run's :data:`HEARTBEAT_TAG` is set to the
+    time now, at most every ``every_s`` seconds. ``isoflop status`` reads it: a study whose parent
+    run says RUNNING but whose driver has been silent for :data:`~orchestrator.tracking.SILENT_S`
+    has stopped without ending its run (killed, out of memory, its machine or Ray lost)."""
+
+    def __init__(self, tracker: Tracker, every_s: float = HEARTBEAT_S) -> None:
+        self.tracker = tracker
+        self.every_s = every_s
+        self._last = -float("inf")
+
+    def maybe_beat(self) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self.beat()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+        self.tracker.log_study_tags({HEARTBEAT_TAG: f"{time.time():.0f}"})
 
 
 class FigureLogger:

@@ -40,6 +40,13 @@ STAGE_TAG = "isoflop.stage"
 #: parent-run tags: the run keys a budgeted selection would propose next, and why it stopped
 NEXT_TAG = "isoflop.selection.next"
 STOPPED_TAG = "isoflop.selection.stopped"
+#: the driver's wall clock (unix seconds) when it last reported; it does so every
+#: ``HEARTBEAT_S`` while the study runs
+HEARTBEAT_TAG = "isoflop.heartbeat"
+HEARTBEAT_S = 30.0
+#: a study whose driver has not reported for this long is taken for stopped (it died: killed,
+#: out of memory, its machine lost) although its parent run still says RUNNING
+SILENT_S = 4 * HEARTBEAT_S
 #: the parent run's description in the MLflow UI (Markdown)
 NOTE_TAG = "mlflow.note.content"
 

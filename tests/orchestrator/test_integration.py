@@ -410,6 +410,36 @@ def test_status_times_the_latest_invocation_and_counts_them(store, capsys) -> No
     assert ", the first began " in status_lines(study)[0]
 
 
+def test_status_tells_a_study_whose_driver_died_from_a_running_one(store) -> None:
+    """A driver killed outright (SIGKILL, out of memory, Ray aborting) leaves its parent run
+    RUNNING: status said 'running' with an ETA forever. The driver's heartbeat tells them apart."""
+    import time
+
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.mlflow_tracker import MlflowTracker
+    from orchestrator.status import status_lines
+    from orchestrator.tracking import HEARTBEAT_TAG, SILENT_S
+
+    raw = {"name": "heartbeat", "tracking": {"uri": store}, "trainer": {"kind": "simulated"},
+           "grid": {"N": [1e6, 1e7], "D": [1e8, 1e9]}}
+    study = study_from_dict(raw)
+    t0 = time.time()
+    outcome = run_study(study, tracker=MlflowTracker(store, study.name), executor=InlineExecutor(), background_refit=False)
+    client = MlflowClient(tracking_uri=store)
+    assert t0 - 1 <= float(client.get_run(outcome.parent_run_id).data.tags[HEARTBEAT_TAG]) <= time.time() + 1
+    # a driver that reopened the study and reported just now is running
+    tracker = MlflowTracker(store, study.name)
+    parent = tracker.open_study(study.name, "name: heartbeat\n")
+    client.set_tag(parent, HEARTBEAT_TAG, f"{time.time():.0f}")
+    assert "heartbeat' (parent run" in status_lines(study)[0] and ", running)" in status_lines(study)[0]
+    # one silent for longer than SILENT_S has stopped, though its run still says RUNNING
+    client.set_tag(parent, HEARTBEAT_TAG, f"{time.time() - SILENT_S - 100:.0f}")
+    lines = status_lines(study)
+    assert "running in the store, but its driver has not reported for 3:" in lines[0], lines[0]
+    assert "`isoflop resume` continues it" in lines[0]
+    assert not any("ETA" in line for line in lines), lines
+
+
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
     """A study rerun on a smaller grid: status counts the runs of the grid it now has (it showed
     '6/4' done), and export fits those runs, as the run's own final fit does, saying how many
