@@ -24,16 +24,22 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from orchestrator.config import StudyConfig
+from orchestrator.errors import StudyError
 from orchestrator.secrets import redact_text
 from orchestrator.tracking import (
+    DRIVER_TAG,
+    HEARTBEAT_TAG,
+    SILENT_S,
     STAGE_TAG,
     FinishedRun,
     MetricRow,
     SinkFactory,
     StudyStatus,
     Tracker,
+    driver_state,
     final_metrics,
     law_inputs,
+    this_driver,
 )
 from trainers import RunResult
 from trainers.base import RunPlan, RunSpec
@@ -189,8 +195,12 @@ class MlflowTracker(Tracker):
             )
             self.parent_id = run.info.run_id
         else:
+            check_not_running(self.client.get_run(parent), name)
             self.parent_id = parent
             self.client.update_run(self.parent_id, status="RUNNING")
+        # who runs it now, and that it is alive (the study loop keeps this up to date)
+        self.client.set_tag(self.parent_id, DRIVER_TAG, this_driver())
+        self.client.set_tag(self.parent_id, HEARTBEAT_TAG, f"{time.time():.0f}")
         # A driver that died left its in-flight children RUNNING: they will be redone.
         for run in self._children("attributes.status = 'RUNNING'"):
             self.client.set_tag(run.info.run_id, "isoflop.failure", "driver stopped before the run ended")
@@ -371,6 +381,38 @@ def find_parent_run(client: MlflowClient, experiment_id: str, name: str) -> str 
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def check_study_free(uri: str, experiment: str, name: str) -> None:
+    """:func:`check_not_running` before anything starts, on the store at ``uri`` (a sqlite
+    store that does not exist yet holds no study and is not created)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    parent = find_parent_run(client, exp.experiment_id, name) if exp is not None else None
+    if parent is not None:
+        check_not_running(client.get_run(parent), name)
+
+
+def check_not_running(parent, name: str) -> None:  # noqa: ANN001 - mlflow.entities.Run
+    """Refuse to open a study another driver is running: both would train the same runs, and
+    each would take the other's runs in flight for a dead driver's. A driver known to have
+    stopped (:func:`~orchestrator.tracking.driver_state`) is not in the way, nor is this process."""
+    if parent.info.status != "RUNNING":
+        return
+    tags = parent.data.tags
+    state = driver_state(tags)
+    if not state.alive or state.driver is None or state.driver == this_driver():
+        return
+    wait = "" if state.silent_s is None else (
+        f"; it reported {state.silent_s:.0f} s ago, and is taken for stopped once it has been silent for {SILENT_S:.0f} s"
+    )
+    raise StudyError(
+        "name",
+        f"study {name!r} is running (driver {state.driver}, parent run {parent.info.run_id}){wait}: "
+        "follow it with `isoflop status`, or stop it before running it again",
+    )
 
 
 def study_status(uri: str, experiment: str, name: str) -> StudyStatus:

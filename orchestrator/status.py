@@ -8,7 +8,6 @@ selection's metrics and the run keys it would propose next), and it is drawn by 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -26,7 +25,7 @@ from orchestrator.live import (
 from orchestrator.mlflow_tracker import study_status, tracking_uri
 from orchestrator.refit import RefitState, fit_summary
 from orchestrator.selection.selector import ACTIVE_METRICS, TOLERANCE_METRICS, SelectionView
-from orchestrator.tracking import HEARTBEAT_TAG, NEXT_TAG, SILENT_S, STOPPED_TAG, StudyStatus
+from orchestrator.tracking import NEXT_TAG, STOPPED_TAG, StudyStatus, driver_state
 
 
 def run_states(attempts: Mapping[str, Sequence[str]], *, max_attempts: int, ended: bool) -> dict[str, int]:
@@ -128,29 +127,18 @@ def _first_line(text: str | None) -> str | None:
     return line[:200] if line else None
 
 
-def driver_silence(st: StudyStatus, now: float | None = None) -> float | None:
-    """Seconds since the driver of a RUNNING study last reported (its heartbeat tag); None for a
-    study that has ended or whose driver never reported one."""
-    beat = st.tags.get(HEARTBEAT_TAG)
-    if st.study_status != "RUNNING" or not beat:
-        return None
-    try:
-        return max((time.time() if now is None else now) - float(beat), 0.0)
-    except ValueError:
-        return None
-
-
 def status_lines(study: StudyConfig) -> list[str]:
     """What ``isoflop status`` prints: the study's parent run, then the live view's block."""
     runs = expand(study)
     st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
-    silent = driver_silence(st)
-    if silent is not None and silent > SILENT_S:
-        # the store still says RUNNING, but nothing runs it: count it as ended
+    driver = driver_state(st.tags) if st.study_status == "RUNNING" else None
+    if driver is not None and not driver.alive:
+        # the store still says RUNNING, but nothing runs it: count it as ended, at its last report
         head = (
-            f"study {st.name!r} (parent run {st.parent_run_id}, running in the store, but its driver has not "
-            f"reported for {duration(silent)}: it stopped without ending the study; `isoflop resume` continues it)"
+            f"study {st.name!r} (parent run {st.parent_run_id}, running in the store, but {driver.reason}: "
+            "it stopped without ending the study; `isoflop resume` continues it)"
         )
+        silent = driver.silent_s or 0.0
         st = replace(
             st, study_status="KILLED", elapsed_s=max(st.elapsed_s - silent, 0.0), since_first_s=max(st.since_first_s - silent, 0.0)
         )
@@ -182,4 +170,4 @@ def status_lines(study: StudyConfig) -> list[str]:
     return [head, *block, *note]
 
 
-__all__ = ["driver_silence", "fit_lines", "run_states", "selection_line", "snapshot_of", "status_lines"]
+__all__ = ["fit_lines", "run_states", "selection_line", "snapshot_of", "status_lines"]

@@ -27,7 +27,7 @@ from orchestrator.executors import Executor, RayExecutor
 from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
 from orchestrator.loading import to_yaml
-from orchestrator.mlflow_tracker import MlflowTracker, tracking_uri
+from orchestrator.mlflow_tracker import MlflowTracker, check_study_free, tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.secrets import redact_text
@@ -239,6 +239,8 @@ def run_study(
     check_selection_budget(study, candidates)
     if tracker is None:  # the study's own store: a server must answer before Ray starts
         check_tracking_reachable(study)
+        # and no other driver may be running the study (open_study checks again, at the time)
+        check_study_free(tracking_uri(study), study.tracking.experiment or study.name, study.name)
     adopted = adopted_runs(study)
     num_cpus = study.resources.cpus_per_run
     capacity: int | None = None

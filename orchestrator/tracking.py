@@ -9,7 +9,10 @@ re-running a study skips every run key already FINISHED.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +50,54 @@ HEARTBEAT_S = 30.0
 #: a study whose driver has not reported for this long is taken for stopped (it died: killed,
 #: out of memory, its machine lost) although its parent run still says RUNNING
 SILENT_S = 4 * HEARTBEAT_S
+#: ``host:pid`` of the driver that opened the study last
+DRIVER_TAG = "isoflop.driver"
+
+
+def this_driver() -> str:
+    """This process as :data:`DRIVER_TAG` names a driver."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class DriverState:
+    """Whether the driver of a study whose parent run says RUNNING is still there: ``alive``
+    False when it is known to have stopped (its process is gone from this host, or it has been
+    silent for :data:`SILENT_S`), ``silent_s`` since it last reported (None: it never did)."""
+
+    alive: bool
+    silent_s: float | None
+    driver: str | None
+    reason: str = ""
+
+
+def driver_state(tags: Mapping[str, str], now: float | None = None) -> DriverState:
+    """The state of the driver named by a RUNNING parent run's tags (:data:`DRIVER_TAG`,
+    :data:`HEARTBEAT_TAG`). On the driver's own host its process is looked up, so a killed driver
+    is known at once; elsewhere its heartbeat tells. A study run before drivers reported counts
+    as alive."""
+    now = time.time() if now is None else now
+    driver = tags.get(DRIVER_TAG) or None
+    try:
+        silent = max(now - float(tags[HEARTBEAT_TAG]), 0.0) if tags.get(HEARTBEAT_TAG) else None
+    except ValueError:
+        silent = None
+    host, _, pid = (driver or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):
+        return DriverState(False, silent, driver, f"its driver (process {pid} on this host) is gone")
+    if silent is not None and silent > SILENT_S:
+        return DriverState(False, silent, driver, f"its driver has not reported for {silent:.0f} s")
+    return DriverState(True, silent, driver)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 #: the parent run's description in the MLflow UI (Markdown)
 NOTE_TAG = "mlflow.note.content"
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 import laws
 from orchestrator.api import latest_fits, study_runs
-from orchestrator.cli import main
+from orchestrator.cli import EXIT_BAD_INPUT, main
+from orchestrator.errors import StudyError
 from orchestrator.export import export_study
 from orchestrator.live import duration
 from orchestrator.loading import study_from_dict
@@ -410,7 +414,7 @@ def test_status_times_the_latest_invocation_and_counts_them(store, capsys) -> No
     assert ", the first began " in status_lines(study)[0]
 
 
-def test_status_tells_a_study_whose_driver_died_from_a_running_one(store) -> None:
+def test_status_tells_a_study_whose_driver_died_from_a_running_one(store, capsys) -> None:
     """A driver killed outright (SIGKILL, out of memory, Ray aborting) leaves its parent run
     RUNNING: status said 'running' with an ETA forever. The driver's heartbeat tells them apart."""
     import time
@@ -418,7 +422,7 @@ def test_status_tells_a_study_whose_driver_died_from_a_running_one(store) -> Non
     from orchestrator.executors import InlineExecutor
     from orchestrator.mlflow_tracker import MlflowTracker
     from orchestrator.status import status_lines
-    from orchestrator.tracking import HEARTBEAT_TAG, SILENT_S
+    from orchestrator.tracking import DRIVER_TAG, HEARTBEAT_TAG, SILENT_S
 
     raw = {"name": "heartbeat", "tracking": {"uri": store}, "trainer": {"kind": "simulated"},
            "grid": {"N": [1e6, 1e7], "D": [1e8, 1e9]}}
@@ -432,12 +436,48 @@ def test_status_tells_a_study_whose_driver_died_from_a_running_one(store) -> Non
     parent = tracker.open_study(study.name, "name: heartbeat\n")
     client.set_tag(parent, HEARTBEAT_TAG, f"{time.time():.0f}")
     assert "heartbeat' (parent run" in status_lines(study)[0] and ", running)" in status_lines(study)[0]
-    # one silent for longer than SILENT_S has stopped, though its run still says RUNNING
+    # a driver on another machine, silent for longer than SILENT_S, has stopped, though its run
+    # still says RUNNING
+    client.set_tag(parent, DRIVER_TAG, "elsewhere:123")
     client.set_tag(parent, HEARTBEAT_TAG, f"{time.time() - SILENT_S - 100:.0f}")
     lines = status_lines(study)
-    assert "running in the store, but its driver has not reported for 3:" in lines[0], lines[0]
+    assert f"running in the store, but its driver has not reported for {SILENT_S + 100:.0f} s" in lines[0], lines[0]
     assert "`isoflop resume` continues it" in lines[0]
     assert not any("ETA" in line for line in lines), lines
+    # one on this host whose process is gone is known to have stopped at once
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client.set_tag(parent, DRIVER_TAG, f"{socket.gethostname()}:{gone.pid}")
+    client.set_tag(parent, HEARTBEAT_TAG, f"{time.time():.0f}")
+    assert f"but its driver (process {gone.pid} on this host) is gone" in status_lines(study)[0]
+    # ... so it may be run again at once (a driver killed outright, resumed)
+    MlflowTracker(store, study.name).open_study(study.name, "name: heartbeat\n")
+    # while a live driver elsewhere, which reported lately, is in the way: both would train the
+    # same runs, and each take the other's runs in flight for a dead driver's
+    client.set_tag(parent, DRIVER_TAG, "elsewhere:123")
+    with pytest.raises(StudyError, match=r"study 'heartbeat' is running \(driver elsewhere:123, parent run .*reported \d+ s ago"):
+        MlflowTracker(store, study.name).open_study(study.name, "name: heartbeat\n")
+    # `isoflop run` says so before it starts anything, and writes nothing
+    path = Path(store.removeprefix("sqlite:///")).parent.parent / "heartbeat.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    stored = client.list_artifacts(parent, "study")
+    capsys.readouterr()
+    assert main(["run", str(path)]) == EXIT_BAD_INPUT
+    assert "isoflop: error: name: study 'heartbeat' is running (driver elsewhere:123" in capsys.readouterr().err
+    assert client.list_artifacts(parent, "study") == stored and client.get_run(parent).data.tags[DRIVER_TAG] == "elsewhere:123"
+    # as is a live process of this host
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        client.set_tag(parent, DRIVER_TAG, f"{socket.gethostname()}:{alive.pid}")
+        with pytest.raises(StudyError, match=f"driver {socket.gethostname()}:{alive.pid}"):
+            MlflowTracker(store, study.name).open_study(study.name, "name: heartbeat\n")
+    finally:
+        alive.kill()
+        alive.wait()
+    # a study that ended is never in the way, whoever ran it
+    client.set_terminated(parent, status="FINISHED")
+    client.set_tag(parent, DRIVER_TAG, "elsewhere:123")
+    MlflowTracker(store, study.name).open_study(study.name, "name: heartbeat\n")
 
 
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
