@@ -185,6 +185,14 @@ def holdout_error(fit_: laws.LawFit) -> float:
     return float(np.mean(np.abs(np.asarray(pred) / measured - 1.0)))
 
 
+def holdout_r2(fit_: laws.LawFit) -> float:
+    """R^2 of a fit's predicted loss on the held-out runs: 1 - SS_res / SS_tot of their measured
+    losses (1 is a perfect prediction, 0 no better than their mean, negative worse)."""
+    _, points, measured = holdout_split()
+    pred = np.asarray(fit_.predict(N=np.array([p["N"] for p in points]), D=np.array([p["D"] for p in points])))
+    return float(1.0 - np.sum((pred - measured) ** 2) / np.sum((measured - measured.mean()) ** 2))
+
+
 def target_budget(kind: str) -> float:
     return REPLAY_TARGET if kind == "replay" else TARGET_BUDGET
 
@@ -321,10 +329,10 @@ def run_one(kind: str, strategy: str, fraction: float, seed: int, reference: tup
         "seconds": time.perf_counter() - t0,
     }
     if fit_ is None:
-        return {**row, "loss_error": float("nan"), "n_opt_error": float("nan")}
+        return {**row, "loss_error": float("nan"), "n_opt_error": float("nan"), "r2": float("nan")}
     loss, n_opt = predicted(kind, fit_)
     if kind == "holdout":
-        return {**row, "loss_error": loss, "n_opt_error": float("nan")}
+        return {**row, "loss_error": loss, "n_opt_error": float("nan"), "r2": holdout_r2(fit_)}
     return {**row, "loss_error": abs(loss / true_loss - 1.0), "n_opt_error": abs(np.log(n_opt / true_n))}
 
 
@@ -365,11 +373,14 @@ def main() -> None:
             row = run_one(args.truth, strategy, fraction, seed, reference)
             print(json.dumps(row, default=float), flush=True)  # progress, and the raw rows
             rows.append(row)
-    print(f"{'strategy':12} {'fraction':>8} {'runs':>6} {'loss err':>18} {'N_opt err (log)':>18} {'s/study':>8}")
+    # the held-out world has no N_opt: its second column is the R^2 on the held-out runs
+    second = "R^2 held out" if args.truth == "holdout" else "N_opt err (log)"
+    print(f"{'strategy':12} {'fraction':>8} {'runs':>6} {'loss err':>18} {second:>18} {'s/study':>8}")
     keys = sorted({(r["fraction"], r["strategy"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for fraction, strategy in keys:
         sel = [r for r in rows if r["fraction"] == fraction and r["strategy"] == strategy]
-        le, ne = _mean_se([r["loss_error"] for r in sel]), _mean_se([r["n_opt_error"] for r in sel])
+        le = _mean_se([r["loss_error"] for r in sel])
+        ne = _mean_se([r["r2" if args.truth == "holdout" else "n_opt_error"] for r in sel])
         print(
             f"{strategy:12} {fraction:8.2f} {np.mean([r['runs'] for r in sel]):6.1f} "
             f"{le[0]:9.3%} +- {le[1]:.3%} {ne[0]:9.4f} +- {ne[1]:.4f} {np.mean([r['seconds'] for r in sel]):8.1f}"

@@ -196,6 +196,8 @@ def enough_converged(n_converged: int, n_resamples: int, min_converged: float = 
 def convergence_warnings(n_converged: int, n_resamples: int, min_converged: float = MIN_CONVERGED,
                          what: str = "bootstrap resamples") -> tuple[str, ...]:
     """The warnings of a bootstrap in which ``n_converged`` of ``n_resamples`` refits converged."""
+    if n_resamples < MIN_RESAMPLES:  # every one may have converged: still too few for intervals
+        return (f"{n_resamples} bootstrap resamples are too few for intervals (at least {MIN_RESAMPLES}): none given",)
     if n_converged >= WARN_FRACTION * n_resamples:
         return ()
     msg = (f"only {n_converged} of {n_resamples} {what} converged (below {WARN_FRACTION:.0%}); "

@@ -52,8 +52,10 @@ def run_fit(args: argparse.Namespace) -> int:
             raise ValueError(f"data: no such file {str(path)!r}")
         inputs, loss = laws.load_table(path, columns or None, where=_conditions(args.where))
         inputs = _select_inputs(law, inputs)
-        if args.bootstrap < 0:
-            raise ValueError(f"--bootstrap: expected a number of resamples >= 0, got {args.bootstrap}")
+        from laws.bootstrap import MIN_RESAMPLES
+
+        if args.bootstrap < 0 or 0 < args.bootstrap < MIN_RESAMPLES:
+            raise ValueError(f"--bootstrap: expected 0 or at least {MIN_RESAMPLES} resamples, got {args.bootstrap}")
         fit = laws.fit(law, inputs, loss)
         boot = None
         if args.bootstrap:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -32,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the study's state is in its store; no traceback
         running = args.handler in (_cmd_run, _cmd_resume)
         name = "NAME"
-        with contextlib.suppress(Exception):  # the study's name, as resume takes it
-            name = _study_name(args.study)
+        with contextlib.suppress(Exception):  # the study's name, as resume takes it (overrides may rename it)
+            overrides = getattr(args, "overrides", None) or ()
+            name = _resolve(args.study, overrides).name if overrides else _study_name(args.study)
         print("isoflop: interrupted" + (f"; finished runs are kept: `isoflop resume {name}` continues the study" if running else ""),
               file=sys.stderr)
         return 130
@@ -310,7 +312,21 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_writable(output: str) -> None:
+    """``--output`` names a file that can be written (its folder is made if missing): checked
+    before anything is computed or written, so a bad path leaves nothing behind."""
+    path = Path(output)
+    if path.is_dir():
+        raise StudyError("--output", f"{output!r} is a directory: name the file to write")
+    parent = next((p for p in (path.absolute().parent, *path.absolute().parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StudyError("--output", f"cannot write {output!r}: {parent} is not a writable folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise StudyError("--output", f"cannot write {output!r}: permission denied")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    from laws.bootstrap import MIN_RESAMPLES
     from orchestrator.export import export_by_name, export_with_runs
 
     study = _resolve(args.study, store=args.tracking_uri)
@@ -320,10 +336,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
             budgets = [float(b) for b in args.budgets.split(",")]
         except ValueError:
             raise StudyError("--budgets", f"must be comma-separated numbers, got {args.budgets!r}") from None
-        if any(not b > 0 for b in budgets):
-            raise StudyError("--budgets", f"must be positive FLOP counts, got {args.budgets!r}")
-    if args.bootstrap is not None and args.bootstrap < 0:
-        raise StudyError("--bootstrap", f"must be 0 or a number of resamples, got {args.bootstrap}")
+        if any(not (b > 0 and math.isfinite(b)) for b in budgets):
+            raise StudyError("--budgets", f"must be positive, finite FLOP counts, got {args.budgets!r}")
+    if args.bootstrap is not None and (args.bootstrap < 0 or 0 < args.bootstrap < MIN_RESAMPLES):
+        raise StudyError("--bootstrap", f"must be 0 or at least {MIN_RESAMPLES} resamples, got {args.bootstrap}")
+    if args.output:
+        _check_writable(args.output)
     document, runs = export_with_runs(study, budgets=budgets, bootstrap=args.bootstrap)
     outside = document["study"].get("outside_grid", 0)
     if outside:

@@ -171,8 +171,13 @@ def validate(study: StudyConfig) -> None:
     for i, b in enumerate(study.export.budgets):  # finite: _check_numbers
         if b <= 0:
             raise StudyError(f"export.budgets[{i}]", f"must be a positive number of FLOPs, got {b}")
-    if study.export.bootstrap < 0:
-        raise StudyError("export.bootstrap", f"must be 0 (parametric intervals only) or a number of resamples, got {study.export.bootstrap}")
+    from laws.bootstrap import MIN_RESAMPLES
+
+    if study.export.bootstrap < 0 or 0 < study.export.bootstrap < MIN_RESAMPLES:
+        raise StudyError(
+            "export.bootstrap",
+            f"must be 0 (parametric intervals only) or at least {MIN_RESAMPLES} resamples, got {study.export.bootstrap}",
+        )
     if study.tracking.figures_every_s < 0:
         raise StudyError("tracking.figures_every_s", f"must be 0 (after every refit) or more, got {study.tracking.figures_every_s}")
     if study.tracking.flush_every_s < 0:

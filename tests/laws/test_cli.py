@@ -39,7 +39,9 @@ def test_bootstrap_option(capsys):
     assert entry["n_resamples"] == 50 and entry["seed"] == 0
     assert set(entry["intervals"]) == {"E", "A", "B", "alpha", "beta"}
     assert run([*argv[:-1], "-3"]) == 2
-    assert "--bootstrap: expected a number of resamples >= 0, got -3" in capsys.readouterr().err
+    assert "--bootstrap: expected 0 or at least 10 resamples, got -3" in capsys.readouterr().err
+    assert run([*argv[:-1], "4"]) == 2
+    assert "--bootstrap: expected 0 or at least 10 resamples, got 4" in capsys.readouterr().err
 
 
 def test_custom_law_yaml_and_yaml_output(tmp_path, capsys):

@@ -108,6 +108,7 @@ MORE = [
     ("cluster address where nothing listens", {**_SIM, "cluster": {"address": "127.0.0.1:1"}}, "cluster.address"),
     ("cluster address without a port", {**_SIM, "cluster": {"address": "headnode"}}, "cluster.address"),
     ("negative bootstrap", {**_SIM, "export": {"bootstrap": -5}}, "export.bootstrap"),
+    ("too few bootstrap resamples for an interval", {**_SIM, "export": {"bootstrap": 5}}, "export.bootstrap"),
     ("teachers from this very study",
      {"name": "st", "trainer": {"kind": "distill"}, "grid": {"N": [3e4], "D": [2e6],
                                                              "teachers": {"N": [6e4], "D": [4e6], "from_studies": ["st"]}}},
@@ -326,3 +327,8 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     name = _SIM["name"]
     assert err == [f"isoflop: interrupted; finished runs are kept: `isoflop resume {name}` continues the study"]
+    # renamed by an override: the name to resume is the override's (it named the YAML's, a
+    # different study)
+    assert main(["run", str(path), "name=renamed"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["isoflop: interrupted; finished runs are kept: `isoflop resume renamed` continues the study"]

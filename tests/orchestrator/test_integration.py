@@ -214,6 +214,22 @@ def test_cli_markdown_report_with_figures(ray_local, store, tmp_path: Path, caps
     assert ("md_files/trajectory_chinchilla.png" in text) == (len(steps) >= 2)
     assert main(["export", str(path), "--budgets", "1e20,-3"]) == 2
     assert main(["export", str(path), "--bootstrap", "-1"]) == 2
+    capsys.readouterr()
+    # an infinite budget, too few resamples for any interval (9 gave every interval null and
+    # no warning), an output that is a folder or cannot be written: exit 2 naming the option,
+    # with nothing written (a folder as --output left the report's figures beside it)
+    assert main(["export", str(path), "--budgets", "1e20,inf"]) == 2
+    assert "isoflop: error: --budgets: must be positive, finite FLOP counts" in capsys.readouterr().err
+    assert main(["export", str(path), "--bootstrap", "9"]) == 2
+    assert "isoflop: error: --bootstrap: must be 0 or at least 10 resamples, got 9" in capsys.readouterr().err
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["export", str(path), "--format", "md", "--output", str(folder)]) == 2
+    assert f"isoflop: error: --output: {str(folder)!r} is a directory" in capsys.readouterr().err
+    assert main(["export", str(path), "--output", str(out / "under-a-file.json")]) == 2
+    assert "isoflop: error: --output: cannot write" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_dependency_stages_and_inputs_survive_the_store(store, tmp_path: Path) -> None:
