@@ -1,4 +1,5 @@
-"""Reading fitting data from CSV files, optionally keeping only the rows that meet conditions."""
+"""Reading fitting data from CSV or Parquet files, optionally keeping only the rows that meet
+conditions."""
 
 from __future__ import annotations
 
@@ -60,10 +61,40 @@ def parse_condition(text: str) -> Condition:
     return Condition(column, op, number)
 
 
+#: file suffixes read as Parquet (anything else is CSV)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def read_rows(path: str | Path) -> tuple[list[str], list[dict[str, object]]]:
+    """The header and rows of a table: a Parquet file (by its suffix, :data:`PARQUET_SUFFIXES`,
+    read by pandas with pyarrow) or a CSV file (a UTF-8 byte-order mark, as spreadsheets write,
+    is not part of the first column's name). Values stay as read (strings from a CSV); raises
+    ValueError for a table without rows."""
+    path = Path(path)
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+        header = [str(c) for c in frame.columns]
+        frame.columns = header
+        rows: list[dict[str, object]] = frame.to_dict("records")
+    else:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    return header, rows
+
+
 def load_table(
     path: str | Path, columns: Mapping[str, str] | None = None, where: Sequence[Condition | str] = ()
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Read law inputs and losses from a CSV file.
+    """Read law inputs and losses from a CSV or Parquet file (:func:`read_rows`).
 
     ``columns`` maps law names to CSV column names, e.g.
     ``{"N": "Model Size", "C": "Training FLOP", "loss": "loss"}``; names not mapped are read
@@ -75,11 +106,7 @@ def load_table(
     replication. Returns ``(inputs, loss)``.
     """
     path = Path(path)
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise ValueError(f"{path}: no data rows")
-    header = list(rows[0].keys())
+    header, rows = read_rows(path)
     mapping = dict(columns) if columns else {h: h for h in header}
     mapping.setdefault("loss", "loss")
     missing = {k: v for k, v in mapping.items() if v not in header}
@@ -112,8 +139,8 @@ def load_table(
     return inputs, loss
 
 
-def _filter(path: Path, rows: list[dict[str, str]], header: list[str], columns: Mapping[str, str],
-            conditions: Sequence[Condition]) -> list[dict[str, str]]:
+def _filter(path: Path, rows: list[dict[str, object]], header: list[str], columns: Mapping[str, str],
+            conditions: Sequence[Condition]) -> list[dict[str, object]]:
     for cond in conditions:
         if cond.column not in header and cond.column not in columns:
             raise ValueError(f"{path}: condition {str(cond)!r} names column {cond.column!r}, which the file does not "

@@ -25,6 +25,20 @@ from orchestrator.study import open_tracker, tracking_uri
 from orchestrator.tracking import FinishedRun
 
 
+def cost_convention(study: StudyConfig) -> str | None:
+    """A warning when the study's runs count FLOPs otherwise than the C = 6ND that compute-optimal
+    allocations use (a replayed table's ``trainer.replay.cost``); None when they agree."""
+    if study.trainer.kind != "replay":
+        return None
+    cost = study.trainer.replay.cost
+    if "".join(cost.split()) in ("6*N*D", "6*D*N", "N*D*6"):
+        return None
+    return (
+        f"compute-optimal allocations assume C = 6ND, but this study's runs cost {cost} (trainer.replay.cost): "
+        "an allocation's C is not a budget in the runs' own convention"
+    )
+
+
 def default_budgets(max_run_flops: float) -> list[float]:
     """Without budgets in the study: 10x, 100x and 1000x the largest run."""
     return [max_run_flops * f for f in (10.0, 100.0, 1000.0)]
@@ -40,7 +54,8 @@ def export_study(
 def _bootstraps(
     fitted: Sequence[tuple[StudyLaw, LawOutcome]], runs: Sequence[FinishedRun], resamples: int, *, seed: int
 ) -> tuple[list[laws.BootstrapResult | None], dict[str, str]]:
-    """A bootstrap per law (resampling whole configurations), and why a law has none. Mixture laws
+    """A bootstrap per law (resampling whole configurations, or the runs' groups when they have
+    them), and why a law has none. Mixture laws
     fitted to the same runs (one per target domain) are resampled jointly, the same runs in every
     resample, so the optimal mixture they imply together gets intervals that see their correlated
     errors."""
@@ -54,7 +69,7 @@ def _bootstraps(
         try:
             joint = joint_bootstrap(
                 [o.fit for _, o in mixtures], first, [tables[law.name][1] for law, _ in mixtures],  # type: ignore[misc]
-                n_resamples=resamples, seed=seed, options=MIXTURE_RESAMPLE_OPTIONS,
+                n_resamples=resamples, seed=seed, options=MIXTURE_RESAMPLE_OPTIONS, groups=mixtures[0][0].groups(runs),
             )
             boots.update({law.name: b for (law, _), b in zip(mixtures, joint, strict=True)})
         except ValueError as exc:
@@ -65,7 +80,8 @@ def _bootstraps(
         try:
             inputs, y = tables.get(law.name) or law.table(runs)
             boots[law.name] = bootstrap_fit(
-                outcome.fit, inputs, y, n_resamples=resamples, seed=seed, options=resample_options(outcome.fit)  # type: ignore[arg-type]
+                outcome.fit, inputs, y, n_resamples=resamples, seed=seed, options=resample_options(outcome.fit),  # type: ignore[arg-type]
+                groups=law.groups(runs),
             )
         except ValueError as exc:  # e.g. too few configurations to resample: parametric only
             failed[law.name] = str(exc)
@@ -130,6 +146,8 @@ def export_with_runs(
         entry["fitted_to"] = {"loss": law.loss, "runs": law.runs, "n_runs": outcome.n_points}
         if law.name in failed:
             entry["bootstrap_error"] = failed[law.name]
+        if entry.get("compute_optimal") and (convention := cost_convention(study)):
+            entry["report"]["warnings"] = [*entry["report"].get("warnings", []), convention]
     document["study"] = {
         "name": study.name,
         "parent_run_id": parent,

@@ -58,6 +58,15 @@ class StudyLaw:
         """The law's inputs and observed losses over the runs it is fitted to."""
         return law_table(self.law, self.select(runs), loss=self.loss)
 
+    def groups(self, runs: Sequence[FinishedRun]) -> np.ndarray | None:
+        """The bootstrap resampling unit of each run of :meth:`table`, when the runs have groups
+        (a replayed table's group column; a run without one is a unit of its own); None: resample
+        configurations."""
+        chosen = self.select(runs)
+        if not any(r.group for r in chosen):
+            return None
+        return np.array([r.group or f"run {r.run_key}" for r in chosen])
+
     def with_supervised(self, fit_: laws.LawFit) -> StudyLaw:
         """This distillation law, its Ls~ given by the supervised law's ``fit_``."""
         params = dict(fit_.params)

@@ -60,6 +60,10 @@ def run_key(point: RunPoint, trainer_config: object, seed: int, plan: RunPlan | 
     teacher shared by several studies) is recognisably the same run.
     """
     resolved: dict[str, object] = asdict(point)
+    # fields added later, left out while unused so that every other run keeps its key
+    for name in ("inputs", "group"):
+        if not resolved[name]:
+            del resolved[name]
     if plan is not None:
         resolved["n_params"] = plan.n_params
         resolved["shape"] = None if plan.shape is None else asdict(plan.shape)

@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from orchestrator.config import StudyConfig
+from orchestrator.config import GridConfig, StudyConfig
 from orchestrator.errors import StudyError
 
 
@@ -319,8 +319,17 @@ def _check_numbers(node: Any, prefix: str) -> None:
 def _validate_grid(study: StudyConfig) -> None:
     g = study.grid
     if study.trainer.kind == "replay":
-        if g.N or g.D or g.tokens_per_param or g.isoflop is not None:
-            raise StudyError("grid", "a replay study's runs are the rows of trainer.replay.path: leave grid.N, grid.D and grid.isoflop empty")
+        # the table's rows are the runs: no grid axis applies (a sparsity or mixture axis made
+        # each row several runs with the same answer; teachers trained real models)
+        default = GridConfig()
+        for f in fields(GridConfig):
+            if f.name != "replicates" and getattr(g, f.name) != getattr(default, f.name):
+                raise StudyError(
+                    f"grid.{f.name}",
+                    "a replay study's runs are the rows of trainer.replay.path: give its other inputs as "
+                    "trainer.replay.inputs (columns of the table), and leave the grid empty but for grid.replicates",
+                )
+        _validate_replay_inputs(study)
         _validate_replay_table(study)
         return
     for axis in ("N", "D", "tokens_per_param"):
@@ -367,18 +376,33 @@ def _validate_grid(study: StudyConfig) -> None:
     _validate_dependencies(study, list(domains))
 
 
+def _validate_replay_inputs(study: StudyConfig) -> None:
+    """trainer.replay.inputs and losses: law input names beyond N and D, loss columns."""
+    replay = study.trainer.replay
+    for i, name in enumerate(replay.inputs):
+        key = f"trainer.replay.inputs[{i}]"
+        if not name.isidentifier():
+            raise StudyError(key, f"{name!r} is not an input name (letters, digits and _, as laws name their inputs)")
+        if name in ("N", "D", "C"):
+            raise StudyError(key, f"{name} is always read from the table (map its column with trainer.replay.columns.{name})")
+        if name in replay.inputs[:i]:
+            raise StudyError(key, f"{name!r} is given twice")
+    for i, name in enumerate(replay.losses):
+        if not name or name in replay.losses[:i]:
+            raise StudyError(f"trainer.replay.losses[{i}]", f"{name!r}: name each loss column once")
+
+
 def _validate_replay_table(study: StudyConfig) -> None:
     """trainer.replay.path: a table that exists, can be read as text and has usable rows."""
     import csv
 
-    from trainers.replay import load_replay_table, row_cost
+    from trainers.replay import load_replay_table
 
     replay = study.trainer.replay
     if replay.path and Path(replay.path).is_dir():
-        raise StudyError("trainer.replay.path", f"{replay.path!r} is a directory, not a table of runs (a CSV file)")
+        raise StudyError("trainer.replay.path", f"{replay.path!r} is a directory, not a table of runs (a CSV or Parquet file)")
     try:
-        table = load_replay_table(replay)
-        row_cost(replay, float(table.n[0]), float(table.d[0]))
+        load_replay_table(replay).check_costs(replay)
     except UnicodeDecodeError as exc:  # a ValueError whose text names no key
         raise StudyError(
             "trainer.replay.path", f"{replay.path!r} is not a text table of runs (a CSV file): {exc.reason} at byte {exc.start}"
@@ -556,7 +580,14 @@ def _validate_laws(study: StudyConfig) -> None:
         if name in names:
             raise StudyError(f"{key}.name", f"law name {name!r} is already used by laws[{names[name]}]; give each a name")
         names[name] = i
-        if c.loss.startswith("eval_loss/") and c.loss.removeprefix("eval_loss/") not in domains:
+        if study.trainer.kind == "replay":  # a replayed run's losses: its loss column and trainer.replay.losses
+            recorded_losses = ["loss", *(f"eval_loss/{x}" for x in study.trainer.replay.losses)]
+            if c.loss not in recorded_losses:
+                raise StudyError(
+                    f"{key}.loss",
+                    f"replayed runs record {', '.join(recorded_losses)}, not {c.loss!r} (add its column to trainer.replay.losses)",
+                )
+        elif c.loss.startswith("eval_loss/") and c.loss.removeprefix("eval_loss/") not in domains:
             raise StudyError(f"{key}.loss", f"no domain {c.loss.removeprefix('eval_loss/')!r}; the study's domains are {', '.join(domains)}")
         if c.loss == "pretrain_loss" and study.grid.finetune is None:
             raise StudyError(f"{key}.loss", "pretrain_loss is recorded by finetuning runs only (grid.finetune)")
@@ -583,13 +614,13 @@ def _validate_laws(study: StudyConfig) -> None:
 
 def _recorded_inputs(study: StudyConfig, k: int, runs: str) -> set[str] | None:
     """The law inputs the study's ``runs`` (main, teacher or pretrain) record
-    (:func:`orchestrator.tracking.law_inputs` and the grid's and dependencies' extras); None for
-    replayed runs, whose inputs are the table's columns."""
+    (:func:`orchestrator.tracking.law_inputs` and the grid's and dependencies' extras, or a
+    replayed table's input columns)."""
     from orchestrator.scheduler import DEPENDENCY_INPUTS
     from orchestrator.tracking import RUN_INPUTS
 
-    if study.trainer.kind == "replay":
-        return None
+    if study.trainer.kind == "replay":  # the plan's inputs, and the table's input columns
+        return {*RUN_INPUTS, *study.trainer.replay.inputs}
     out = {*RUN_INPUTS, *(f"h{i + 1}" for i in range(k))}
     if runs == "main" and study.grid.teachers is not None:
         out.add(DEPENDENCY_INPUTS["teacher"])

@@ -28,6 +28,7 @@ from orchestrator.errors import StudyError
 from orchestrator.secrets import redact_text
 from orchestrator.tracking import (
     DRIVER_TAG,
+    GROUP_TAG,
     HEARTBEAT_TAG,
     SILENT_S,
     STAGE_TAG,
@@ -164,6 +165,7 @@ class MlflowTracker(Tracker):
         self.parent_id = ""
         self._inputs: dict[str, dict[str, float]] = {}  # run id -> law inputs, for finish_run
         self._stages: dict[str, str] = {}  # run id -> stage, for finish_run
+        self._groups: dict[str, str] = {}  # run id -> resampling group, for finish_run
 
     # -- study -------------------------------------------------------------------------------
     def attach(self, name: str) -> str:
@@ -235,6 +237,7 @@ class MlflowTracker(Tracker):
                 final_loss=float(metrics["final_loss"]),
                 metrics={k: float(v) for k, v in metrics.items()},
                 stage=run.data.tags.get(STAGE_TAG, "main"),
+                group=run.data.tags.get(GROUP_TAG, ""),
             )
         return done
 
@@ -255,6 +258,7 @@ class MlflowTracker(Tracker):
             STUDY_TAG: spec.study,
             ROLE_TAG: "training",
             "isoflop.attempt": str(attempt),
+            **({GROUP_TAG: spec.point.group} if spec.point.group else {}),
             **(tags or {}),
         }
         name = f"N{plan.n_params:.2g}-D{plan.tokens:.2g}-{spec.run_key[:6]}".replace("+", "")
@@ -264,6 +268,7 @@ class MlflowTracker(Tracker):
         params = run_params(spec, plan, budget, self._inputs[run_id], memory=memory)
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         self._stages[run_id] = (tags or {}).get(STAGE_TAG, "main")
+        self._groups[run_id] = spec.point.group
         return run_id
 
     def sink_factory(self, run_id: str) -> SinkFactory:
@@ -284,11 +289,13 @@ class MlflowTracker(Tracker):
             final_loss=result.final_loss,
             metrics=final,
             stage=self._stages.pop(run_id, "main"),
+            group=self._groups.pop(run_id, ""),
         )
 
     def fail_run(self, run_id: str, reason: str) -> None:
         self._inputs.pop(run_id, None)
         self._stages.pop(run_id, None)
+        self._groups.pop(run_id, None)
         self.client.set_tag(run_id, "isoflop.failure", redact_text(reason)[:4000])
         self.client.set_terminated(run_id, status="FAILED")
 

@@ -36,10 +36,13 @@ class FinishedRun:
     final_loss: float
     metrics: Mapping[str, float] = field(default_factory=dict)
     stage: str = "main"  # main (the grid's own runs), or teacher, pretrain or trunk (runs others start from)
+    group: str = ""  # its bootstrap resampling unit ("" = its own inputs; a replayed table's group column)
 
 
 #: the tag that records a run's stage (``PlannedRun.stage``)
 STAGE_TAG = "isoflop.stage"
+#: the tag that records a run's resampling group (``RunPoint.group``), when it has one
+GROUP_TAG = "isoflop.group"
 #: parent-run tags: the run keys a budgeted selection would propose next, and why it stopped
 NEXT_TAG = "isoflop.selection.next"
 STOPPED_TAG = "isoflop.selection.stopped"
@@ -137,6 +140,7 @@ def law_inputs(plan: RunPlan, spec: RunSpec, extra: Mapping[str, float] | None =
     inputs = {name: float(v) for name, v in zip(RUN_INPUTS, values, strict=True)}
     for i, w in enumerate(spec.point.mixture):
         inputs[f"h{i + 1}"] = float(w)  # h1 .. hk, as the mixture laws name them
+    inputs.update({k: float(v) for k, v in spec.point.inputs})  # a replayed table's input columns
     inputs.update({k: float(v) for k, v in (extra or {}).items()})
     return inputs
 
@@ -306,6 +310,7 @@ class MemoryTracker(Tracker):
             final_loss=result.final_loss,
             metrics=final_metrics(result),
             stage=tags.get(STAGE_TAG, "main"),
+            group=spec.point.group,
         )
         run.update(status="FINISHED", finished=finished)
         return finished

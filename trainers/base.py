@@ -33,6 +33,11 @@ class RunPoint:
     # run key of the run whose final weights this run starts from (finetuning: its mixture
     # then holds the target domain and, as injection, a share p of the pretraining domains)
     init_from: str | None = None
+    # more law inputs of the point, by name (a replayed table's input columns beyond N and D)
+    inputs: tuple[tuple[str, float], ...] = ()
+    # the resampling unit the point belongs to for bootstrap intervals ("" = its own inputs;
+    # a replayed table's group column)
+    group: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

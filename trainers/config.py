@@ -142,11 +142,22 @@ class SimulatedConfig:
 class ReplayConfig:
     """The replay trainer: runs answered from a table of runs already finished elsewhere."""
 
-    path: str = ""  # CSV file, one row per finished run (resolved against the working directory)
-    # law input name -> CSV column, e.g. {N: Model Size, C: Training FLOP, loss: loss}; names not
+    # CSV or Parquet file (.parquet, .pq), one row per finished run (resolved against the
+    # working directory)
+    path: str = ""
+    # law input name -> column, e.g. {N: Model Size, C: Training FLOP, loss: loss}; names not
     # given are read from same-named columns; C without D gives D = C / (6 N)
     columns: dict[str, str] = field(default_factory=dict)
-    cost: str = "6*N*D"  # FLOPs of a row: an expression of N and D (+ - * / ** and numbers)
+    # more input columns than N and D, each a law input of that name (S, h1, h2, L_T, ...; through
+    # columns when the table names it otherwise); rows differing in them are different runs
+    inputs: list[str] = field(default_factory=list)
+    # more loss columns, each recorded as the run's eval_loss/<column> (a law fits one with
+    # loss: eval_loss/<column>)
+    losses: list[str] = field(default_factory=list)
+    # a column labelling each row's resampling unit (a model family, a training code base):
+    # bootstrap intervals resample whole groups instead of single configurations
+    group: str | None = None
+    cost: str = "6*N*D"  # FLOPs of a row: an expression of N, D and the inputs (+ - * / ** and numbers)
     max_loss: float | None = None  # drop rows whose loss is above this (outliers, diverged runs)
 
 

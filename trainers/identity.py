@@ -41,6 +41,9 @@ PACING_ONLY: dict[tuple[str, ...], object] = {("simulated", "sleep_s"): 0.0}
 NEUTRAL_DEFAULTS: dict[tuple[str, ...], object] = {
     ("optim", "reference_batch_size"): None,
     ("simulated", "supervised"): {},
+    ("replay", "inputs"): [],
+    ("replay", "losses"): [],
+    ("replay", "group"): None,
 }
 
 

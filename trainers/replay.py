@@ -2,14 +2,19 @@
 
 With it a study's grid is the table's rows (``orchestrator.grid`` asks :func:`table_points`), and
 "training" a run looks its loss up, so selection strategies can be compared on real past studies
-without training anything. A row's cost is ``trainer.replay.cost``, an expression of N and D
-parsed with the same whitelist as custom laws (no ``eval``). Several rows at the same (N, D) are
-replicates: the run with seed s takes the (s mod k)-th of the k rows.
+without training anything. The table is a CSV or Parquet file (:func:`laws.io.read_rows`). A run
+is a row's N, D and ``trainer.replay.inputs`` (more law inputs: S, h1.., L_T, ...); its losses are
+the loss column and the ``losses`` columns (recorded as ``eval_loss/<column>``); ``group`` names
+a column whose value is the row's bootstrap resampling unit. A row's cost is
+``trainer.replay.cost``, an expression of N, D and the inputs parsed with the same whitelist as
+custom laws (no ``eval``). Several rows at the same point are replicates: the run with seed s
+takes the (s mod k)-th of the k rows.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
 from collections import defaultdict
@@ -21,43 +26,113 @@ import numpy as np
 from trainers.base import CurvePoint, MetricSink, RunPlan, RunPoint, RunResult, RunSpec, Trainer
 from trainers.config import ReplayConfig, TrainerConfig
 
+#: a point of the table: N, D (whole numbers) and the other inputs' values, in ``inputs`` order
+Key = tuple[int, int, tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row's answers: its loss, its other losses by column, and its group label."""
+
+    loss: float
+    losses: tuple[tuple[str, float], ...]
+    group: str
+
 
 @dataclass(frozen=True)
 class ReplayTable:
-    """Rows of a finished-runs table: N, D (whole numbers) and the loss of each row."""
+    """The usable rows of a finished-runs table, by point (several rows: replicates)."""
 
-    n: np.ndarray
-    d: np.ndarray
-    loss: np.ndarray
-    by_point: dict[tuple[int, int], list[float]]
+    inputs: tuple[str, ...]  # the input columns beyond N and D, as law input names
+    by_point: dict[Key, list[Row]]
+    dropped: int  # rows left out: a loss or input not positive and finite, or above max_loss
 
-    def points(self) -> list[tuple[int, int]]:
-        """Distinct (N, D) in the table's order."""
+    def points(self) -> list[Key]:
+        """Distinct points in the table's order."""
         return list(self.by_point)
+
+    def check_costs(self, config: ReplayConfig) -> None:
+        """:func:`row_cost` of every point (raises ValueError naming ``trainer.replay.cost`` at
+        the first whose cost is not a positive number)."""
+        for n, d, extra in self.by_point:
+            row_cost(config, n, d, dict(zip(self.inputs, extra, strict=True)))
+
+
+def _number(path: str, i: int, column: str, value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"trainer.replay.path: {path}: row {i + 2}, column {column!r}: {value!r} is not a number") from None
 
 
 @functools.lru_cache(maxsize=8)
-def _load(path: str, mtime: float, columns: tuple[tuple[str, str], ...], max_loss: float | None) -> ReplayTable:
-    from laws.io import load_table
+def _load_cached(path: str, mtime: float, spec: tuple) -> ReplayTable:
+    columns, inputs, losses, group, max_loss = spec
+    config = ReplayConfig(path=path, columns=dict(columns), inputs=list(inputs), losses=list(losses), group=group,
+                          max_loss=max_loss)
+    return _load(path, config)
 
-    inputs, loss = load_table(path, dict(columns) or None)
-    if "N" not in inputs or "D" not in inputs:
-        raise ValueError(f"trainer.replay.columns: {path} must give N and D (or C), found {sorted(inputs)}")
-    keep = np.isfinite(loss) & (loss > 0) & (inputs["N"] > 0) & (inputs["D"] > 0)
-    if max_loss is not None:
-        if keep.any() and not (keep & (loss <= max_loss)).any():
-            raise ValueError(f"trainer.replay.max_loss: {max_loss:g} drops every row of {path} (lowest loss "
-                             f"{float(loss[keep].min()):.4g})")
-        keep &= loss <= max_loss
-    n = np.rint(inputs["N"][keep]).astype(np.int64)
-    d = np.rint(inputs["D"][keep]).astype(np.int64)
-    y = loss[keep]
-    if y.size == 0:
+
+def _load(path: str, config: ReplayConfig) -> ReplayTable:
+    from laws.io import read_rows
+
+    try:
+        header, rows = read_rows(path)
+    except UnicodeDecodeError:  # the caller says the file is not text
+        raise
+    except ValueError as exc:
+        raise ValueError(f"trainer.replay.path: {exc}") from None
+    columns = dict(config.columns)
+
+    def column_of(name: str, key: str) -> str:
+        col = columns.get(name, name)
+        if col not in header:
+            raise ValueError(f"{key}: {path} has no column {col!r} (for {name}); its columns are {header}")
+        return col
+
+    if "N" not in columns and "N" not in header:
+        raise ValueError(f"trainer.replay.columns: {path} must give N and D (or C), found {header}")
+    n_col = column_of("N", "trainer.replay.columns.N")
+    has_d = "D" in columns or "D" in header
+    if not has_d and not ("C" in columns or "C" in header):
+        raise ValueError(f"trainer.replay.columns: {path} must give N and D (or C), found {header}")
+    d_col = column_of("D", "trainer.replay.columns.D") if has_d else column_of("C", "trainer.replay.columns.C")
+    loss_col = column_of("loss", "trainer.replay.columns.loss")
+    input_cols = [column_of(name, f"trainer.replay.inputs[{i}]") for i, name in enumerate(config.inputs)]
+    loss_cols = []
+    for i, name in enumerate(config.losses):
+        if name not in header:
+            raise ValueError(f"trainer.replay.losses[{i}]: {path} has no column {name!r}; its columns are {header}")
+        loss_cols.append(name)
+    if config.group is not None and config.group not in header:
+        raise ValueError(f"trainer.replay.group: {path} has no column {config.group!r}; its columns are {header}")
+
+    by_point: dict[Key, list[Row]] = defaultdict(list)
+    dropped = 0
+    lowest = math.inf
+    for i, row in enumerate(rows):
+        n = _number(path, i, n_col, row[n_col])
+        d = _number(path, i, d_col, row[d_col])
+        loss = _number(path, i, loss_col, row[loss_col])
+        extra = tuple(_number(path, i, c, row[c]) for c in input_cols)
+        others = tuple((c, _number(path, i, c, row[c])) for c in loss_cols)
+        usable = all(math.isfinite(v) and v > 0 for v in (n, d, loss, *(v for _, v in others))) and all(
+            math.isfinite(v) for v in extra
+        )
+        if usable:
+            lowest = min(lowest, loss)
+        if not usable or (config.max_loss is not None and loss > config.max_loss):
+            dropped += 1
+            continue
+        if not has_d:
+            d = d / (6.0 * n)  # C = 6 N D (Kaplan et al. 2020)
+        group = "" if config.group is None else str(row[config.group])
+        by_point[(int(round(n)), int(round(d)), extra)].append(Row(loss=loss, losses=others, group=group))
+    if not by_point:
+        if config.max_loss is not None and math.isfinite(lowest):
+            raise ValueError(f"trainer.replay.max_loss: {config.max_loss:g} drops every row of {path} (lowest loss {lowest:.4g})")
         raise ValueError(f"trainer.replay.path: no usable rows in {path}")
-    by_point: dict[tuple[int, int], list[float]] = defaultdict(list)
-    for ni, di, yi in zip(n.tolist(), d.tolist(), y.tolist(), strict=True):
-        by_point[(ni, di)].append(yi)
-    return ReplayTable(n=n, d=d, loss=y, by_point=dict(by_point))
+    return ReplayTable(inputs=tuple(config.inputs), by_point=dict(by_point), dropped=dropped)
 
 
 def load_replay_table(config: ReplayConfig) -> ReplayTable:
@@ -67,37 +142,44 @@ def load_replay_table(config: ReplayConfig) -> ReplayTable:
     path = Path(config.path)
     if not path.is_file():
         raise ValueError(f"trainer.replay.path: no such file {config.path!r}")
-    return _load(str(path.resolve()), os.path.getmtime(path), tuple(sorted(config.columns.items())), config.max_loss)
+    spec = (tuple(sorted(config.columns.items())), tuple(config.inputs), tuple(config.losses), config.group, config.max_loss)
+    return _load_cached(str(path.resolve()), os.path.getmtime(path), spec)
 
 
 @functools.lru_cache(maxsize=8)
-def _cost_fn(expression: str):  # noqa: ANN202 - a compiled expression
+def _cost_fn(expression: str, names: frozenset[str]):  # noqa: ANN202 - a compiled expression
     from laws.custom import compile_expression
 
     try:
-        return compile_expression(expression, {"N", "D"})
+        return compile_expression(expression, set(names))
     except ValueError as exc:
         raise ValueError(f"trainer.replay.cost: {exc}") from None
 
 
-def row_cost(config: ReplayConfig, n: float, d: float) -> float:
-    """FLOPs of a run at (N, D) under the table's cost expression."""
+def row_cost(config: ReplayConfig, n: float, d: float, inputs: dict[str, float] | None = None) -> float:
+    """FLOPs of a run at (N, D) and ``inputs`` under the table's cost expression."""
     import torch
 
-    env = {"N": torch.tensor([float(n)], dtype=torch.float64), "D": torch.tensor([float(d)], dtype=torch.float64)}
-    value = float(_cost_fn(config.cost)(env).reshape(-1)[0])
+    values = {"N": float(n), "D": float(d), **(inputs or {})}
+    env = {k: torch.tensor([v], dtype=torch.float64) for k, v in values.items()}
+    value = float(_cost_fn(config.cost, frozenset({"N", "D", *config.inputs}))(env).reshape(-1)[0])
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"trainer.replay.cost: {config.cost!r} gives {value} at N={n:g}, D={d:g}")
+        at = ", ".join(f"{k}={v:g}" for k, v in values.items())
+        raise ValueError(f"trainer.replay.cost: {config.cost!r} gives {value} at {at}")
     return value
 
 
 def table_points(config: TrainerConfig) -> list[RunPoint]:
-    """One grid point per distinct (N, D) of the table."""
-    return [RunPoint(n_params=n, tokens=d) for n, d in load_replay_table(config.replay).points()]
+    """One grid point per distinct point of the table (its group: its first row's)."""
+    table = load_replay_table(config.replay)
+    return [
+        RunPoint(n_params=n, tokens=d, inputs=tuple(zip(table.inputs, extra, strict=True)), group=rows[0].group)
+        for (n, d, extra), rows in table.by_point.items()
+    ]
 
 
 class ReplayTrainer(Trainer):
-    """Looks a run's final loss up in the table; costs nothing but reports the row's FLOPs."""
+    """Looks a run's losses up in the table; costs nothing but reports the row's FLOPs."""
 
     kind = "replay"
 
@@ -105,7 +187,7 @@ class ReplayTrainer(Trainer):
         self.config = config
 
     def plan(self, point: RunPoint) -> RunPlan:
-        flops = row_cost(self.config.replay, point.n_params, point.tokens)
+        flops = row_cost(self.config.replay, point.n_params, point.tokens, dict(point.inputs))
         return RunPlan(
             shape=None,
             n_params=point.n_params,
@@ -121,18 +203,20 @@ class ReplayTrainer(Trainer):
     def train(self, spec: RunSpec, sink: MetricSink) -> RunResult:
         start = time.perf_counter()
         table = load_replay_table(self.config.replay)
-        key = (spec.point.n_params, spec.point.tokens)
+        values = dict(spec.point.inputs)
+        key = (spec.point.n_params, spec.point.tokens, tuple(values.get(name, math.nan) for name in table.inputs))
         rows = table.by_point.get(key)
         if not rows:
-            raise ValueError(f"no row of {self.config.replay.path} has N={key[0]}, D={key[1]}")
-        loss = rows[spec.seed % len(rows)]
-        sink.log_metrics({"train_loss": loss, "lr": 0.0, "tokens": spec.point.tokens, "eval_loss": loss}, step=1)
+            at = ", ".join(f"{k}={v:g}" for k, v in (("N", key[0]), ("D", key[1]), *values.items()))
+            raise ValueError(f"no row of {self.config.replay.path} has {at}")
+        row = rows[spec.seed % len(rows)]
+        sink.log_metrics({"train_loss": row.loss, "lr": 0.0, "tokens": spec.point.tokens, "eval_loss": row.loss}, step=1)
         return RunResult(
             run_key=spec.run_key,
             plan=self.plan(spec.point),
-            final_loss=loss,
-            eval_losses={},
-            curve=(CurvePoint(step=1, tokens=spec.point.tokens, train_loss=loss, lr=0.0),),
+            final_loss=row.loss,
+            eval_losses=dict(row.losses),
+            curve=(CurvePoint(step=1, tokens=spec.point.tokens, train_loss=row.loss, lr=0.0),),
             wall_time_s=time.perf_counter() - start,  # the lookup's own time
             tokens_per_s=0.0,
         )

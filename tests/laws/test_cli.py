@@ -278,3 +278,18 @@ def test_distill_plan_unreadable_law_file_exits_2(tmp_path, capsys, monkeypatch)
     path.write_bytes(b"\xff\xfe\x00")
     assert plan_cli(["--student-n", "1e9", "--budget", "1e21", "--law", str(path)]) == 2
     assert f"--law: cannot read {str(path)!r} ('utf-8' codec can't decode" in capsys.readouterr().err
+
+
+def test_a_parquet_table_fits_as_its_csv_does(tmp_path, capsys):
+    import pandas as pd
+
+    path = tmp_path / "runs.parquet"
+    pd.read_csv(DATA).to_parquet(path)
+    fitted = []
+    for data in (DATA, path):
+        assert run([str(data), "--law", "chinchilla", "--columns", COLUMNS, "--where", "loss<=3.44"]) == 0
+        fitted.append(json.loads(capsys.readouterr().out)["laws"][0]["params"])
+    assert fitted[0] == pytest.approx(fitted[1], rel=1e-9)
+    (tmp_path / "bad.parquet").write_text("N,D,loss\n1,2,3\n")  # a CSV under a Parquet name
+    assert run([str(tmp_path / "bad.parquet"), "--law", "chinchilla"]) == 2
+    assert "not a readable Parquet file" in capsys.readouterr().err

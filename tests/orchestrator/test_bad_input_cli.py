@@ -248,7 +248,7 @@ def _permission_denied(table: Path, monkeypatch) -> None:
     def denied(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(laws.io, "load_table", denied)
+    monkeypatch.setattr(laws.io, "read_rows", denied)
 
 
 @pytest.mark.parametrize(

@@ -496,6 +496,63 @@ def test_status_tells_a_study_whose_driver_died_from_a_running_one(store, capsys
     MlflowTracker(store, study.name).open_study(study.name, "name: heartbeat\n")
 
 
+def test_a_replayed_parquet_table_with_inputs_losses_and_groups(store, tmp_path: Path, capsys) -> None:
+    """A replayed table as the replay trainer takes one: Parquet, an input column beyond N and D
+    that a custom law fits, a second loss column with a law of its own, and a group column that
+    the exported bootstrap resamples whole."""
+    import numpy as np
+    import pandas as pd
+
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.export import export_study
+    from orchestrator.mlflow_tracker import MlflowTracker
+
+    table = pd.read_csv(Path(__file__).resolve().parents[1] / "data" / "epoch_chinchilla.csv")
+    table = table[table["loss"] <= 3.44].iloc[::3]  # 80 runs
+    n = table["Model Size"].to_numpy()
+    base = pd.DataFrame({"N": n, "D": table["Training FLOP"].to_numpy() / (6 * n), "loss": table["loss"].to_numpy()})
+    # the same runs at Q = 2 lose 0.05 more; a second loss column; six families of model sizes
+    rows = pd.concat([base.assign(Q=1.0), base.assign(Q=2.0, loss=base["loss"] + 0.05)], ignore_index=True)
+    rows["code"] = 1.1 * rows["loss"]
+    rows["family"] = pd.qcut(np.log(rows["N"]), 6, labels=False).map(lambda i: f"size-{i}")
+    path = tmp_path / "runs.parquet"
+    rows.to_parquet(path)
+    raw = {
+        "name": "replay-parquet", "tracking": {"uri": store},
+        "trainer": {"kind": "replay", "replay": {"path": str(path), "inputs": ["Q"], "losses": ["code"],
+                                                 "group": "family", "cost": "6*N*D*Q"}},
+        "laws": [
+            {"family": "custom", "name": "with_q", "expression": "E + A/N**alpha + B/D**beta + G*(Q - 1)",
+             "inputs": ["N", "D", "Q"],
+             "params": {"E": [1.5, 2.0], "A": {"log": True, "init": [4.0, 7.0]},
+                        "B": {"log": True, "init": [4.0, 7.0]}, "alpha": [0.3], "beta": [0.3], "G": [0.01]}},
+            {"family": "chinchilla", "name": "code", "loss": "eval_loss/code"},
+        ],
+        "export": {"budgets": [1e22]},
+    }
+    study = study_from_dict(raw)
+    outcome = run_study(study, tracker=MlflowTracker(store, study.name), executor=InlineExecutor(), background_refit=False)
+    assert outcome.stats.finished == 160 and outcome.stats.failed == 0
+    fits = {o.name: o.fit for o in outcome.laws}
+    assert None not in fits.values(), [o.error for o in outcome.laws]
+    assert fits["with_q"].params["G"] == pytest.approx(0.05, abs=0.005)
+    assert fits["code"].report.n_points == 160
+    document = export_study(study, bootstrap=20)
+    code = next(e for e in document["laws"] if e["name"] == "code")
+    assert code["bootstrap"]["n_groups"] == 6  # whole families resampled, not 80 configurations
+    # the recipes count C = 6ND; these runs cost 6NDQ: the export says so
+    assert any("this study's runs cost 6*N*D*Q" in w for w in code["report"]["warnings"])
+    # a law that takes an input, or is fitted to a loss, the table does not give: refused up front
+    bad = {**raw, "laws": [{**raw["laws"][0], "inputs": ["N", "D", "P"], "expression": "E + A/N**alpha + B/D**beta + G*P"}]}
+    with pytest.raises(StudyError, match=r"laws\[0\]\.inputs: the law takes \['P'\]"):
+        study_from_dict(bad)
+    with pytest.raises(StudyError, match=r"laws\[0\]\.loss: replayed runs record loss, eval_loss/code, not 'eval_loss/prose'"):
+        study_from_dict({**raw, "laws": [{"family": "chinchilla", "loss": "eval_loss/prose"}]})
+    # and no grid axis applies to a table's rows (a sparsity axis made each row several runs)
+    with pytest.raises(StudyError, match=r"grid\.sparsity: a replay study's runs are the rows"):
+        study_from_dict({**raw, "grid": {"sparsity": [0.5]}})
+
+
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
     """A study rerun on a smaller grid: status counts the runs of the grid it now has (it showed
     '6/4' done), and export fits those runs, as the run's own final fit does, saying how many

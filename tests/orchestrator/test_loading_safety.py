@@ -116,7 +116,7 @@ def test_replay_path_that_is_a_directory_or_unreadable_names_the_key(tmp_path: P
         raise OSError(5, "Input/output error", str(path))
 
     with monkeypatch.context() as m:
-        m.setattr(laws.io, "load_table", failing)  # root reads a chmod-000 file: fail the reader itself
+        m.setattr(laws.io, "read_rows", failing)  # root reads a chmod-000 file: fail the reader itself
         with pytest.raises(StudyError) as info:
             study_from_dict(_replay(table))
     assert info.value.key == "trainer.replay.path" and "Input/output error" in info.value.message

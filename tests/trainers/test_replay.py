@@ -52,5 +52,58 @@ def test_bad_tables_name_the_key(tmp_path: Path, replay: dict, needle: str) -> N
     config = _config(tmp_path, TABLE)
     config = TrainerConfig(kind="replay", replay=ReplayConfig(**{"path": config.replay.path, **replay}))
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
-        table = load_replay_table(config.replay)
-        row_cost(config.replay, float(table.n[0]), float(table.d[0]))
+        load_replay_table(config.replay).check_costs(config.replay)
+
+
+def test_parquet_tables_with_inputs_losses_and_groups(tmp_path: Path) -> None:
+    """A Parquet table whose rows differ by more than N and D: its input columns are law inputs
+    (and enter the cost), its loss columns are recorded as eval_loss/<column>, its group column
+    labels each run's resampling unit."""
+    import pandas as pd
+
+    path = tmp_path / "runs.parquet"
+    pd.DataFrame(
+        {
+            "N": [1000, 1000, 1000, 4000],
+            "D": [20000, 20000, 20000, 80000],
+            "sparsity": [0.0, 0.5, 0.5, 0.5],
+            "loss": [3.5, 3.2, 3.3, 2.9],
+            "code_loss": [3.9, 3.6, 3.7, 3.1],
+            "family": ["a", "a", "a", "b"],
+        }
+    ).to_parquet(path)
+    config = TrainerConfig(kind="replay", replay=ReplayConfig(
+        path=str(path), columns={"S": "sparsity"}, inputs=["S"], losses=["code_loss"], group="family",
+        cost="6*N*(1-S)*D"))
+    points = table_points(config)
+    assert points == [
+        RunPoint(n_params=1000, tokens=20000, inputs=(("S", 0.0),), group="a"),
+        RunPoint(n_params=1000, tokens=20000, inputs=(("S", 0.5),), group="a"),
+        RunPoint(n_params=4000, tokens=80000, inputs=(("S", 0.5),), group="b"),
+    ]
+    trainer = ReplayTrainer(config)
+    result = trainer.train(RunSpec(run_key="k", study="s", seed=1, point=points[1], trainer=config), NullSink())
+    assert (result.final_loss, result.eval_losses) == (3.3, {"code_loss": 3.7})  # seed 1: the second replicate
+    assert trainer.plan(points[1]).flops == 6 * 1000 * 0.5 * 20000
+    assert trainer.plan(points[0]).flops == 6 * 1000 * 20000
+
+
+def test_a_spreadsheets_csv_and_missing_columns(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffN,D,loss\n1000,20000,3.5\n".encode())  # the byte-order mark spreadsheets write
+    assert table_points(TrainerConfig(kind="replay", replay=ReplayConfig(path=str(path)))) == [
+        RunPoint(n_params=1000, tokens=20000)]
+    for replay, needle in (
+        ({"inputs": ["S"]}, "trainer.replay.inputs[0]: "),
+        ({"losses": ["code"]}, "trainer.replay.losses[0]: "),
+        ({"group": "family"}, "trainer.replay.group: "),
+        ({"columns": {"N": "Model Sise"}}, "trainer.replay.columns.N: "),
+    ):
+        with pytest.raises(ValueError, match=needle.replace("[", r"\[")):
+            load_replay_table(ReplayConfig(path=str(path), **replay))
+
+
+def test_rows_that_cannot_be_runs_are_counted(tmp_path: Path) -> None:
+    config = _config(tmp_path, "N,D,loss\n1000,20000,3.5\n1000,20000,nan\n-5,20000,3.0\n2000,20000,-1\n")
+    table = load_replay_table(config.replay)
+    assert table.points() == [(1000, 20000, ())] and table.dropped == 3
