@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -168,10 +169,16 @@ def test_local_script_dry_run(tmp_path: Path) -> None:
     (tmp_path / "home" / ".ray" / "auth_token").write_text("x")
     result = subprocess.run(["bash", str(LOCAL), "up"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
+    state = tmp_path / ".isoflop" / "local"
+    server = f"mlflow server --host 127.0.0.1 --port 5000 --artifacts-destination {state}/mlflow-artifacts"
+    # the server is started in the background (nohup ... &): on a busy machine its stub may log
+    # after the script has returned
+    deadline = time.monotonic() + 10
+    while server not in log.read_text().splitlines() and time.monotonic() < deadline:
+        time.sleep(0.1)
     calls = log.read_text().splitlines()
     assert "ray start --head --node-ip-address=127.0.0.1 --port=6379 --dashboard-host=127.0.0.1 --dashboard-port=8265" in calls
-    state = tmp_path / ".isoflop" / "local"
     assert not any(c.startswith("ray get-auth-token") for c in calls)  # a token exists already
-    assert f"mlflow server --host 127.0.0.1 --port 5000 --artifacts-destination {state}/mlflow-artifacts" in calls
+    assert server in calls
     assert "isoflop submit studies/quickstart.yaml --address http://127.0.0.1:8265" in result.stdout
     assert (state / "mlflow.pid").is_file() and oct(state.stat().st_mode)[-3:] == "700"
