@@ -26,7 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # MLflow draws a progress bar on stderr for every artifact it downloads (a stored study, a
     # fit document): noise around isoflop's own lines
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    parser = _parser()
+    try:
+        parser = _parser()  # imports that take seconds: Ctrl-C may come here already
+    except KeyboardInterrupt:
+        print("isoflop: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

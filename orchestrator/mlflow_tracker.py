@@ -210,8 +210,9 @@ class MlflowTracker(Tracker):
         self.client.log_text(self.parent_id, config_yaml, f"study/{int(time.time())}.yaml")
         return self.parent_id
 
-    def close_study(self, *, failed: bool) -> None:
-        self.client.set_terminated(self.parent_id, status="FAILED" if failed else "FINISHED")
+    def close_study(self, *, failed: bool, interrupted: bool = False) -> None:
+        status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
+        self.client.set_terminated(self.parent_id, status=status)
 
     def _children(self, extra: str = "") -> list:
         query = f"tags.`{PARENT_TAG}` = '{self.parent_id}'"

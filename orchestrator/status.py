@@ -143,7 +143,9 @@ def status_lines(study: StudyConfig) -> list[str]:
             st, study_status="KILLED", elapsed_s=max(st.elapsed_s - silent, 0.0), since_first_s=max(st.since_first_s - silent, 0.0)
         )
     else:
-        head = f"study {st.name!r} (parent run {st.parent_run_id}, {st.study_status.lower()})"
+        # KILLED: ended by Ctrl-C (or by `isoflop cancel`), with nothing failed
+        state = "interrupted" if st.study_status == "KILLED" else st.study_status.lower()
+        head = f"study {st.name!r} (parent run {st.parent_run_id}, {state})"
     if st.invocations > 1:  # the block's elapsed time is the latest invocation's
         span = duration(st.since_first_s)
         head += (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -283,9 +284,10 @@ def run_study(
         )
     tracker = tracker or open_tracker(study)
     refitter.tracker = tracker
+    log_selection: Callable[[int], None] = lambda n: None  # noqa: E731 - grid mode: nothing to log
     if selector is not None:
         refitter.widths = selector.stop_widths
-        refitter.on_fit, refitter.on_widths = _selection_hooks(selector, tracker, refitter.on_fit, on_selection)
+        refitter.on_fit, refitter.on_widths, log_selection = _selection_hooks(selector, tracker, refitter.on_fit, on_selection)
     parent = tracker.open_study(study.name, redact_text(to_yaml(study)))
     tracker.log_study_tags({NOTE_TAG: study_note(study, candidates)})
     scheduler = Scheduler(
@@ -315,16 +317,21 @@ def run_study(
             heartbeat.maybe_beat()
         heartbeat.beat()  # the final fits below may take a while
         refitter.drain()
-    except BaseException:
+    except BaseException as exc:
         executor.shutdown()
         if selector is not None:
             selector.close()
         refitter.close()
-        tracker.close_study(failed=True)
+        # what the selection has committed (the runs in flight included) and why it stopped:
+        # logged only with fits, it lagged behind the runs done
+        with contextlib.suppress(Exception):
+            log_selection(len(scheduler.finished))
+        tracker.close_study(failed=True, interrupted=isinstance(exc, KeyboardInterrupt))
         raise
     if selector is not None:
         selector.close()
     refitter.close()
+    log_selection(len(scheduler.finished))  # a resume that proposed nothing logged no stop reason (status lost it)
     # the final word: a full multi-start fit of every law on every finished run
     outcomes = fit_laws(fitted, scheduler.finished.values(), seed=study.seed)
     for outcome in outcomes:
@@ -368,14 +375,16 @@ def _selection_hooks(
     tracker: Tracker,
     then: Callable[[RefitState], None],
     show: Callable[[SelectionView], None] | None,
-) -> tuple[Callable[[RefitState], None], Callable[[RefitState], None]]:
+) -> tuple[Callable[[RefitState], None], Callable[[RefitState], None], Callable[[int], None]]:
     """The refitter's ``on_fit`` and ``on_widths`` for a budgeted selection (both run on the
     driver thread, where the refitter reports). After each refit of the selection's law: ``then``,
     then log what the selection believes and show it. When the stopping widths of one of its fits
     are in (later, from their own thread): apply the stopping rule and log its interval
     (``selection.widest_interval_runs`` says which fit's) at the latest step logged, not that
     fit's: a newer fit has logged the interval it knew at a higher step, and the latest value of
-    a metric is the one at the highest step (status showed the older interval after a stop)."""
+    a metric is the one at the highest step (status showed the older interval after a stop).
+    The third hook logs the selection as it is now (at the study's end, with n runs finished),
+    at that step or n if higher."""
     show = show or (lambda view: None)
     latest = [0]  # the highest step logged
 
@@ -398,7 +407,13 @@ def _selection_hooks(
             selector.check_stop(state.widths, state.n_runs)
             report(state, lambda m: {k: v for k, v in m.items() if k in TOLERANCE_METRICS})
 
-    return on_fit, on_widths
+    def final(n: int) -> None:
+        view = selector.view()
+        latest[0] = max(latest[0], n)
+        tracker.log_study_metrics(view.metrics, step=latest[0])
+        tracker.log_study_tags({NEXT_TAG: ",".join(r.spec.run_key for r in view.next_runs), STOPPED_TAG: view.stopped or ""})
+
+    return on_fit, on_widths, final
 
 
 class Heartbeat:

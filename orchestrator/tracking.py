@@ -192,8 +192,8 @@ class Tracker(ABC):
         """Log a law fit on the parent run; ``step`` is the number of finished runs."""
 
     @abstractmethod
-    def close_study(self, *, failed: bool) -> None:
-        """Mark the parent run finished (or failed)."""
+    def close_study(self, *, failed: bool, interrupted: bool = False) -> None:
+        """Mark the parent run finished, failed, or killed (``interrupted``: Ctrl-C)."""
 
     def log_figures(self, figures: Mapping[str, Any]) -> None:  # noqa: B027 - optional
         """Attach figures (matplotlib, by file name) to the parent run; replaces earlier ones."""
@@ -242,6 +242,7 @@ class MemoryTracker(Tracker):
         self.runs: dict[str, dict[str, object]] = {}
         self.fits: list[tuple[str, int, Mapping[str, object]]] = []
         self.closed: bool | None = None
+        self.interrupted = False
         self.figures: dict[str, str] = {}
         self.figure_logs: list[tuple[int, list[str]]] = []  # (finished runs, figures) per refresh
         self.study_metrics: list[tuple[int, dict[str, float]]] = []
@@ -321,8 +322,9 @@ class MemoryTracker(Tracker):
     def log_fit(self, law: str, fit_document: Mapping[str, object], *, step: int) -> None:
         self.fits.append((law, step, fit_document))
 
-    def close_study(self, *, failed: bool) -> None:
+    def close_study(self, *, failed: bool, interrupted: bool = False) -> None:
         self.closed = failed
+        self.interrupted = interrupted
 
     def log_figures(self, figures: Mapping[str, Any]) -> None:
         self.figures.update({name: type(fig).__name__ for name, fig in figures.items()})

@@ -67,6 +67,9 @@ UPSTREAM_FLOPS = "upstream_flops"
 #: over (a grid phase of the same study, or a journal since lost): known data for the sampler,
 #: never proposed, and nothing spent on it by the selection
 PRIOR = "prior"
+#: study user attribute: the numbers of the trials a resumed selection gave up before their runs
+#: finished, for a budget since lowered (failed trials, not spent, not proposed again)
+DROPPED = "dropped_trials"
 
 
 def _no_upstream() -> np.ndarray:
@@ -145,12 +148,13 @@ def effective_cost(study: optuna.Study, pool: Pool) -> np.ndarray:
 def spent(study: optuna.Study, pool: Pool) -> float:
     """FLOPs the trials have committed: each proposed candidate's own cost plus the upstream run
     its proposal brought (recorded on the trial as :data:`UPSTREAM_FLOPS`); nothing for the
-    :data:`PRIOR` ones."""
+    :data:`PRIOR` and :data:`DROPPED` ones."""
+    dropped = set(study.user_attrs.get(DROPPED, ()))
     return float(
         sum(
             pool.cost[int(t.params[PARAM])] + float(t.user_attrs.get(UPSTREAM_FLOPS, 0.0))
             for t in _trials(study)
-            if not t.user_attrs.get(PRIOR)
+            if not t.user_attrs.get(PRIOR) and t.number not in dropped
         )
     )
 

@@ -42,6 +42,7 @@ from orchestrator.grid import PlannedRun, trained_flops
 from orchestrator.scheduler import DEPENDENCY_INPUTS, Event
 from orchestrator.selection.criteria import Target
 from orchestrator.selection.samplers import (
+    DROPPED,
     PARAM,
     PRIOR,
     UPSTREAM_FLOPS,
@@ -64,6 +65,8 @@ STOP_RESAMPLES = 200
 STOP_SCHEME = "bayesian"
 #: ... and no interval for the stopping rule from fewer configurations than this per law parameter
 MIN_CONFIGURATIONS_PER_PARAM = 2
+#: study user attribute (in the journal): the tolerance stop, once it fired (reason, widest interval, runs)
+STOP_ATTR = "tolerance_stop"
 #: a stopping bootstrap slower than this (seconds) is redone only once the runs have grown by
 #: this factor (:meth:`Selector.stop_widths`)
 STOP_SLOW_S = 1.0
@@ -259,6 +262,7 @@ class Selector:
         self._refit_behind = refit_behind
         self._trials: dict[str, int] = {}  # run key -> trial number, for runs of this invocation
         self.stopped: str | None = None  # why no more runs are proposed
+        self._restore_stop()
         self._requeue = self._resume()
 
     def _check_journal(self, name: str) -> None:
@@ -327,9 +331,19 @@ class Selector:
                 again.append(run)
             else:
                 self.study.tell(self._trials[run.spec.run_key], done.final_loss, skip_if_finished=True)
+        # a budget lowered since: the runs an interrupted driver left are given up, the latest
+        # proposed first, until what is committed fits it (they were trained again, over it)
+        while again and self.spent() > self.pool.budget * (1 + 1e-12):
+            number = self._trials.pop(again.pop().spec.run_key)
+            self.study.set_user_attr(DROPPED, [*self.study.user_attrs.get(DROPPED, ()), number])
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         self._requeue = again
         self._add_prior(finished)
-        return [r for r in self.candidates if r.spec.run_key in finished]
+        done = [r for r in self.candidates if r.spec.run_key in finished]
+        # with a tolerance, nothing is proposed before the stopping rule has answered for the
+        # runs already done: a study that had stopped on its interval went on training when resumed
+        self._proposed_at = len(done)
+        return done
 
     def _add_prior(self, finished: Mapping[str, FinishedRun]) -> None:
         """Candidates finished before this selection took them over, with no trial in the journal
@@ -515,6 +529,18 @@ class Selector:
         self.widest, self.widest_runs = max(widths.values()), n_runs
         if self.widest <= tol:
             self.stopped = f"target intervals within +-{tol:g} ({', '.join(f'{k}: {v:.3g}' for k, v in widths.items())})"
+            # kept with the journal: a resumed selection stays stopped (see _restore_stop)
+            self.study.set_user_attr(STOP_ATTR, {"reason": self.stopped, "widest": self.widest, "runs": n_runs})
+
+    def _restore_stop(self) -> None:
+        """A selection that stopped on its interval stays stopped when resumed, while its
+        tolerance is no tighter than the interval it stopped on (resumed, it went on proposing
+        while a new bootstrap of the same runs, which may come out a little wider, was computed).
+        With a tighter tolerance it goes on."""
+        stop = self.study.user_attrs.get(STOP_ATTR)
+        if stop and 0 < stop["widest"] <= self.config.tolerance:
+            self.stopped = stop["reason"]
+            self.widest, self.widest_runs = float(stop["widest"]), stop.get("runs")
 
     def next_choices(self, k: int = 3) -> list[PlannedRun]:
         """The next ``k`` runs the latest plan would propose (active selection; empty before

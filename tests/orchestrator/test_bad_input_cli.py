@@ -332,3 +332,11 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path, monkeypatch, cap
     assert main(["run", str(path), "name=renamed"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["isoflop: interrupted; finished runs are kept: `isoflop resume renamed` continues the study"]
+
+    # Ctrl-C in the first seconds, while the command line's imports load: no traceback either
+    def slow_imports():  # noqa: ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parser", slow_imports)
+    assert main(["run", str(path)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["isoflop: interrupted"]

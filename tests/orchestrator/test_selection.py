@@ -727,6 +727,82 @@ def test_a_background_tolerance_stop_spends_nothing_after_its_interval(monkeypat
     assert outcome.stats.finished <= first_within[0] + 2 * 2, (outcome.stats.finished, first_within)
 
 
+def test_a_study_stopped_on_its_interval_trains_nothing_when_resumed() -> None:
+    """Resumed, a study that had stopped on its tolerance went on proposing (2 more runs at
+    each resume) before its stopping rule answered again; and a resume logged no stop reason,
+    so status lost it."""
+    from orchestrator.tracking import STOPPED_TAG
+
+    study = _study("active", budget_fraction=1.0, tolerance=0.05, refit_every=5,
+                   target={"points": [{"N": 1e10, "D": 2e11}], "quantities": []})
+    study = replace(study, resources=replace(study.resources, max_concurrent=2))
+    tracker, storage = MemoryTracker(), optuna.storages.InMemoryStorage()
+    first = run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=storage, background_refit=True)
+    assert first.stopped is not None and first.stopped.startswith("target intervals within +-0.05")
+    for _ in range(2):
+        tracker.study_tags[STOPPED_TAG] = ""
+        again = run_study(study, tracker=tracker, executor=InlineExecutor(), optuna_storage=storage, background_refit=True)
+        assert again.stats.finished == 0 and again.stats.skipped == first.stats.finished
+        assert again.stopped is not None and again.stopped.startswith("target intervals within +-0.05")
+        assert tracker.study_tags[STOPPED_TAG] == again.stopped
+    # with a tighter tolerance than the interval it stopped on, it goes on
+    tighter = replace(study, selection=replace(study.selection, tolerance=0.01))
+    more = run_study(tighter, tracker=tracker, executor=InlineExecutor(), optuna_storage=storage, background_refit=True)
+    assert more.stats.finished > 0
+
+
+def test_an_interrupted_selection_logs_what_it_has_committed_and_ends_killed() -> None:
+    """Ctrl-C: the parent run is KILLED, not FAILED (nothing failed), and the selection's
+    committed FLOPs are logged as they are at the interruption (logged only with fits, status
+    showed 13 % committed against 88 % done)."""
+
+    class Interrupted(InlineExecutor):
+        def __init__(self, after: int) -> None:
+            super().__init__()
+            self.left = after
+
+        def wait(self, timeout: float):  # noqa: ANN202 - list[Completion]
+            self.left -= 1
+            if self.left < 0:
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    study = _study("random", budget_fraction=0.5, refit_every=1000)
+    study = replace(study, resources=replace(study.resources, max_concurrent=2))
+    tracker = MemoryTracker()
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tracker=tracker, executor=Interrupted(after=6), optuna_storage=optuna.storages.InMemoryStorage(),
+                  background_refit=False)
+    assert tracker.closed is True and tracker.interrupted
+    done = sum(r["finished"].metrics["flops"] for r in tracker.runs.values() if r["status"] == "FINISHED")
+    step, metrics = tracker.study_metrics[-1]
+    assert metrics["selection.spent_flops"] >= done > 0 and step >= 6
+
+
+def test_a_budget_lowered_before_a_resume_gives_up_the_interrupted_runs_over_it() -> None:
+    """Runs an interrupted selection had in flight were trained again on resume even when the
+    budget had been lowered below what they commit (247 % of it spent): the latest proposed are
+    given up until the committed FLOPs fit the new budget."""
+    from orchestrator.selection.samplers import DROPPED
+
+    study = _study("random", budget_fraction=0.5)
+    storage = optuna.storages.InMemoryStorage()
+    sel = Selector(study, expand(study), fit_provider=lambda name: None, storage=storage)
+    taken = sel.propose(6)  # then the driver is interrupted: all six in flight
+    costs = [r.plan.flops for r in taken]
+    lowered = replace(study, selection=replace(study.selection, budget_fraction=None,
+                                               budget_flops=sum(costs[:2]) + 0.5 * costs[2]))
+    again = Selector(lowered, expand(lowered), fit_provider=lambda name: None, storage=storage)
+    again.start({})
+    assert again.spent() == pytest.approx(sum(costs[:2])) and len(again.study.user_attrs[DROPPED]) == 4
+    redo = again.propose(30)
+    # the two kept are trained again first; the four given up are never proposed again, and
+    # what is left of the budget buys only runs that fit in it
+    assert [r.spec.run_key for r in redo[:2]] == [r.spec.run_key for r in taken[:2]]
+    assert not {r.spec.run_key for r in redo} & {r.spec.run_key for r in taken[2:]}
+    assert again.stopped is not None and again.spent() <= again.pool.budget
+
+
 def test_a_slow_stopping_bootstrap_waits_for_a_quarter_more_runs(monkeypatch) -> None:
     """A mixture law's bootstrap takes half a minute: redone at every fit it would hold the refit
     thread for good. After one that took a second or more, the next waits until the runs have
