@@ -87,6 +87,39 @@ def check_tracking_reachable(study: StudyConfig, timeout_s: float = 10.0) -> Non
         raise StudyError("tracking.uri", f"no tracking server answers at {redact_text(uri)} ({reason})") from None
 
 
+def check_replayed_answers(study: StudyConfig, runs: list[PlannedRun], tracker: Tracker) -> None:
+    """A replayed study's finished runs must still be what its table answers: a run key names a
+    row's point, not its losses, so a table edited since would mix the old answers with new ones
+    (resumed, the finished runs kept their old losses, without a word). Checked before anything
+    is written; nothing to check for a study not in the store yet."""
+    from trainers.replay import ReplayTrainer
+
+    attach = getattr(tracker, "attach", None)
+    if attach is not None:
+        try:
+            attach(study.name)
+        except LookupError:
+            return
+    finished = tracker.finished_runs()
+    trainer = ReplayTrainer(study.trainer)
+    changed = []
+    for run in runs:
+        done = finished.get(run.spec.run_key)
+        if done is None:
+            continue
+        row = trainer.row(run.spec.point, run.spec.seed)
+        if row is None or not np.isclose(row.loss, done.final_loss, rtol=1e-12, atol=0.0):
+            changed.append((run, done.final_loss, None if row is None else row.loss))
+    if changed:
+        run, stored, now = changed[0]
+        raise StudyError(
+            "trainer.replay.path",
+            f"{len(changed)} finished runs of study {study.name!r} have other losses in the table now (N={run.plan.n_params:.4g}, "
+            f"D={run.plan.tokens:.4g}: {stored:.6g} when it ran, {now:.6g} now): the table changed since; restore it, or "
+            "run the edited table as a new study (name=...)",
+        )
+
+
 def selection_journal(study: StudyConfig) -> Path:
     """Where a budgeted selection keeps its Optuna journal: next to the embedded store, or under
     ``.isoflop/`` in the working directory for a remote tracking server."""
@@ -242,6 +275,10 @@ def run_study(
         check_tracking_reachable(study)
         # and no other driver may be running the study (open_study checks again, at the time)
         check_study_free(tracking_uri(study), study.tracking.experiment or study.name, study.name)
+    uri = tracking_uri(study)
+    stored = tracker is not None or not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+    if study.trainer.kind == "replay" and stored:
+        check_replayed_answers(study, candidates, tracker or open_tracker(study))
     adopted = adopted_runs(study)
     num_cpus = study.resources.cpus_per_run
     capacity: int | None = None

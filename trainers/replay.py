@@ -200,16 +200,19 @@ class ReplayTrainer(Trainer):
             flop_convention=f"table: {self.config.replay.cost}",
         )
 
+    def row(self, point: RunPoint, seed: int) -> Row | None:
+        """The table's answer for a run at ``point`` with ``seed`` (None: no row has the point)."""
+        table = load_replay_table(self.config.replay)
+        values = dict(point.inputs)
+        rows = table.by_point.get((point.n_params, point.tokens, tuple(values.get(name, math.nan) for name in table.inputs)))
+        return rows[seed % len(rows)] if rows else None
+
     def train(self, spec: RunSpec, sink: MetricSink) -> RunResult:
         start = time.perf_counter()
-        table = load_replay_table(self.config.replay)
-        values = dict(spec.point.inputs)
-        key = (spec.point.n_params, spec.point.tokens, tuple(values.get(name, math.nan) for name in table.inputs))
-        rows = table.by_point.get(key)
-        if not rows:
-            at = ", ".join(f"{k}={v:g}" for k, v in (("N", key[0]), ("D", key[1]), *values.items()))
+        row = self.row(spec.point, spec.seed)
+        if row is None:
+            at = ", ".join(f"{k}={v:g}" for k, v in (("N", spec.point.n_params), ("D", spec.point.tokens), *spec.point.inputs))
             raise ValueError(f"no row of {self.config.replay.path} has {at}")
-        row = rows[spec.seed % len(rows)]
         sink.log_metrics({"train_loss": row.loss, "lr": 0.0, "tokens": spec.point.tokens, "eval_loss": row.loss}, step=1)
         return RunResult(
             run_key=spec.run_key,

@@ -553,6 +553,38 @@ def test_a_replayed_parquet_table_with_inputs_losses_and_groups(store, tmp_path:
         study_from_dict({**raw, "grid": {"sparsity": [0.5]}})
 
 
+def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path) -> None:
+    """A run key names a row's point, not its loss: resumed after its table was edited, a study
+    kept the old losses of its finished runs beside the new ones of its new runs, without a
+    word. Refused, naming the table, before anything is written."""
+    from orchestrator.executors import InlineExecutor
+    from orchestrator.mlflow_tracker import MlflowTracker
+
+    table = tmp_path / "runs.csv"
+    original = "N,D,loss\n1e6,1e8,3.0\n1e6,1e9,2.8\n1e7,1e9,2.6\n"
+    table.write_text(original)
+    raw = {"name": "edited", "tracking": {"uri": store}, "trainer": {"kind": "replay", "replay": {"path": str(table)}}}
+    study = study_from_dict(raw)
+
+    def run():  # noqa: ANN202 - StudyOutcome
+        return run_study(study, tracker=MlflowTracker(store, study.name), executor=InlineExecutor(), background_refit=False)
+
+    assert run().stats.finished == 3
+    client = MlflowClient(tracking_uri=store)
+    parent = client.search_runs([client.get_experiment_by_name("edited").experiment_id],
+                                filter_string="tags.`isoflop.role` = 'study'")[0].info.run_id
+    stored = client.list_artifacts(parent, "study")
+    table.write_text(original.replace("2.8", "3.8"))
+    with pytest.raises(StudyError, match=r"trainer\.replay\.path: 1 finished runs of study 'edited' have other losses in the "
+                                         r"table now \(N=1e\+06, D=1e\+09: 2\.8 when it ran, 3\.8 now\)"):
+        run()
+    assert client.list_artifacts(parent, "study") == stored and client.get_run(parent).info.status == "FINISHED"
+    # a row added, the others as they were: its run is new, the finished ones stand
+    table.write_text(original + "1e7,1e10,2.4\n")
+    again = run()
+    assert (again.stats.finished, again.stats.skipped) == (1, 3)
+
+
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
     """A study rerun on a smaller grid: status counts the runs of the grid it now has (it showed
     '6/4' done), and export fits those runs, as the run's own final fit does, saying how many
