@@ -166,6 +166,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     check_selection_budget(study, runs)
     total = sum(trained_flops(r) for r in runs)
     print(f"study {study.name!r}: {len(runs)} runs, {total:.3g} training FLOPs in all")
+    if study.trainer.kind == "replay":
+        from trainers.replay import load_replay_table
+
+        dropped = load_replay_table(study.trainer.replay).dropped
+        if dropped:
+            print(f"  {dropped} rows of {study.trainer.replay.path} are left out: a loss or an input not a positive, "
+                  "finite number, or a loss above trainer.replay.max_loss")
     print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  {'mixture':12}  after")
     for r in runs:
         shape = r.plan.shape
@@ -357,6 +364,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f"changed, or overrides given to isoflop run) and were not fitted{hint}",
             file=sys.stderr,
         )
+    for law, why in document["study"].get("not_fitted", {}).items():
+        print(f"isoflop: warning: law {law!r} is not fitted ({why}); the document has no entry for it", file=sys.stderr)
     if args.format == "md" and args.output:
         from orchestrator.export import fit_histories
         from orchestrator.report import write_report

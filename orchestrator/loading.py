@@ -402,7 +402,8 @@ def _validate_replay_table(study: StudyConfig) -> None:
     if replay.path and Path(replay.path).is_dir():
         raise StudyError("trainer.replay.path", f"{replay.path!r} is a directory, not a table of runs (a CSV or Parquet file)")
     try:
-        load_replay_table(replay).check_costs(replay)
+        table = load_replay_table(replay)
+        table.check_costs(replay)
     except UnicodeDecodeError as exc:  # a ValueError whose text names no key
         raise StudyError(
             "trainer.replay.path", f"{replay.path!r} is not a text table of runs (a CSV file): {exc.reason} at byte {exc.start}"
@@ -415,6 +416,15 @@ def _validate_replay_table(study: StudyConfig) -> None:
         if not key.startswith("trainer.replay."):  # the table reader names the file, not the key
             key, message = "trainer.replay.path", str(exc)
         raise StudyError(key, message) from None
+    # a replicate is another row of the same point: with fewer rows, the same row answered twice
+    short = next(((k, len(rows)) for k, rows in table.by_point.items() if len(rows) < study.grid.replicates), None)
+    if short is not None:
+        (n, d, _), rows = short
+        raise StudyError(
+            "grid.replicates",
+            f"{study.grid.replicates} replicates of each run need as many rows of each point of the table; "
+            f"N={n:g}, D={d:g} has {rows}",
+        )
 
 
 def _validate_mixture_at(study: StudyConfig) -> None:

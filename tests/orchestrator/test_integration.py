@@ -553,7 +553,7 @@ def test_a_replayed_parquet_table_with_inputs_losses_and_groups(store, tmp_path:
         study_from_dict({**raw, "grid": {"sparsity": [0.5]}})
 
 
-def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path) -> None:
+def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path, capsys) -> None:
     """A run key names a row's point, not its loss: resumed after its table was edited, a study
     kept the old losses of its finished runs beside the new ones of its new runs, without a
     word. Refused, naming the table, before anything is written."""
@@ -583,6 +583,10 @@ def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path
     table.write_text(original + "1e7,1e10,2.4\n")
     again = run()
     assert (again.stats.finished, again.stats.skipped) == (1, 3)
+    # four runs do not fit a 5-parameter law: the export says so on stderr, not only in its JSON
+    capsys.readouterr()
+    assert main(["export", "edited", "--tracking-uri", store, "-o", str(tmp_path / "edited.json")]) == 0
+    assert "isoflop: warning: law 'chinchilla' is not fitted (" in capsys.readouterr().err
 
 
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:

@@ -121,3 +121,20 @@ def test_replay_path_that_is_a_directory_or_unreadable_names_the_key(tmp_path: P
             study_from_dict(_replay(table))
     assert info.value.key == "trainer.replay.path" and "Input/output error" in info.value.message
     assert study_from_dict(_replay(table)).trainer.replay.path == str(table)  # the same file, readable, loads
+
+
+def test_replicates_of_a_replayed_point_need_as_many_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Three replicates of a point with one row were three runs with one loss: refused; and
+    validate says how many rows of the table are left out (they vanished without a word)."""
+    from orchestrator.cli import main
+
+    table = tmp_path / "runs.csv"
+    table.write_text("N,D,loss\n1e6,1e8,3.0\n1e6,1e8,3.1\n1e7,1e8,2.9\n1e7,1e9,nan\n1e8,1e9,-1\n")
+    assert len(study_from_dict({**_replay(table), "grid": {"replicates": 1}}).trainer.replay.path) > 0
+    with pytest.raises(StudyError) as info:
+        study_from_dict({**_replay(table), "grid": {"replicates": 2}})
+    assert info.value.key == "grid.replicates" and "N=1e+07, D=1e+08 has 1" in info.value.message
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_replay(table)))
+    assert main(["validate", str(path)]) == 0
+    assert f"2 rows of {table} are left out" in capsys.readouterr().out
