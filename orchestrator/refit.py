@@ -49,7 +49,7 @@ class RefitState:
 
 
 #: one fit the ``widths`` hook is asked about: its state and the table it was fitted to
-WidthsJob = tuple[RefitState, Mapping[str, np.ndarray], np.ndarray]
+WidthsJob = tuple[RefitState, Mapping[str, np.ndarray], np.ndarray, np.ndarray | None]
 
 
 class OnlineRefitter:
@@ -60,7 +60,8 @@ class OnlineRefitter:
     that arrive meanwhile are coalesced into the next one) and logged from the driver's thread
     by :meth:`poll`. With ``background=False`` every submit refits at once (tests, replay).
 
-    ``widths(law, fit, inputs, loss)``: more work on each new fit (a bootstrap of the selection's
+    ``widths(law, fit, inputs, loss, groups)``: more work on each new fit (``groups``: the
+    runs' resampling units, :meth:`StudyLaw.groups`, or None) (a bootstrap of the selection's
     targets for its stopping rule), done on a thread of its own once the fit is published, one
     fit at a time: fits that arrive meanwhile are coalesced to the latest of each law. Its answer
     becomes the state's ``widths`` (when the fit is still the current one) and is reported to
@@ -79,7 +80,8 @@ class OnlineRefitter:
         background: bool = True,
         min_interval_s: float = 0.5,
         on_fit: Callable[[RefitState], None] | None = None,
-        widths: Callable[[str, laws.LawFit, Mapping[str, np.ndarray], np.ndarray], Mapping[str, float] | None] | None = None,
+        widths: Callable[[str, laws.LawFit, Mapping[str, np.ndarray], np.ndarray, np.ndarray | None], Mapping[str, float] | None]
+        | None = None,
         on_widths: Callable[[RefitState], None] | None = None,
     ) -> None:
         self.laws = {law.name: law for law in map(as_study_law, study_laws)}
@@ -234,8 +236,8 @@ class OnlineRefitter:
                 self.on_widths(state)
             if not self._tables or self.widths is None:
                 return
-            self._widths_of, inputs, loss = self._tables.pop(next(iter(self._tables)))
-            job = (self._widths_of.law, self._widths_of.fit, inputs, loss)
+            self._widths_of, inputs, loss, groups = self._tables.pop(next(iter(self._tables)))
+            job = (self._widths_of.law, self._widths_of.fit, inputs, loss, groups)
             if self._widths_pool is None:
                 done: Future[Mapping[str, float] | None] = Future()
                 done.set_result(self.widths(*job))
@@ -267,7 +269,7 @@ class OnlineRefitter:
                 out[name] = RefitState(law=name, fit=None, n_runs=len(runs), error=str(exc))
                 continue
             out[name] = RefitState(law=name, fit=fit_, n_runs=len(runs))
-            tables[name] = (out[name], inputs, loss)
+            tables[name] = (out[name], inputs, loss, ready.groups(runs))
         return out, tables
 
     def _log(self, state: RefitState) -> None:

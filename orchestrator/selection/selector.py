@@ -492,7 +492,12 @@ class Selector:
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
     def stop_widths(
-        self, law_name: str, fit_: laws.LawFit, inputs: Mapping[str, np.ndarray], loss: np.ndarray
+        self,
+        law_name: str,
+        fit_: laws.LawFit,
+        inputs: Mapping[str, np.ndarray],
+        loss: np.ndarray,
+        groups: np.ndarray | None = None,
     ) -> dict[str, float] | None:
         """The targets' interval widths for the stopping rule (:func:`target_widths`), for a new
         fit of the selection's law when a tolerance is set (else None). The refitter calls it on
@@ -509,7 +514,7 @@ class Selector:
                 return None  # a slow bootstrap (a mixture law's) waits for more runs
         t0 = time.perf_counter()
         try:
-            widths = target_widths(fit_, inputs, loss, self.targets, seed=self._seed, cancel=self._closed.is_set)
+            widths = target_widths(fit_, inputs, loss, self.targets, seed=self._seed, cancel=self._closed.is_set, groups=groups)
         except laws.Cancelled:
             return None
         self._last_widths = (len(loss), time.perf_counter() - t0)
@@ -662,6 +667,7 @@ def target_widths(
     level: float = 0.95,
     cancel: Callable[[], bool] | None = None,
     scheme: str = STOP_SCHEME,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Relative half-width of each target's ``level`` interval, max(hi / T - 1, T / lo - 1) for
     the percentile interval [lo, hi] of the target T over bootstrap refits of ``fit_`` on
@@ -680,7 +686,8 @@ def target_widths(
     compute, 1 of its 60 stops beyond the tolerance against 0 of 51.
 
     ``cancel``: asked between the refits' Newton iterations; True stops them and raises
-    :class:`laws.Cancelled`."""
+    :class:`laws.Cancelled`. ``groups``: the runs' resampling units (a replayed table's group
+    column), weighed whole; default: configurations."""
     unknown = {t.label: float("inf") for t in targets}
     law = fit_.get_law()
     configurations = len(np.unique(np.column_stack([np.asarray(inputs[k], dtype=np.float64) for k in law.inputs]), axis=0))
@@ -692,7 +699,7 @@ def target_widths(
     try:
         boot = bootstrap_fit(
             fit_, inputs, loss, n_resamples=n_resamples, seed=seed, options=resample_options(fit_), cancel=cancel,
-            scheme=scheme,
+            scheme=scheme, groups=groups,
         )
     except ValueError:  # too few configurations to resample
         return unknown

@@ -55,7 +55,8 @@ def test_a_degenerate_previous_fit_is_not_used_as_a_warm_start() -> None:
 def test_the_widths_hook_runs_on_each_new_fit_with_its_table() -> None:
     seen = []
 
-    def widths(law, fit_, inputs, loss):  # noqa: ANN001, ANN202 - the refitter's hook
+    def widths(law, fit_, inputs, loss, groups):  # noqa: ANN001, ANN202 - the refitter's hook
+        assert groups is None  # simulated runs have no groups: configurations are resampled
         seen.append((law, len(loss), sorted(inputs)))
         return {"loss@N=1e9": float(len(loss))}
 
@@ -86,7 +87,7 @@ def test_a_slow_widths_hook_does_not_hold_up_the_fits() -> None:
     asked: list[int] = []
     reported: list[tuple[int, dict]] = []
 
-    def widths(law, fit_, inputs, loss):  # noqa: ANN001, ANN202 - the refitter's hook
+    def widths(law, fit_, inputs, loss, groups):  # noqa: ANN001, ANN202 - the refitter's hook
         asked.append(len(loss))
         started.set()
         assert release.wait(30)
@@ -125,3 +126,22 @@ def test_a_law_that_cannot_be_fitted_yet_is_answered_for_without_widths() -> Non
     refit = OnlineRefitter(["chinchilla"], background=False, widths=lambda *args: {"x": 1.0})
     refit.submit(_runs(2))
     assert refit.states["chinchilla"].fit is None and refit.answered("chinchilla", 2)
+
+
+def test_the_widths_hook_gets_the_runs_groups() -> None:
+    """Runs with resampling groups (a replayed table's group column): the stopping rule's
+    bootstrap resamples the groups, as the exported one does."""
+    from dataclasses import replace
+
+    seen = []
+
+    def widths(law, fit_, inputs, loss, groups):  # noqa: ANN001, ANN202 - the refitter's hook
+        seen.append(groups)
+        return {"x": 1.0}
+
+    runs = [replace(r, group=f"family-{i % 3}") for i, r in enumerate(_runs(12))]
+    refit = OnlineRefitter(["chinchilla"], background=False, widths=widths)
+    refit.submit(runs)
+    refit.poll()
+    (groups,) = seen
+    assert sorted(set(groups)) == ["family-0", "family-1", "family-2"] and len(groups) == 12

@@ -708,8 +708,8 @@ def test_a_background_tolerance_stop_spends_nothing_after_its_interval(monkeypat
     first_within: list[int] = []
     real = module.Selector.stop_widths
 
-    def recorded(self, law_name, fit_, inputs, loss):  # noqa: ANN001, ANN202 - Selector.stop_widths
-        widths = real(self, law_name, fit_, inputs, loss)
+    def recorded(self, law_name, fit_, inputs, loss, groups=None):  # noqa: ANN001, ANN202 - Selector.stop_widths
+        widths = real(self, law_name, fit_, inputs, loss, groups)
         if widths and max(widths.values()) <= 0.05 and not first_within:
             first_within.append(len(loss))
         return widths
@@ -908,7 +908,7 @@ def test_late_widths_are_logged_at_the_latest_step_with_the_fit_they_are_of() ->
 
     _, _, sel = _selector_on_the_true_law(tolerance=0.1)
     tracker = MemoryTracker()
-    on_fit, on_widths = _selection_hooks(sel, tracker, lambda state: None, None)
+    on_fit, on_widths, _ = _selection_hooks(sel, tracker, lambda state: None, None)
     fit_ = sel._fit()
     on_fit(RefitState(law="chinchilla", fit=fit_, n_runs=20))
     on_widths(RefitState(law="chinchilla", fit=fit_, n_runs=20, widths={"loss@C=1e+22": 0.3, "N_opt@C=1e+22": 0.2}))
