@@ -46,8 +46,12 @@ def chinchilla_optimum(params: Mapping[str, float], budgets: ArrayLike) -> tuple
         nan = np.full(c.shape, np.nan)
         return nan, nan.copy()
     s = alpha + beta
-    g = (alpha * a_ / (beta * b_)) ** (1.0 / s)
-    return g * (c / 6.0) ** (beta / s), (c / 6.0) ** (alpha / s) / g
+    # in logs: with extreme coefficients (an early fit's A = 1e300) the power overflowed, and
+    # raised; N_opt is then inf or 0, as the law implies
+    log_g = (np.log(alpha) + np.log(a_) - np.log(beta) - np.log(b_)) / s
+    log_c = np.log(c / 6.0)
+    with np.errstate(over="ignore"):
+        return np.exp(log_g + beta / s * log_c), np.exp(alpha / s * log_c - log_g)
 
 
 def numeric_optimum(law: ScalingLaw, params: Mapping[str, float], budget: float, **fixed: float) -> tuple[float, float]:

@@ -62,12 +62,12 @@ def loss_vs_compute(runs: Sequence[FinishedRun], fit_: laws.LawFit | None, budge
         for size in sizes if len(sizes) <= 12 else sizes[:: int(np.ceil(len(sizes) / 12))]:
             at = n == size
             cs = np.logspace(np.log10(c[at].min()) - 0.3, np.log10(c[at].max()) + 0.3, 30)
-            ax.plot(cs, fit_.predict(N=np.full_like(cs, size), D=cs / per_token(size)), lw=0.8, alpha=0.7,
+            ax.plot(cs, _finite(fit_.predict(N=np.full_like(cs, size), D=cs / per_token(size))), lw=0.8, alpha=0.7,
                     color=plt.cm.viridis(norm(np.log10(size))))
         hi = max([float(np.nanmax(c)), *budgets])
         grid = np.logspace(np.log10(np.nanmin(c)), np.log10(hi), 60)
         frontier = laws.compute_optimal(fit_, grid)
-        ax.plot(grid, [a.loss for a in frontier], color="crimson", lw=1.5, label=f"{fit_.law}: compute-optimal loss (C = 6ND)")
+        ax.plot(grid, _finite([a.loss for a in frontier]), color="crimson", lw=1.5, label=f"{fit_.law}: compute-optimal loss (C = 6ND)")
         for b in budgets:
             a = laws.compute_optimal(fit_, [b])[0]
             ax.plot([b], [a.loss], marker="*", color="crimson", ms=10)
@@ -90,7 +90,7 @@ def isoflop_curves(runs: Sequence[FinishedRun], fit_: laws.LawFit | None) -> Fig
         ax.scatter(n[g], y[g], color=color, s=16, label=f"C={budget:.2g}")
         if fit_ is not None and set(fit_.get_law().inputs) == {"N", "D"} and len(g) > 1:
             ns = np.logspace(np.log10(n[g].min()) - 0.2, np.log10(n[g].max()) + 0.2, 50)
-            ax.plot(ns, fit_.predict(N=ns, D=budget / per_token(ns)), color=color, lw=1)
+            ax.plot(ns, _finite(fit_.predict(N=ns, D=budget / per_token(ns))), color=color, lw=1)
     ax.set(xscale="log", xlabel="parameters N", ylabel="final loss", title="IsoFLOP curves")
     if groups:
         ax.legend(fontsize=7, ncol=2)
@@ -132,13 +132,15 @@ def parameter_trajectories(law: str, history: Mapping[int, Mapping[str, float]])
     for ax, name in zip(axes.flat, names, strict=False):
         key = prefix + name
         at = [s for s in steps if key in history[s]]
+        # an interval without an end (an unidentified parameter's: inf) is not drawn there; on a
+        # log axis an infinite value broke the tick labels, and the figure with them
         ax.fill_between(
             at,
-            [history[s].get(f"{key}.lo", np.nan) for s in at],
-            [history[s].get(f"{key}.hi", np.nan) for s in at],
+            _finite([history[s].get(f"{key}.lo", np.nan) for s in at]),
+            _finite([history[s].get(f"{key}.hi", np.nan) for s in at]),
             alpha=0.25,
         )
-        values = [history[s][key] for s in at]
+        values = list(_finite([history[s][key] for s in at]))
         ax.plot(at, values, marker=".")
         if _spans_decades([*values, *(history[s].get(f"{key}{e}", np.nan) for s in at for e in (".lo", ".hi"))]):
             ax.set_yscale("log")  # A, B and the like: on a linear axis all but the largest look flat
@@ -148,6 +150,12 @@ def parameter_trajectories(law: str, history: Mapping[int, Mapping[str, float]])
         ax.set_visible(False)
     fig.suptitle(f"{law}: parameters as runs finish", fontsize=10)
     return fig
+
+
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``values`` with every infinite or overflowing one as NaN (left out of a line)."""
+    v = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(v) & (np.abs(v) < 1e300), v, np.nan)
 
 
 def _spans_decades(values: Sequence[float], ratio: float = 10.0) -> bool:

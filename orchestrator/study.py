@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -499,10 +500,13 @@ class FigureLogger:
         runs = self.refitter.runs
         if not runs:
             return
-        history = {name: self.tracker.fit_history(name) for name in fits}
-        figures = plots.study_figures(runs, fits, budgets=self.budgets, history=history, study_laws=self.refitter.laws)
+        figures: dict = {}
         try:
+            history = {name: self.tracker.fit_history(name) for name in fits}
+            figures = plots.study_figures(runs, fits, budgets=self.budgets, history=history, study_laws=self.refitter.laws)
             self.tracker.log_figures(figures)
+        except Exception as exc:  # noqa: BLE001 - figures are for watching: one that fails must not end the study
+            warnings.warn(f"the study's figures were not drawn ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
         finally:
             plots.close(figures)
 

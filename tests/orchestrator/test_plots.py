@@ -166,3 +166,36 @@ def test_trajectories_of_parameters_spanning_decades_are_drawn_on_a_log_axis() -
         assert scales == {"A": "log", "alpha": "linear", "shift": "linear"}
     finally:
         plots.close({"t": fig})
+
+
+def test_an_unbounded_interval_does_not_break_a_trajectory_or_the_study() -> None:
+    """An early fit whose interval has no upper end (inf) on a log axis broke the tick labels
+    when the figure was saved, and the study with it (the example study of 300 runs failed)."""
+    import io
+
+    from orchestrator.study import FigureLogger
+
+    history = {
+        step: {"law.c.A": a, "law.c.A.lo": a / 20, "law.c.A.hi": hi, "law.c.alpha": 0.34, "law.c.alpha.lo": 0.3,
+               "law.c.alpha.hi": 0.38}
+        for step, a, hi in ((5, 90.0, float("inf")), (10, 400.0, 8000.0), (15, 480.0, 1e308))
+    }
+    fig = plots.parameter_trajectories("c", history)
+    try:
+        fig.savefig(io.BytesIO(), format="png")
+    finally:
+        plots.close({"t": fig})
+
+    class Broken:
+        def fit_history(self, name):  # noqa: ANN001, ANN202
+            return {}
+
+        def log_figures(self, figures):  # noqa: ANN001, ANN202
+            raise OverflowError("cannot convert float infinity to integer")
+
+    class Refitter:
+        updates, laws = 1, {}
+        runs = [_run(i, 3.0 - 0.1 * i, N=1e6 * (i + 1), D=1e8) for i in range(4)]
+
+    with pytest.warns(RuntimeWarning, match="the study's figures were not drawn \\(OverflowError"):
+        FigureLogger(Broken(), Refitter(), budgets=[]).log({})  # type: ignore[arg-type]
