@@ -112,6 +112,10 @@ def cluster_view(address: str) -> ClusterView:
     return ClusterView(alive=tuple(alive))
 
 
+#: how long a submission waits for the cluster's job agent ("No available agent to submit job")
+AGENT_WAIT_S = 60.0
+
+
 def submission_id(study: str, now: float | None = None) -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", study)
     return f"isoflop-{safe}-{int(now if now is not None else time.time())}"
@@ -132,13 +136,22 @@ def submit_study(
     entrypoint = " ".join(
         shlex.quote(a) for a in ["python", "-m", "orchestrator.cli", "run", str(relative), *overrides]
     )
+    sid = submission_id(study.name)
+    deadline = time.monotonic() + AGENT_WAIT_S
     with _refusals(address):
-        return client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=submission_id(study.name),
-            runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
-            metadata={STUDY_META: study.name},
-        )
+        while True:
+            try:
+                return client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=sid,
+                    runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES},
+                    metadata={STUDY_META: study.name},
+                )
+            except RuntimeError as exc:
+                # a cluster just started (or busy) has no job agent up yet: Ray says to try again
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
 
 
 def study_jobs(address: str, study: str | None = None) -> list[StudyJob]:

@@ -158,3 +158,32 @@ def test_a_refused_token_is_bad_input_naming_the_address(ray_head: str) -> None:
     assert "--address" in proc.stderr and "refused" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert token not in proc.stderr + proc.stdout
+
+
+def test_a_submission_waits_for_the_clusters_job_agent(tmp_path: Path, monkeypatch) -> None:
+    """A cluster just started, or busy, answers 'No available agent to submit job, please try
+    again later': the submission tries again (it failed the study's submission at once)."""
+    import orchestrator.jobs as jobs
+    from orchestrator.loading import study_from_dict
+
+    calls = []
+
+    class Client:
+        def submit_job(self, **kwargs):  # noqa: ANN003, ANN202
+            calls.append(kwargs["submission_id"])
+            if len(calls) < 3:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, please try again later..")
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(jobs, "_client", lambda address: Client())
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    (tmp_path / "s.yaml").write_text("name: s\n")
+    study = study_from_dict({"name": "s", "trainer": {"kind": "simulated"}, "grid": {"N": [1e6], "D": [1e8]}})
+    sid = jobs.submit_study(study, str(tmp_path / "s.yaml"), [], address="http://127.0.0.1:1", working_dir=tmp_path)
+    assert calls == [sid] * 3
+    # any other refusal is not retried
+    calls.clear()
+    monkeypatch.setattr(Client, "submit_job", lambda self, **kw: calls.append(1) or (_ for _ in ()).throw(RuntimeError("bad entrypoint")))
+    with pytest.raises(RuntimeError, match="bad entrypoint"):
+        jobs.submit_study(study, str(tmp_path / "s.yaml"), [], address="http://127.0.0.1:1", working_dir=tmp_path)
+    assert calls == [1]
