@@ -445,9 +445,11 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
     running_for: list[float] = []
     flops = 0.0
     last_failure: tuple[int, str] | None = None
+    last_ms = 0.0  # the latest start or end of a run
     for run in runs:
         status = run.info.status
         counts[status] = counts.get(status, 0) + 1
+        last_ms = max(last_ms, run.info.start_time or 0, run.info.end_time or 0)
         attempts.setdefault(run.data.tags.get(KEY_TAG, run.info.run_id), []).append(status)
         if status == RunStatus.to_string(RunStatus.FINISHED):
             flops += float(run.data.metrics.get("flops", 0.0))
@@ -494,6 +496,7 @@ def study_status(uri: str, experiment: str, name: str) -> StudyStatus:
         elapsed_s=max(end_ms - latest_ms, 0.0) / 1000,
         since_first_s=max(end_ms - info.start_time, 0.0) / 1000,
         invocations=max(len(started), 1),
+        idle_s=max(now_ms - last_ms, 0.0) / 1000 if last_ms else None,
         study_status=info.status,
         fit_documents=documents,
         tags={k: v for k, v in study_run.data.tags.items() if k.startswith("isoflop.")},

@@ -138,7 +138,8 @@ def status_lines(study: StudyConfig) -> list[str]:
             f"study {st.name!r} (parent run {st.parent_run_id}, running in the store, but {driver.reason}: "
             "it stopped without ending the study; `isoflop resume` continues it)"
         )
-        silent = driver.silent_s or 0.0
+        # its times end at the last sign of it: its heartbeat (every 30 s) or a run it started or ended
+        silent = min(driver.silent_s or 0.0, st.idle_s if st.idle_s is not None else float("inf"))
         st = replace(
             st, study_status="KILLED", elapsed_s=max(st.elapsed_s - silent, 0.0), since_first_s=max(st.since_first_s - silent, 0.0)
         )

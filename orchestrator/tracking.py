@@ -122,6 +122,7 @@ class StudyStatus:
     elapsed_s: float = 0.0  # since the latest invocation started (to its end, if it ended)
     since_first_s: float = 0.0  # since the study's first invocation started
     invocations: int = 1  # how many times the study was run or resumed
+    idle_s: float | None = None  # since the latest start or end of one of its runs (None: no run yet)
     study_status: str = "RUNNING"  # the parent run's MLflow status
     fit_documents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # law -> fits/<law>.json
     tags: Mapping[str, str] = field(default_factory=dict)  # the parent run's isoflop.* tags
