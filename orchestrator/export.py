@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import laws
@@ -92,6 +93,10 @@ def grid_runs(study: StudyConfig, stored: Mapping[str, FinishedRun]) -> tuple[li
     """The ``stored`` runs (by run key) of the study's grid, which its laws are fitted on, as
     ``isoflop run`` fits them; and how many stored runs are not in the grid (a grid since changed:
     not counted, not fitted)."""
+    if study.trainer.kind == "replay" and not Path(study.trainer.replay.path).exists():
+        # exported on another machine than the one the study ran on: its table is not here, but
+        # its runs are in the store, every one of them a row of it
+        return list(stored.values()), 0
     keys = {r.spec.run_key for r in expand(study)}
     return [r for k, r in stored.items() if k in keys], sum(k not in keys for k in stored)
 

@@ -41,8 +41,10 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     return study_from_dict(raw, overrides)
 
 
-def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> StudyConfig:
-    """Merge a plain mapping (and overrides) over the typed defaults and validate."""
+def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = (), *, stored: bool = False) -> StudyConfig:
+    """Merge a plain mapping (and overrides) over the typed defaults and validate. ``stored``: the
+    configuration a study ran with, read back from its store, possibly on another machine: a
+    replayed table that is not here is not an error (its runs are in the store)."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise StudyError(item, "an override must look like key.path=value")
@@ -75,7 +77,7 @@ def study_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> Study
         raise _as_study_error(exc) from None
     assert isinstance(study, StudyConfig)
     study = _absolute_paths(study)
-    validate(study)
+    validate(study, stored=stored)
     return study
 
 
@@ -139,8 +141,9 @@ def _as_study_error(exc: OmegaConfBaseException) -> StudyError:
     return StudyError(str(key), message)
 
 
-def validate(study: StudyConfig) -> None:
-    """Reject impossible values that types alone cannot catch."""
+def validate(study: StudyConfig, *, stored: bool = False) -> None:
+    """Reject impossible values that types alone cannot catch (``stored``: see
+    :func:`study_from_dict`)."""
     if not study.name.strip():
         raise StudyError("name", "must not be empty")
     if study.tracking.uri is not None:
@@ -202,7 +205,7 @@ def validate(study: StudyConfig) -> None:
     if study.resources.gpu_memory_mb < 0:
         raise StudyError("resources.gpu_memory_mb", f"must be 0 (not known: a whole GPU per run, unless resources.detect_gpu_memory) or more, got {study.resources.gpu_memory_mb}")
     _validate_trainer(study)
-    _validate_grid(study)
+    _validate_grid(study, stored=stored)
     _validate_names(study)
     _validate_selection(study)
     if t.kind == "simulated":
@@ -316,7 +319,7 @@ def _check_numbers(node: Any, prefix: str) -> None:
         raise StudyError(prefix, f"must be a finite number, got {node}")
 
 
-def _validate_grid(study: StudyConfig) -> None:
+def _validate_grid(study: StudyConfig, *, stored: bool = False) -> None:
     g = study.grid
     if study.trainer.kind == "replay":
         # the table's rows are the runs: no grid axis applies (a sparsity or mixture axis made
@@ -330,7 +333,8 @@ def _validate_grid(study: StudyConfig) -> None:
                     "trainer.replay.inputs (columns of the table), and leave the grid empty but for grid.replicates",
                 )
         _validate_replay_inputs(study)
-        _validate_replay_table(study)
+        if not (stored and not Path(study.trainer.replay.path).exists()):
+            _validate_replay_table(study)
         return
     for axis in ("N", "D", "tokens_per_param"):
         for i, value in enumerate(getattr(g, axis)):

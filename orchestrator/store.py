@@ -39,7 +39,7 @@ def load_stored_study(name: str, uri: str | None = None) -> StudyConfig:
     # the stored configuration has its credentials masked (orchestrator.secrets): the study
     # lives in the store it was found in, so that URI is the one to keep using
     raw.setdefault("tracking", {})["uri"] = uri
-    return study_from_dict(raw)
+    return study_from_dict(raw, stored=True)
 
 
 def resolve_study_arg(arg: str, overrides: Sequence[str] = (), store: str | None = None) -> StudyConfig:

@@ -587,6 +587,16 @@ def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path
     capsys.readouterr()
     assert main(["export", "edited", "--tracking-uri", store, "-o", str(tmp_path / "edited.json")]) == 0
     assert "isoflop: warning: law 'chinchilla' is not fitted (" in capsys.readouterr().err
+    # exported by name where the table is not (another machine than the study's): from the
+    # store's runs, all 4 of them (it failed: no such file)
+    table.rename(tmp_path / "elsewhere.csv")
+    assert main(["export", "edited", "--tracking-uri", store, "-o", str(tmp_path / "away.json")]) == 0
+    assert json.loads((tmp_path / "away.json").read_text())["study"]["finished_runs"] == 4
+    # a YAML naming a table that is not there is still an error, naming the key
+    yaml_path = tmp_path / "edited.yaml"
+    yaml_path.write_text(yaml.safe_dump(raw))
+    assert main(["export", str(yaml_path)]) == 2
+    assert "trainer.replay.path: no such file" in capsys.readouterr().err
 
 
 def test_runs_of_a_grid_since_shrunk_are_not_counted_or_fitted(store, tmp_path, capsys) -> None:
