@@ -247,6 +247,8 @@ def resample_weights(groups: np.ndarray, n_resamples: int, seed: int, scheme: st
     _, g = np.unique(groups, return_inverse=True, axis=0)
     g = g.reshape(-1)
     k = int(g.max()) + 1
+    if k < 2:  # every resample would be the data itself: intervals of width zero
+        raise ValueError("the bootstrap needs at least 2 resampling units (groups or configurations); the runs form 1")
     rng = np.random.default_rng(seed)
     if scheme == "bayesian":
         draws = rng.standard_exponential(size=(n_resamples, k))

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -218,9 +219,14 @@ def branch_step(plan: RunPlan, config: TrainerConfig) -> int:
 
 
 def domain_names(study: StudyConfig) -> tuple[str, ...]:
-    """The study's data domains in order (the default pair when none are given)."""
+    """The study's data domains in order (the default pair when none are given; a replayed
+    table's: one per mixture weight it gives as an input, h1 .. hk)."""
     from trainers.data import domains_of
 
+    if study.trainer.kind == "replay":
+        weights = [x for x in study.trainer.replay.inputs if re.fullmatch(r"h[1-9]\d*", x)]
+        if weights:
+            return tuple(sorted(weights, key=lambda x: int(x[1:])))
     return tuple(domains_of(study.trainer.data))
 
 

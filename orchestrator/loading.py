@@ -394,6 +394,13 @@ def _validate_replay_inputs(study: StudyConfig) -> None:
     for i, name in enumerate(replay.losses):
         if not name or name in replay.losses[:i]:
             raise StudyError(f"trainer.replay.losses[{i}]", f"{name!r}: name each loss column once")
+    for name in replay.columns:  # a mapping no column is read through was ignored, a typo with it
+        if name not in ("N", "D", "C", "loss", *replay.inputs):
+            raise StudyError(
+                f"trainer.replay.columns.{name}",
+                f"{name!r} is not read from the table: map N, D, C, loss or one of trainer.replay.inputs "
+                f"({', '.join(replay.inputs) or 'none given'})",
+            )
 
 
 def _validate_replay_table(study: StudyConfig) -> None:
@@ -633,8 +640,8 @@ def _recorded_inputs(study: StudyConfig, k: int, runs: str) -> set[str] | None:
     from orchestrator.scheduler import DEPENDENCY_INPUTS
     from orchestrator.tracking import RUN_INPUTS
 
-    if study.trainer.kind == "replay":  # the plan's inputs, and the table's input columns
-        return {*RUN_INPUTS, *study.trainer.replay.inputs}
+    if study.trainer.kind == "replay":  # the plan's inputs (S only from the table), and the table's input columns
+        return {*(x for x in RUN_INPUTS if x != "S"), *study.trainer.replay.inputs}
     out = {*RUN_INPUTS, *(f"h{i + 1}" for i in range(k))}
     if runs == "main" and study.grid.teachers is not None:
         out.add(DEPENDENCY_INPUTS["teacher"])

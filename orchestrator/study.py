@@ -109,15 +109,20 @@ def check_replayed_answers(study: StudyConfig, runs: list[PlannedRun], tracker: 
         if done is None:
             continue
         row = trainer.row(run.spec.point, run.spec.seed)
-        if row is None or not np.isclose(row.loss, done.final_loss, rtol=1e-12, atol=0.0):
-            changed.append((run, done.final_loss, None if row is None else row.loss))
+        answers = {} if row is None else {"final_loss": row.loss, **{f"eval_loss/{k}": v for k, v in row.losses}}
+        stored = {"final_loss": done.final_loss, **done.metrics}
+        differ = [k for k, v in answers.items() if k not in stored or not np.isclose(v, stored[k], rtol=1e-12, atol=0.0)]
+        if row is None or differ:
+            what = differ[0] if differ else "final_loss"
+            changed.append((run, what, stored.get(what, float("nan")), answers.get(what, float("nan"))))
     if changed:
-        run, stored, now = changed[0]
+        run, what, then, now = changed[0]
+        column = "loss" if what == "final_loss" else what.removeprefix("eval_loss/")
         raise StudyError(
             "trainer.replay.path",
             f"{len(changed)} finished runs of study {study.name!r} have other losses in the table now (N={run.plan.n_params:.4g}, "
-            f"D={run.plan.tokens:.4g}: {stored:.6g} when it ran, {now:.6g} now): the table changed since; restore it, or "
-            "run the edited table as a new study (name=...)",
+            f"D={run.plan.tokens:.4g}, column {column!r}: {then:.6g} when it ran, {now:.6g} now): the table changed since; "
+            "restore it, or run the edited table as a new study (name=...)",
         )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -58,11 +59,23 @@ class ReplayTable:
             row_cost(config, n, d, dict(zip(self.inputs, extra, strict=True)))
 
 
-def _number(path: str, i: int, column: str, value: object) -> float:
+def _number(path: str, row: int, column: str, value: object) -> float:
+    """A cell as a number: an empty one (a CSV's blank, a Parquet null) is NaN, so its row is
+    left out as every row with a missing value is, whatever the format."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return math.nan
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"trainer.replay.path: {path}: row {i + 2}, column {column!r}: {value!r} is not a number") from None
+        raise ValueError(f"trainer.replay.path: {path}: row {row}, column {column!r}: {value!r} is not a number") from None
+
+
+def _label(value: object) -> str | None:
+    """A group label, or None for an empty cell (blank, null, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
 
 
 @functools.lru_cache(maxsize=8)
@@ -107,15 +120,20 @@ def _load(path: str, config: ReplayConfig) -> ReplayTable:
     if config.group is not None and config.group not in header:
         raise ValueError(f"trainer.replay.group: {path} has no column {config.group!r}; its columns are {header}")
 
+    from laws.io import PARQUET_SUFFIXES
+
+    first = 1 if Path(path).suffix.lower() in PARQUET_SUFFIXES else 2  # a CSV's line 1 is its header
+    weights = [j for j, name in enumerate(config.inputs) if re.fullmatch(r"h[1-9]\d*", name)]
     by_point: dict[Key, list[Row]] = defaultdict(list)
     dropped = 0
     lowest = math.inf
     for i, row in enumerate(rows):
-        n = _number(path, i, n_col, row[n_col])
-        d = _number(path, i, d_col, row[d_col])
-        loss = _number(path, i, loss_col, row[loss_col])
-        extra = tuple(_number(path, i, c, row[c]) for c in input_cols)
-        others = tuple((c, _number(path, i, c, row[c])) for c in loss_cols)
+        line = i + first
+        n = _number(path, line, n_col, row[n_col])
+        d = _number(path, line, d_col, row[d_col])
+        loss = _number(path, line, loss_col, row[loss_col])
+        extra = tuple(_number(path, line, c, row[c]) for c in input_cols)
+        others = tuple((c, _number(path, line, c, row[c])) for c in loss_cols)
         usable = all(math.isfinite(v) and v > 0 for v in (n, d, loss, *(v for _, v in others))) and all(
             math.isfinite(v) for v in extra
         )
@@ -126,8 +144,25 @@ def _load(path: str, config: ReplayConfig) -> ReplayTable:
             continue
         if not has_d:
             d = d / (6.0 * n)  # C = 6 N D (Kaplan et al. 2020)
-        group = "" if config.group is None else str(row[config.group])
-        by_point[(int(round(n)), int(round(d)), extra)].append(Row(loss=loss, losses=others, group=group))
+        if weights:  # a mixture's weights, as grid.mixture's: on the simplex
+            w = [extra[j] for j in weights]
+            if min(w) < 0 or abs(sum(w) - 1.0) > 1e-6:
+                names = "+".join(config.inputs[j] for j in weights)
+                raise ValueError(f"trainer.replay.inputs: {path}: row {line}: the mixture weights {names} must be "
+                                 f"non-negative and sum to 1, got {[round(x, 6) for x in w]}")
+        group = ""
+        if config.group is not None:
+            label = _label(row[config.group])
+            if label is None:
+                raise ValueError(f"trainer.replay.group: {path}: row {line} has no group (column {config.group!r} is empty)")
+            group = label
+        key = (int(round(n)), int(round(d)), extra)
+        if by_point[key] and by_point[key][0].group != group:
+            # replicates of a point share its group (its resampling unit): rows of other groups are not replicates
+            raise ValueError(f"trainer.replay.group: {path}: row {line} repeats the point of an earlier row (N={n:g}, "
+                             f"D={d:g}) in another group ({group!r}, not {by_point[key][0].group!r}); give the rows "
+                             "an input that tells them apart (trainer.replay.inputs)")
+        by_point[key].append(Row(loss=loss, losses=others, group=group))
     if not by_point:
         if config.max_loss is not None and math.isfinite(lowest):
             raise ValueError(f"trainer.replay.max_loss: {config.max_loss:g} drops every row of {path} (lowest loss {lowest:.4g})")

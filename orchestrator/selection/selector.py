@@ -258,14 +258,14 @@ class Selector:
             direction="minimize",
             load_if_exists=True,
         )
-        self._check_journal(study.name)
+        self._check_journal(study.name, study)
         self._refit_behind = refit_behind
         self._trials: dict[str, int] = {}  # run key -> trial number, for runs of this invocation
         self.stopped: str | None = None  # why no more runs are proposed
         self._restore_stop()
         self._requeue = self._resume()
 
-    def _check_journal(self, name: str) -> None:
+    def _check_journal(self, name: str, study: StudyConfig) -> None:
         """The journal's trials name candidates by their index in the pool: refuse a pool that no
         longer matches them (a grid or space changed since the selection began), which would
         otherwise charge a trial's cost to another run and skip runs never trained."""
@@ -274,6 +274,14 @@ class Selector:
                 continue
             i, key = int(t.params[PARAM]), t.user_attrs.get("run_key")
             if i >= len(self.candidates) or (key is not None and self.candidates[i].spec.run_key != key):
+                if study.trainer.kind == "replay":  # its candidates are the table's rows, in order
+                    raise StudyError(
+                        "trainer.replay.path",
+                        f"the table's rows changed since study {name!r} began its selection (trial {t.number} chose "
+                        f"run {key or i}, which is not row point {i} of the {len(self.candidates)} now): rows inserted "
+                        "or removed before rows it chose move them; add new rows at the end, or run the new table "
+                        "under a new study name",
+                    )
                 raise StudyError(
                     "grid",
                     f"the candidate runs changed since study {name!r} began its selection (trial {t.number} chose run "

@@ -561,9 +561,10 @@ def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path
     from orchestrator.mlflow_tracker import MlflowTracker
 
     table = tmp_path / "runs.csv"
-    original = "N,D,loss\n1e6,1e8,3.0\n1e6,1e9,2.8\n1e7,1e9,2.6\n"
+    original = "N,D,loss,code\n1e6,1e8,3.0,3.3\n1e6,1e9,2.8,3.1\n1e7,1e9,2.6,2.9\n"
     table.write_text(original)
-    raw = {"name": "edited", "tracking": {"uri": store}, "trainer": {"kind": "replay", "replay": {"path": str(table)}}}
+    raw = {"name": "edited", "tracking": {"uri": store},
+           "trainer": {"kind": "replay", "replay": {"path": str(table), "losses": ["code"]}}}
     study = study_from_dict(raw)
 
     def run():  # noqa: ANN202 - StudyOutcome
@@ -574,13 +575,16 @@ def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path
     parent = client.search_runs([client.get_experiment_by_name("edited").experiment_id],
                                 filter_string="tags.`isoflop.role` = 'study'")[0].info.run_id
     stored = client.list_artifacts(parent, "study")
-    table.write_text(original.replace("2.8", "3.8"))
+    table.write_text(original.replace("2.8,", "3.8,"))
     with pytest.raises(StudyError, match=r"trainer\.replay\.path: 1 finished runs of study 'edited' have other losses in the "
-                                         r"table now \(N=1e\+06, D=1e\+09: 2\.8 when it ran, 3\.8 now\)"):
+                                         r"table now \(N=1e\+06, D=1e\+09, column 'loss': 2\.8 when it ran, 3\.8 now\)"):
+        run()
+    table.write_text(original.replace("3.1\n", "4.1\n"))  # a second loss column's edit too
+    with pytest.raises(StudyError, match=r"column 'code': 3\.1 when it ran, 4\.1 now"):
         run()
     assert client.list_artifacts(parent, "study") == stored and client.get_run(parent).info.status == "FINISHED"
     # a row added, the others as they were: its run is new, the finished ones stand
-    table.write_text(original + "1e7,1e10,2.4\n")
+    table.write_text(original + "1e7,1e10,2.4,2.7\n")
     again = run()
     assert (again.stats.finished, again.stats.skipped) == (1, 3)
     # four runs do not fit a 5-parameter law: the export says so on stderr, not only in its JSON

@@ -138,3 +138,24 @@ def test_replicates_of_a_replayed_point_need_as_many_rows(tmp_path: Path, capsys
     path.write_text(yaml.safe_dump(_replay(table)))
     assert main(["validate", str(path)]) == 0
     assert f"2 rows of {table} are left out" in capsys.readouterr().out
+
+
+def test_a_replayed_tables_inputs_decide_its_laws(tmp_path: Path) -> None:
+    """A mixture law takes as many weights as the table gives (it fitted h1 and h2 of three and
+    dropped h3); a sparsity law needs the table's S (it ran every row, then could not fit); a
+    column mapping nothing is read through is refused (a typo was ignored)."""
+    from orchestrator.fitting import study_laws
+
+    table = tmp_path / "mix.csv"
+    table.write_text("N,D,h1,h2,h3,loss\n1e6,1e8,0.6,0.2,0.2,3.0\n1e6,1e8,0.2,0.6,0.2,3.1\n")
+    raw = {"name": "m", "trainer": {"kind": "replay", "replay": {"path": str(table), "inputs": ["h1", "h2", "h3"]}},
+           "laws": ["mixture_additive"]}
+    (law,) = study_laws(study_from_dict(raw))
+    assert list(law.law.inputs) == ["N", "D", "h1", "h2", "h3"]
+    with pytest.raises(StudyError) as info:
+        study_from_dict({**raw, "laws": ["sparsity"]})
+    assert info.value.key == "laws[0]" and "['S']" in info.value.message
+    with pytest.raises(StudyError) as info:
+        study_from_dict({**raw, "trainer": {"kind": "replay", "replay": {"path": str(table), "inputs": ["h1", "h2", "h3"],
+                                                                          "columns": {"S": "sparsity"}}}})
+    assert info.value.key == "trainer.replay.columns.S"

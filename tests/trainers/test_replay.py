@@ -107,3 +107,32 @@ def test_rows_that_cannot_be_runs_are_counted(tmp_path: Path) -> None:
     config = _config(tmp_path, "N,D,loss\n1000,20000,3.5\n1000,20000,nan\n-5,20000,3.0\n2000,20000,-1\n")
     table = load_replay_table(config.replay)
     assert table.points() == [(1000, 20000, ())] and table.dropped == 3
+
+
+def test_weights_groups_and_empty_cells_of_a_table(tmp_path: Path) -> None:
+    """Mixture weights must lie on the simplex, every row needs a group, replicates of a point
+    share one (rows of two code bases at one point collapsed into one group, and the bootstrap
+    gave intervals of width zero), and an empty cell leaves its row out in a CSV as in Parquet."""
+    import pandas as pd
+
+    def load(text: str, **replay) -> object:
+        path = tmp_path / "t.csv"
+        path.write_text(text)
+        return load_replay_table(ReplayConfig(path=str(path), **replay))
+
+    with pytest.raises(ValueError, match=r"trainer\.replay\.inputs: .*row 2: the mixture weights h1\+h2 must be non-negative and sum to 1"):
+        load("N,D,h1,h2,loss\n1e6,1e8,0.5,0.6,3.0\n", inputs=["h1", "h2"])
+    assert load("N,D,h1,h2,loss\n1e6,1e8,0.25,0.75,3.0\n", inputs=["h1", "h2"]).points() == [(1000000, 100000000, (0.25, 0.75))]
+    with pytest.raises(ValueError, match=r"trainer\.replay\.group: .*row 3 has no group"):
+        load("N,D,loss,src\n1e6,1e8,3.0,a\n1e7,1e8,2.9,\n", group="src")
+    with pytest.raises(ValueError, match=r"trainer\.replay\.group: .*row 3 repeats the point of an earlier row .* in another group \('b', not 'a'\)"):
+        load("N,D,loss,src\n1e6,1e8,3.0,a\n1e6,1e8,2.9,b\n", group="src")
+    csv = load("N,D,loss,code\n1e6,1e8,3.0,\n1e7,1e8,2.9,3.2\n", losses=["code"])
+    frame = pd.DataFrame({"N": [1e6, 1e7], "D": [1e8, 1e8], "loss": [3.0, 2.9], "code": [None, 3.2]})
+    frame.to_parquet(tmp_path / "t.parquet")
+    parquet = load_replay_table(ReplayConfig(path=str(tmp_path / "t.parquet"), losses=["code"]))
+    assert csv.points() == parquet.points() == [(10000000, 100000000, ())] and csv.dropped == parquet.dropped == 1
+    # a Parquet file's rows are counted from 1 (a CSV's from 2: its first line is the header)
+    pd.DataFrame({"N": [1e6, 1e7], "D": [1e8, 1e8], "loss": [3.0, "x"]}).astype(str).to_parquet(tmp_path / "s.parquet")
+    with pytest.raises(ValueError, match=r"row 2, column 'loss': 'x' is not a number"):
+        load_replay_table(ReplayConfig(path=str(tmp_path / "s.parquet")))
