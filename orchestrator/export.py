@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import laws
 from laws.bootstrap import bootstrap as bootstrap_fit
 from laws.bootstrap import joint_bootstrap
@@ -26,17 +28,16 @@ from orchestrator.study import open_tracker, tracking_uri
 from orchestrator.tracking import FinishedRun
 
 
-def cost_convention(study: StudyConfig) -> str | None:
-    """A warning when the study's runs count FLOPs otherwise than the C = 6ND that compute-optimal
-    allocations use (a replayed table's ``trainer.replay.cost``); None when they agree."""
+def cost_convention(study: StudyConfig, runs: Sequence[FinishedRun]) -> str | None:
+    """A warning when a replayed study's runs cost otherwise than the C = 6ND that compute-optimal
+    allocations use (their ``trainer.replay.cost``, as each run recorded it); None when they agree."""
     if study.trainer.kind != "replay":
         return None
-    cost = study.trainer.replay.cost
-    if "".join(cost.split()) in ("6*N*D", "6*D*N", "N*D*6"):
+    if all(np.isclose(r.inputs["C"], 6.0 * r.inputs["N"] * r.inputs["D"], rtol=1e-9, atol=0.0) for r in runs):
         return None
     return (
-        f"compute-optimal allocations assume C = 6ND, but this study's runs cost {cost} (trainer.replay.cost): "
-        "an allocation's C is not a budget in the runs' own convention"
+        f"compute-optimal allocations assume C = 6ND, but this study's runs cost {study.trainer.replay.cost} "
+        "(trainer.replay.cost): an allocation's C is not a budget in the runs' own convention"
     )
 
 
@@ -145,13 +146,14 @@ def export_with_runs(
     mixture_names = [law.name for law, o in fitted if is_mixture_law(o.fit.law)]  # type: ignore[union-attr]
     for row in document.get("optimal_mixture", []):
         row["laws"] = mixture_names  # the study's names for them, in the same order
+    convention = cost_convention(study, runs)
     for entry, (law, outcome) in zip(document["laws"], fitted, strict=True):
         # which law of the study this is, and what it was fitted to
         entry["name"] = law.name
         entry["fitted_to"] = {"loss": law.loss, "runs": law.runs, "n_runs": outcome.n_points}
         if law.name in failed:
             entry["bootstrap_error"] = failed[law.name]
-        if entry.get("compute_optimal") and (convention := cost_convention(study)):
+        if entry.get("compute_optimal") and convention:
             entry["report"]["warnings"] = [*entry["report"].get("warnings", []), convention]
     document["study"] = {
         "name": study.name,

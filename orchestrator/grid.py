@@ -11,7 +11,6 @@ import hashlib
 import itertools
 import json
 import math
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -224,7 +223,9 @@ def domain_names(study: StudyConfig) -> tuple[str, ...]:
     from trainers.data import domains_of
 
     if study.trainer.kind == "replay":
-        weights = [x for x in study.trainer.replay.inputs if re.fullmatch(r"h[1-9]\d*", x)]
+        from trainers.replay import mixture_weights
+
+        weights = mixture_weights(study.trainer.replay.inputs)
         if weights:
             return tuple(sorted(weights, key=lambda x: int(x[1:])))
     return tuple(domains_of(study.trainer.data))

@@ -391,18 +391,6 @@ def find_parent_run(client: MlflowClient, experiment_id: str, name: str) -> str 
     return runs[0].info.run_id if runs else None
 
 
-def check_study_free(uri: str, experiment: str, name: str) -> None:
-    """:func:`check_not_running` before anything starts, on the store at ``uri`` (a sqlite
-    store that does not exist yet holds no study and is not created)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    parent = find_parent_run(client, exp.experiment_id, name) if exp is not None else None
-    if parent is not None:
-        check_not_running(client.get_run(parent), name)
-
-
 def check_not_running(parent, name: str) -> None:  # noqa: ANN001 - mlflow.entities.Run
     """Refuse to open a study another driver is running: both would train the same runs, and
     each would take the other's runs in flight for a dead driver's. A driver known to have

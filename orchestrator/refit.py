@@ -60,9 +60,9 @@ class OnlineRefitter:
     that arrive meanwhile are coalesced into the next one) and logged from the driver's thread
     by :meth:`poll`. With ``background=False`` every submit refits at once (tests, replay).
 
-    ``widths(law, fit, inputs, loss, groups)``: more work on each new fit (``groups``: the
-    runs' resampling units, :meth:`StudyLaw.groups`, or None) (a bootstrap of the selection's
-    targets for its stopping rule), done on a thread of its own once the fit is published, one
+    ``widths(law, fit, inputs, loss, groups)``: more work on each new fit (a bootstrap of the
+    selection's targets for its stopping rule; ``groups``: the runs' resampling units,
+    :meth:`StudyLaw.groups`, or None), done on a thread of its own once the fit is published, one
     fit at a time: fits that arrive meanwhile are coalesced to the latest of each law. Its answer
     becomes the state's ``widths`` (when the fit is still the current one) and is reported to
     ``on_widths`` with the fit's state, from :meth:`poll` on the driver's thread.

@@ -29,7 +29,7 @@ from orchestrator.executors import Executor, RayExecutor
 from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
 from orchestrator.loading import to_yaml
-from orchestrator.mlflow_tracker import MlflowTracker, check_study_free, tracking_uri
+from orchestrator.mlflow_tracker import MlflowTracker, check_not_running, tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
 from orchestrator.scheduler import CheckpointPolicy, Event, Scheduler, SchedulerStats
 from orchestrator.secrets import redact_text
@@ -88,20 +88,27 @@ def check_tracking_reachable(study: StudyConfig, timeout_s: float = 10.0) -> Non
         raise StudyError("tracking.uri", f"no tracking server answers at {redact_text(uri)} ({reason})") from None
 
 
-def check_replayed_answers(study: StudyConfig, runs: list[PlannedRun], tracker: Tracker) -> None:
-    """A replayed study's finished runs must still be what its table answers: a run key names a
-    row's point, not its losses, so a table edited since would mix the old answers with new ones
-    (resumed, the finished runs kept their old losses, without a word). Checked before anything
-    is written; nothing to check for a study not in the store yet."""
-    from trainers.replay import ReplayTrainer
-
-    attach = getattr(tracker, "attach", None)
-    if attach is not None:
+def check_stored(study: StudyConfig, runs: list[PlannedRun], tracker: Tracker) -> None:
+    """What the store holds of the study, checked before anything is written: no other driver
+    is running it (:func:`~orchestrator.mlflow_tracker.check_not_running`; ``open_study`` checks
+    again, at the time), and a replayed study's table still answers its finished runs
+    (:func:`check_replayed_answers`). Nothing to check for a study not in the store yet."""
+    if isinstance(tracker, MlflowTracker):
         try:
-            attach(study.name)
+            parent = tracker.attach(study.name)
         except LookupError:
             return
-    finished = tracker.finished_runs()
+        check_not_running(tracker.client.get_run(parent), study.name)
+    if study.trainer.kind == "replay":
+        check_replayed_answers(study, runs, tracker.finished_runs())
+
+
+def check_replayed_answers(study: StudyConfig, runs: list[PlannedRun], finished: Mapping[str, FinishedRun]) -> None:
+    """A replayed study's ``finished`` runs must still be what its table answers: a run key names
+    a row's point, not its losses, so a table edited since would mix the old answers with new
+    ones (resumed, the finished runs kept their old losses, without a word)."""
+    from trainers.replay import ReplayTrainer
+
     trainer = ReplayTrainer(study.trainer)
     changed = []
     for run in runs:
@@ -279,12 +286,10 @@ def run_study(
     check_selection_budget(study, candidates)
     if tracker is None:  # the study's own store: a server must answer before Ray starts
         check_tracking_reachable(study)
-        # and no other driver may be running the study (open_study checks again, at the time)
-        check_study_free(tracking_uri(study), study.tracking.experiment or study.name, study.name)
     uri = tracking_uri(study)
-    stored = tracker is not None or not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
-    if study.trainer.kind == "replay" and stored:
-        check_replayed_answers(study, candidates, tracker or open_tracker(study))
+    # (an embedded store not made yet holds no study, and a tracker on it would make its folder)
+    if tracker is not None or not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():
+        check_stored(study, candidates, tracker or open_tracker(study))
     adopted = adopted_runs(study)
     num_cpus = study.resources.cpus_per_run
     capacity: int | None = None

@@ -46,6 +46,8 @@ GROUP_TAG = "isoflop.group"
 #: parent-run tags: the run keys a budgeted selection would propose next, and why it stopped
 NEXT_TAG = "isoflop.selection.next"
 STOPPED_TAG = "isoflop.selection.stopped"
+#: the parent run's description in the MLflow UI (Markdown)
+NOTE_TAG = "mlflow.note.content"
 #: the driver's wall clock (unix seconds) when it last reported; it does so every
 #: ``HEARTBEAT_S`` while the study runs
 HEARTBEAT_TAG = "isoflop.heartbeat"
@@ -101,8 +103,6 @@ def _process_exists(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-#: the parent run's description in the MLflow UI (Markdown)
-NOTE_TAG = "mlflow.note.content"
 
 
 @dataclass(frozen=True, kw_only=True)

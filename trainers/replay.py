@@ -78,6 +78,12 @@ def _label(value: object) -> str | None:
     return text or None
 
 
+def mixture_weights(inputs: list[str] | tuple[str, ...]) -> list[str]:
+    """The inputs that are mixture weights (h1 .. hk, as the mixture laws name them), in their
+    order among ``inputs``."""
+    return [name for name in inputs if re.fullmatch(r"h[1-9]\d*", name)]
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, mtime: float, spec: tuple) -> ReplayTable:
     columns, inputs, losses, group, max_loss = spec
@@ -87,7 +93,7 @@ def _load_cached(path: str, mtime: float, spec: tuple) -> ReplayTable:
 
 
 def _load(path: str, config: ReplayConfig) -> ReplayTable:
-    from laws.io import read_rows
+    from laws.io import PARQUET_SUFFIXES, read_rows
 
     try:
         header, rows = read_rows(path)
@@ -120,10 +126,8 @@ def _load(path: str, config: ReplayConfig) -> ReplayTable:
     if config.group is not None and config.group not in header:
         raise ValueError(f"trainer.replay.group: {path} has no column {config.group!r}; its columns are {header}")
 
-    from laws.io import PARQUET_SUFFIXES
-
     first = 1 if Path(path).suffix.lower() in PARQUET_SUFFIXES else 2  # a CSV's line 1 is its header
-    weights = [j for j, name in enumerate(config.inputs) if re.fullmatch(r"h[1-9]\d*", name)]
+    weights = [config.inputs.index(name) for name in mixture_weights(config.inputs)]
     by_point: dict[Key, list[Row]] = defaultdict(list)
     dropped = 0
     lowest = math.inf

@@ -258,17 +258,18 @@ class Selector:
             direction="minimize",
             load_if_exists=True,
         )
-        self._check_journal(study.name, study)
+        self._check_journal(study)
         self._refit_behind = refit_behind
         self._trials: dict[str, int] = {}  # run key -> trial number, for runs of this invocation
         self.stopped: str | None = None  # why no more runs are proposed
         self._restore_stop()
         self._requeue = self._resume()
 
-    def _check_journal(self, name: str, study: StudyConfig) -> None:
+    def _check_journal(self, study: StudyConfig) -> None:
         """The journal's trials name candidates by their index in the pool: refuse a pool that no
         longer matches them (a grid or space changed since the selection began), which would
         otherwise charge a trial's cost to another run and skip runs never trained."""
+        name = study.name
         for t in self.study.get_trials(deepcopy=False):
             if PARAM not in t.params:
                 continue
