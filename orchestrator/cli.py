@@ -173,6 +173,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         if dropped:
             print(f"  {dropped} rows of {study.trainer.replay.path} are left out: a loss or an input not a positive, "
                   "finite number, or a loss above trainer.replay.max_loss")
+        # a replayed row is its table's inputs (S, h1.., L_T, ...) and group, not a trained shape
+        print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'group':12}  inputs")
+        for r in runs:
+            inputs = " ".join(f"{k}={v:.4g}" for k, v in r.spec.point.inputs) or "-"
+            print(f"{r.spec.run_key:16}  {r.plan.n_params:9.3g}  {r.plan.tokens:9.3g}  {r.plan.flops:9.3g}  "
+                  f"{r.spec.point.group or '-':12}  {inputs}")
+        return EXIT_OK
     print(f"{'run key':16}  {'N':>9}  {'D':>9}  {'FLOPs':>9}  {'shape (L x d, heads)':>20}  {'S':>5}  {'mixture':12}  after")
     for r in runs:
         shape = r.plan.shape

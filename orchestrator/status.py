@@ -9,7 +9,8 @@ selection's metrics and the run keys it would propose next), and it is drawn by 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import laws
 from orchestrator.config import StudyConfig
@@ -20,12 +21,23 @@ from orchestrator.live import (
     duration,
     estimate_eta,
     grid_flops_of,
-    selection_budget_of,
 )
 from orchestrator.mlflow_tracker import study_status, tracking_uri
 from orchestrator.refit import RefitState, fit_summary
-from orchestrator.selection.selector import ACTIVE_METRICS, TOLERANCE_METRICS, SelectionView
-from orchestrator.tracking import NEXT_TAG, STOPPED_TAG, StudyStatus, driver_state
+from orchestrator.selection.selector import (
+    ACTIVE_METRICS,
+    TOLERANCE_METRICS,
+    SelectionView,
+    selection_budget,
+)
+from orchestrator.tracking import (
+    GRID_FLOPS_TAG,
+    GRID_RUNS_TAG,
+    NEXT_TAG,
+    STOPPED_TAG,
+    StudyStatus,
+    driver_state,
+)
 
 
 def run_states(attempts: Mapping[str, Sequence[str]], *, max_attempts: int, ended: bool) -> dict[str, int]:
@@ -47,13 +59,41 @@ def run_states(attempts: Mapping[str, Sequence[str]], *, max_attempts: int, ende
     return {"done": done, "running": running, "failed": failed, "retries": failed_attempts - failed}
 
 
-def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun]) -> Snapshot:
+@dataclass(frozen=True)
+class GridView:
+    """The study's grid as status counts it: its runs, where they can be expanded, how many there
+    are and the FLOPs of training them all."""
+
+    runs: Sequence[PlannedRun]
+    total: int
+    flops: float
+
+    @classmethod
+    def of(cls, runs: Sequence[PlannedRun]) -> GridView:
+        return cls(runs=runs, total=len(runs), flops=grid_flops_of(runs))
+
+
+def grid_view(study: StudyConfig, st: StudyStatus) -> GridView:
+    """The grid of ``study``, expanded; or, for a replay study whose table is not on this machine
+    (it ran on another), the size and FLOPs its last run recorded on the parent run (runs that ran
+    before they were recorded: the stored runs alone)."""
+    if study.trainer.kind == "replay" and not Path(study.trainer.replay.path).exists():
+        total = st.tags.get(GRID_RUNS_TAG)
+        flops = st.tags.get(GRID_FLOPS_TAG)
+        if total is not None and flops is not None:
+            return GridView(runs=(), total=int(total), flops=float(flops))
+        return GridView(runs=(), total=len(st.attempts), flops=st.flops_done)
+    return GridView.of(expand(study))
+
+
+def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun] | GridView) -> Snapshot:
     """The live view's counts and times, from what the store recorded."""
+    grid = runs if isinstance(runs, GridView) else GridView.of(runs)
     ended = st.study_status != "RUNNING"
     states = run_states(st.attempts, max_attempts=study.resources.max_retries + 1, ended=ended)
-    total = len(runs)
+    total = grid.total
     pending = max(total - states["done"] - states["failed"] - states["running"], 0)
-    budget = selection_budget_of(study, runs)
+    budget = None if study.selection.mode == "grid" else selection_budget(study.selection, grid.flops)
     before = st.selection.get("selection.prior_flops", 0.0) if budget is not None else 0.0
     mean = sum(st.run_seconds) / len(st.run_seconds) if st.run_seconds else None
     eta = None
@@ -81,7 +121,7 @@ def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun])
         elapsed_s=st.elapsed_s,
         mean_run_s=mean,
         eta_s=eta,
-        grid_flops=grid_flops_of(runs),
+        grid_flops=grid.flops,
         flops_before=before,
     )
 
@@ -129,8 +169,9 @@ def _first_line(text: str | None) -> str | None:
 
 def status_lines(study: StudyConfig) -> list[str]:
     """What ``isoflop status`` prints: the study's parent run, then the live view's block."""
-    runs = expand(study)
     st = study_status(tracking_uri(study), study.tracking.experiment or study.name, study.name)
+    grid = grid_view(study, st)
+    runs = grid.runs
     driver = driver_state(st.tags) if st.study_status == "RUNNING" else None
     if driver is not None and not driver.alive:
         # the store still says RUNNING, but nothing runs it: count it as ended, at its last report
@@ -156,14 +197,14 @@ def status_lines(study: StudyConfig) -> list[str]:
         )
     # runs of a grid since changed are not this grid's: not counted here, not fitted by export
     keys = {r.spec.run_key for r in runs}
-    outside = sum(k not in keys for k in st.attempts)
+    outside = sum(k not in keys for k in st.attempts) if runs else 0
     if outside:
         attempts = {k: v for k, v in st.attempts.items() if k in keys}
         done = [r for r in runs if "FINISHED" in attempts.get(r.spec.run_key, ())]
         st = replace(st, attempts=attempts, flops_done=grid_flops_of(done))
     block = block_lines(
         study.name,
-        snapshot_of(st, study, runs),
+        snapshot_of(st, study, grid),
         fits=fit_lines(st),
         selection=selection_line(st, runs, study.selection.mode, study.selection.tolerance),
         last_error=_first_line(st.last_failure),
@@ -173,4 +214,4 @@ def status_lines(study: StudyConfig) -> list[str]:
     return [head, *block, *note]
 
 
-__all__ = ["fit_lines", "run_states", "selection_line", "snapshot_of", "status_lines"]
+__all__ = ["GridView", "fit_lines", "grid_view", "run_states", "selection_line", "snapshot_of", "status_lines"]

@@ -28,6 +28,7 @@ from orchestrator.errors import StudyError
 from orchestrator.executors import Executor, RayExecutor
 from orchestrator.fitting import LawOutcome, fit_laws, study_laws
 from orchestrator.grid import PlannedRun, expand
+from orchestrator.live import grid_flops_of
 from orchestrator.loading import to_yaml
 from orchestrator.mlflow_tracker import MlflowTracker, check_not_running, tracking_uri
 from orchestrator.refit import OnlineRefitter, RefitState, fit_summary
@@ -36,6 +37,8 @@ from orchestrator.secrets import redact_text
 from orchestrator.selection import Selector, check_selection_budget, journal_storage
 from orchestrator.selection.selector import TOLERANCE_METRICS, SelectionView
 from orchestrator.tracking import (
+    GRID_FLOPS_TAG,
+    GRID_RUNS_TAG,
     HEARTBEAT_S,
     HEARTBEAT_TAG,
     NEXT_TAG,
@@ -337,7 +340,9 @@ def run_study(
         refitter.widths = selector.stop_widths
         refitter.on_fit, refitter.on_widths, log_selection = _selection_hooks(selector, tracker, refitter.on_fit, on_selection)
     parent = tracker.open_study(study.name, redact_text(to_yaml(study)))
-    tracker.log_study_tags({NOTE_TAG: study_note(study, candidates)})
+    tracker.log_study_tags(
+        {NOTE_TAG: study_note(study, candidates), GRID_RUNS_TAG: str(len(candidates)), GRID_FLOPS_TAG: f"{grid_flops_of(candidates):.6g}"}
+    )
     scheduler = Scheduler(
         candidates if selector is None else [],
         executor=executor,

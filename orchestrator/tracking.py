@@ -48,6 +48,10 @@ NEXT_TAG = "isoflop.selection.next"
 STOPPED_TAG = "isoflop.selection.stopped"
 #: the parent run's description in the MLflow UI (Markdown)
 NOTE_TAG = "mlflow.note.content"
+#: parent-run tags: how many runs the study's grid has and the FLOPs of training them all, as it
+#: was last run (status reads them where the grid cannot be expanded: a replay table not here)
+GRID_RUNS_TAG = "isoflop.grid.runs"
+GRID_FLOPS_TAG = "isoflop.grid.flops"
 #: the driver's wall clock (unix seconds) when it last reported; it does so every
 #: ``HEARTBEAT_S`` while the study runs
 HEARTBEAT_TAG = "isoflop.heartbeat"

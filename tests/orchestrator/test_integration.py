@@ -180,6 +180,13 @@ def test_cli_validate_lists_runs(tmp_path: Path, capsys) -> None:
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     assert "2 runs" in out
+    # a replayed row is listed with its table's inputs and group (it showed S = 0, no mixture)
+    (tmp_path / "t.csv").write_text("N,D,S,h1,h2,family,loss\n1e6,1e8,0.5,0.3,0.7,small,3.0\n1e7,1e9,0.75,0.6,0.4,big,2.6\n")
+    path.write_text(f"name: r\ntrainer: {{kind: replay, replay: {{path: '{tmp_path / 't.csv'}', inputs: [S, h1, h2], "
+                    "group: family}}\n")
+    assert main(["validate", str(path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split()[4:] for row in rows] == [["small", "S=0.5", "h1=0.3", "h2=0.7"], ["big", "S=0.75", "h1=0.6", "h2=0.4"]]
 
 
 def _resolve_study(path: Path):  # noqa: ANN202 - StudyConfig
@@ -596,6 +603,12 @@ def test_a_replayed_table_edited_since_its_runs_is_refused(store, tmp_path: Path
     table.rename(tmp_path / "elsewhere.csv")
     assert main(["export", "edited", "--tracking-uri", store, "-o", str(tmp_path / "away.json")]) == 0
     assert json.loads((tmp_path / "away.json").read_text())["study"]["finished_runs"] == 4
+    # and its status reads the grid's size and FLOPs its last run recorded (it needed the table)
+    capsys.readouterr()
+    assert main(["status", "edited", "--tracking-uri", store]) == 0
+    shown = capsys.readouterr().out
+    assert "runs 4/4" in shown and "finished" in shown.splitlines()[0], shown
+    assert client.get_run(parent).data.tags["isoflop.grid.runs"] == "4"
     # a YAML naming a table that is not there is still an error, naming the key
     yaml_path = tmp_path / "edited.yaml"
     yaml_path.write_text(yaml.safe_dump(raw))

@@ -479,6 +479,29 @@ def test_status_counts_runs_not_attempts() -> None:
     assert run_states({"g": ["RUNNING"]}, max_attempts=2, ended=True) == {"done": 0, "running": 0, "failed": 0, "retries": 0}
 
 
+def test_status_counts_a_replay_grid_whose_table_is_elsewhere_from_the_parent_tags(tmp_path) -> None:
+    """Status of a replay study on a machine without its table: the grid's size and FLOPs come
+    from what its last run recorded (without them, from the stored runs), and a fraction-of-grid
+    budget is a fraction of those FLOPs."""
+    from orchestrator.loading import study_from_dict
+    from orchestrator.status import grid_view, snapshot_of
+    from orchestrator.tracking import GRID_FLOPS_TAG, GRID_RUNS_TAG, StudyStatus
+
+    raw = {"name": "r", "trainer": {"kind": "replay", "replay": {"path": str(tmp_path / "gone.csv")}},
+           "selection": {"mode": "random", "budget_fraction": 0.25}}
+    study = study_from_dict(raw, stored=True)
+    st = StudyStatus(name="r", parent_run_id="p", counts={}, flops_done=3e18, fits={},
+                     attempts={"a": ["FINISHED"], "b": ["FINISHED"], "c": ["FAILED"]},
+                     tags={GRID_RUNS_TAG: "40", GRID_FLOPS_TAG: "8e+19"}, study_status="FINISHED")
+    grid = grid_view(study, st)
+    assert (grid.runs, grid.total, grid.flops) == ((), 40, 8e19)
+    snap = snapshot_of(st, study, grid)
+    assert (snap.total, snap.done, snap.grid_flops, snap.budget_flops) == (40, 2, 8e19, 2e19)
+    # a study run before the grid was recorded: its stored runs are all that is known
+    older = grid_view(study, replace(st, tags={}))
+    assert (older.total, older.flops) == (3, 3e18)
+
+
 def test_status_shows_the_selections_next_runs_from_the_parent_tags() -> None:
     from orchestrator.grid import expand
     from orchestrator.loading import study_from_dict
