@@ -107,7 +107,7 @@ def test_budget_counts_each_teacher_once_and_students_wait_for_their_teacher(mod
     teacher_of = _teacher_of(grid)
     tracker, executor = MemoryTracker(), OrderedExecutor()
     storage = optuna.storages.InMemoryStorage()
-    outcome = run_study(study, tracker=tracker, executor=executor, optuna_storage=storage, background_refit=False)
+    outcome = run_study(study, tracker=tracker, executor=executor, optuna_storage=storage, background_refit=True)
     done = [r for r in tracker.runs.values() if r["status"] == "FINISHED"]
     keys = [r["run_key"] for r in done]
     assert len(keys) == len(set(keys)), "nothing trained twice, teachers included"
@@ -193,7 +193,7 @@ def test_a_teacher_that_fails_for_good_fails_its_proposed_students(tmp_path: Pat
     executor = OrderedExecutor(failures={bad: 10})
     tracker = MemoryTracker()
     storage = optuna.storages.InMemoryStorage()
-    outcome = run_study(study, tracker=tracker, executor=executor, optuna_storage=storage, background_refit=False)
+    outcome = run_study(study, tracker=tracker, executor=executor, optuna_storage=storage, background_refit=True)
     orphans = {r["run_key"] for r in tracker.runs.values() if teacher_of.get(r["run_key"]) == bad}
     assert cheapest.key in orphans
     for key in orphans:
