@@ -7,10 +7,13 @@ than any node has stays pending forever without an error, so feasibility is chec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from orchestrator.config import ClusterConfig, NodeTypeConfig, ResourcesConfig, TrainerConfig
@@ -38,10 +41,42 @@ def connect(config: ClusterConfig) -> Any:
         _check_listening(config.address)
         kwargs["address"] = config.address
     try:
-        ray.init(**kwargs)
+        with sigint_deferred():  # Ctrl-C half-way through ray.init leaves a driver that segfaults at exit
+            ray.init(**kwargs)
     except ConnectionError as exc:
         raise StudyError("cluster.address", f"cannot reach a Ray cluster at {config.address!r}: {exc}") from None
     return ray
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is over, then deliver it (KeyboardInterrupt
+    under Python's default handler). ``ray.init`` is not safe to interrupt: a KeyboardInterrupt
+    raised after the driver's CoreWorker is built but before Ray records it (``connect``) leaves
+    the core worker's threads running into interpreter exit, which segfaults; once Ray is fully
+    connected, its atexit shutdown stops them in order. A second Ctrl-C interrupts at once (a
+    ``ray.init`` that hangs must stay stoppable). Outside the main thread (where signals cannot
+    be handled) the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def _check_listening(address: str, timeout_s: float = 5.0) -> None:

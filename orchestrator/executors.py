@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.cluster import sigint_deferred
 from orchestrator.startboard import StartBoard
 from orchestrator.sysmetrics import sampled
 from orchestrator.tracking import MetricRow, SinkFactory
@@ -231,10 +232,21 @@ class RayExecutor(Executor):
         return [(t, age) for t, age in old if t.run_id not in self._started]
 
     def shutdown(self) -> None:
-        for ref in list(self._pending):
-            self._ray.cancel(ref, force=True)
+        """Cancel the tasks still running and stop the start board, with Ctrl-C held back (a
+        second one must not leave it half done). A task already finished is not cancelled:
+        there is nothing left to stop, and ``ray.cancel`` racing a task's completion reply is a
+        known Ray abort (a RAY_CHECK on the pending-task table, "Tried to ... task that was not
+        pending"; ray-project/ray#54798)."""
+        pending = list(self._pending)
         self._pending.clear()
         self._submitted.clear()
-        if self._board is not None:
-            self._ray.kill(self._board)
-            self._board = None
+        with sigint_deferred():
+            if pending:
+                _, running = self._ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in running:
+                    with contextlib.suppress(Exception):  # finished meanwhile: nothing to stop
+                        self._ray.cancel(ref, force=True)
+            if self._board is not None:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(self._board)
+                self._board = None

@@ -22,6 +22,7 @@ from orchestrator.cluster import (
     detected_gpu_memory_mb,
     gpu_share,
     gpus_per_run,
+    sigint_deferred,
 )
 from orchestrator.config import StudyConfig
 from orchestrator.errors import StudyError
@@ -371,15 +372,17 @@ def run_study(
         heartbeat.beat()  # the final fits below may take a while
         refitter.drain()
     except BaseException as exc:
-        executor.shutdown()
-        if selector is not None:
-            selector.close()
-        refitter.close()
-        # what the selection has committed (the runs in flight included) and why it stopped:
-        # logged only with fits, it lagged behind the runs done
-        with contextlib.suppress(Exception):
-            log_selection(len(scheduler.finished))
-        tracker.close_study(failed=True, interrupted=isinstance(exc, KeyboardInterrupt))
+        # a second Ctrl-C is held until the study is closed (a third stops at once)
+        with sigint_deferred():
+            executor.shutdown()
+            if selector is not None:
+                selector.close()
+            refitter.close()
+            # what the selection has committed (the runs in flight included) and why it stopped:
+            # logged only with fits, it lagged behind the runs done
+            with contextlib.suppress(Exception):
+                log_selection(len(scheduler.finished))
+            tracker.close_study(failed=True, interrupted=isinstance(exc, KeyboardInterrupt))
         raise
     if selector is not None:
         selector.close()
