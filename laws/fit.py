@@ -76,6 +76,7 @@ def fit(
     covariance: bool = True,
     threads: int | None = 1,
     continuation: Sequence[float] = (1.0,),
+    polish: int | None = None,
 ) -> LawFit:
     """Fit ``law`` to ``loss`` observed at ``inputs`` (one array per law input).
 
@@ -88,11 +89,14 @@ def fit(
     ``continuation``: larger Huber thresholds fitted first, each warm-starting the next and the
     last the recipe's (with delta = 1 the first phase is least squares for residuals below 1):
     the smooth objective screens and moves the starts quickly; the recipe's objective decides.
-    ``()`` fits the recipe's objective only.
+    ``()`` fits the recipe's objective only. ``polish``: at most this many more rounds of
+    ``options.max_iter`` iterations for the best unconverged starts (default :data:`POLISH_FACTOR`); 0
+    reports the best start where the iterations left it (a warm refit that the next one continues).
     """
     with torch_threads(threads):
         return _fit(law, inputs, loss, init=init, recipe=recipe, options=options, best_tol=best_tol,
-                    screen=screen, weights=weights, covariance=covariance, continuation=continuation)
+                    screen=screen, weights=weights, covariance=covariance, continuation=continuation,
+                    polish=polish)
 
 
 def _fit(
@@ -108,6 +112,7 @@ def _fit(
     weights: ArrayLike | None,
     covariance: bool,
     continuation: Sequence[float],
+    polish: int | None = None,
 ) -> LawFit:
     if isinstance(law, str):
         from laws.registry import get_law
@@ -130,7 +135,8 @@ def _fit(
     ]
     objective = objectives[-1]
     t0 = time.perf_counter()
-    res, method = run_starts(objectives, starts.to(DTYPE), options=options or NewtonOptions(), screen=screen)
+    res, method = run_starts(objectives, starts.to(DTYPE), options=options or NewtonOptions(), screen=screen,
+                             polish=polish)
     seconds = time.perf_counter() - t0
     finite = torch.isfinite(res.objective)
     if not finite.any():
@@ -222,7 +228,8 @@ class Screen:
 
 
 def run_starts(
-    objectives: Sequence[Objective], starts: Tensor, *, options: NewtonOptions, screen: Screen | None
+    objectives: Sequence[Objective], starts: Tensor, *, options: NewtonOptions, screen: Screen | None,
+    polish: int | None = None,
 ) -> tuple[BatchResult, str]:
     """Optimise every start (batched) through the continuation ``objectives`` (smoothest first,
     the recipe's last), screened or not; returns per-start results on the last objective and the
@@ -255,7 +262,7 @@ def run_starts(
         res = minimise_batched(obj.jet, obj.value, theta_k, options=opts)
         theta_k = res.theta
         iterations += res.iterations
-    res, polished = _polish(final, res, options)
+    res, polished = _polish(final, res, options, rounds=POLISH_FACTOR if polish is None else polish)
     iterations += polished
     note = f"; the best {POLISH_STARTS} unconverged starts polished ({polished} more iterations)" if polished else ""
     if not screened:
@@ -284,14 +291,16 @@ def run_starts(
     return BatchResult(theta=theta, objective=objective, grad_norm=gnorm, converged=conv, iterations=iterations), method
 
 
-def _polish(objective: Objective, res: BatchResult, options: NewtonOptions) -> tuple[BatchResult, int]:
+def _polish(
+    objective: Objective, res: BatchResult, options: NewtonOptions, rounds: int
+) -> tuple[BatchResult, int]:
     """While the best start has not converged, continue the ``POLISH_STARTS`` best unconverged
-    starts in rounds of ``options.max_iter`` iterations, at most ``POLISH_FACTOR`` rounds (the
+    starts in rounds of ``options.max_iter`` iterations, at most ``rounds`` rounds (the
     rest of the batch is not paid for); stops as soon as the lowest objective belongs to a
     converged start. Returns the updated results and the iterations run."""
     theta, objective_, gnorm, conv = (t.clone() for t in (res.theta, res.objective, res.grad_norm, res.converged))
     total = 0
-    for _ in range(max(POLISH_FACTOR, 0)):
+    for _ in range(max(rounds, 0)):
         finite = torch.where(torch.isfinite(objective_), objective_, torch.inf)
         best = int(torch.argmin(finite))
         if bool(conv[best]) or not torch.isfinite(finite[best]):

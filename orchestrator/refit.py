@@ -2,7 +2,8 @@
 scheduler.
 
 Each update is a warm-started fit (from the previous optimum, the latest full multi-start optimum
-and a few seeded perturbations of them: milliseconds for a few hundred runs). Every
+and a few seeded perturbations of them; on 300 runs 0.05 s for the Chinchilla law to under a
+second for the distillation law, ``benchmarks/refit_speed.py``). Every
 ``full_every`` updates a full multi-start refit from the law's whole initialisation grid runs in a
 background thread; its optimum joins the warm starts of the next update, so the online fit cannot
 stay stuck in a poor basin. Fits are logged on the study's parent run with the number of finished
@@ -32,6 +33,11 @@ from orchestrator.tracking import FinishedRun, Tracker
 #: warm-started refits start next to the optimum: a few dozen Newton steps are plenty, and a
 #: poorly identified fit must not spend the full iteration budget on every update
 WARM_OPTIONS = laws.NewtonOptions(max_iter=50)
+#: rounds of polish (``laws.fit(polish=...)``) a warm refit gives its best unconverged starts; the
+#: default fit's 10 rounds made a distillation law's update on 300 runs 2.3 s, with a target
+#: prediction no closer to the cold fit's than 2 rounds give (benchmarks/refit_speed.py); the
+#: full refits keep their whole polish
+WARM_POLISH = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -264,7 +270,8 @@ class OnlineRefitter:
                     self._full[name] = law.from_natural(best.params).numpy()
                     starts[name] = np.concatenate([starts[name], self._full[name][None]])
                 warm = starts[name] is not None
-                fit_ = laws.fit(law, inputs, loss, init=starts[name], options=WARM_OPTIONS if warm else None)
+                fit_ = laws.fit(law, inputs, loss, init=starts[name], options=WARM_OPTIONS if warm else None,
+                                polish=WARM_POLISH if warm else None)
             except ValueError as exc:
                 out[name] = RefitState(law=name, fit=None, n_runs=len(runs), error=str(exc))
                 continue

@@ -40,3 +40,14 @@ def test_without_the_polish_the_same_fit_stops_early(noisy_sparsity, monkeypatch
     fit = laws.fit(law, x, loss)
     assert not fit.report.converged
     assert any("did not converge" in w for w in fit.report.warnings)
+
+
+def test_a_fit_can_bound_its_polish(noisy_sparsity):
+    """``polish=`` caps the rounds (a warm refit gives 2): none stops where the iterations left
+    the best start, as a default fit with no polish would."""
+    law, x, loss = noisy_sparsity
+    unpolished = laws.fit(law, x, loss, polish=0)
+    assert not unpolished.report.converged and "polished" not in unpolished.report.method
+    one = laws.fit(law, x, loss, polish=1)
+    assert "polished (200 more iterations)" in one.report.method
+    assert one.objective <= unpolished.objective

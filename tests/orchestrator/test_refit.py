@@ -145,3 +145,29 @@ def test_the_widths_hook_gets_the_runs_groups() -> None:
     refit.poll()
     (groups,) = seen
     assert sorted(set(groups)) == ["family-0", "family-1", "family-2"] and len(groups) == 12
+
+
+def test_warm_refits_bound_their_polish_and_full_refits_do_not(monkeypatch) -> None:
+    """A warm refit gives its unconverged best starts WARM_POLISH rounds (the default 10 made a
+    distillation update on 300 runs take 2.3 s); the first fit and the periodic full refits keep
+    the whole polish, so the online fit cannot stay stuck short of an optimum."""
+    import orchestrator.refit as refit_module
+
+    calls = []
+    fit = laws.fit
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append((kwargs.get("init") is not None, kwargs.get("polish")))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(refit_module.laws, "fit", recording)
+    refit = OnlineRefitter(["chinchilla"], background=False, full_every=3)
+    runs = _runs(16)
+    for i in range(12, 16):
+        refit.submit(runs[: i + 1])
+    # update 0: cold (no init), 1 and 2: warm, 3: full (cold fit, then warm from its optimum)
+    assert calls == [(False, None), (True, refit_module.WARM_POLISH), (True, refit_module.WARM_POLISH),
+                     (False, None), (True, refit_module.WARM_POLISH)]
+    import sys
+
+    assert refit_module.WARM_POLISH < sys.modules["laws.fit"].POLISH_FACTOR  # bounded below a full fit's
