@@ -52,7 +52,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from selection import GRID, POINT_WORLDS, _scratch  # this folder's selection benchmark: its worlds
+from selection import (  # this folder's selection benchmark: its worlds
+    GRID,
+    POINT_WORLDS,
+    _scratch,
+    world_trainer,
+)
 
 import laws
 from orchestrator.executors import InlineExecutor
@@ -81,14 +86,8 @@ def world_study(world: str, seed: int):  # noqa: ANN201 - StudyConfig
         raw["trainer"] = {"kind": "simulated", "simulated": {"noise": 0.01}}
         raw["laws"] = ["chinchilla"]
     else:
-        spec = POINT_WORLDS[world]
-        simulated = {"law": spec["law"], "params": spec["params"], "noise": 0.01}
-        if "supervised" in spec:
-            simulated["supervised"] = spec["supervised"]
-        raw["trainer"] = {"kind": "simulated", "simulated": simulated}
-        if "domains" in spec:
-            raw["trainer"]["data"] = {"domains": spec["domains"]}
-        raw["laws"] = [spec["law"]]
+        raw["trainer"] = world_trainer(world)
+        raw["laws"] = [POINT_WORLDS[world]["law"]]
         if "teachers" in raw["grid"]:
             raw["resources"] = {"checkpoint_dir": str(_scratch() / raw["name"])}
     return study_from_dict(raw)

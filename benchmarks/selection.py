@@ -281,21 +281,28 @@ def study(kind: str, strategy: str, fraction: float, seed: int):  # noqa: ANN201
     elif kind == "holdout":
         raw["trainer"] = {"kind": "replay", "replay": {**REPLAY["replay"], "path": str(holdout_split()[0])}}
     elif kind in POINT_WORLDS:
-        world = POINT_WORLDS[kind]
-        simulated = {"law": world["law"], "params": world["params"], "noise": 0.01}
-        if "supervised" in world:
-            simulated["supervised"] = world["supervised"]
-        raw["trainer"] = {"kind": "simulated", "simulated": simulated}
-        if "domains" in world:
-            raw["trainer"]["data"] = {"domains": world["domains"]}
-        raw["grid"] = world["grid"]
-        raw["laws"] = [world["law"]]
-        if "teachers" in world["grid"]:  # the simulated teachers' results, out of the working directory
+        raw["trainer"] = world_trainer(kind)
+        raw["grid"] = POINT_WORLDS[kind]["grid"]
+        raw["laws"] = [POINT_WORLDS[kind]["law"]]
+        if "teachers" in raw["grid"]:  # the simulated teachers' results, out of the working directory
             raw["resources"] = {"checkpoint_dir": str(_scratch() / raw["name"])}
     else:
         raw["trainer"] = {"kind": "simulated", "simulated": {"noise": 0.01}}
         raw["grid"] = GRID
     return study_from_dict(raw)
+
+
+def world_trainer(kind: str) -> dict:
+    """The simulated trainer of a point world: its law and truth, 1 % noise (its supervised law and
+    data domains where it has them)."""
+    world = POINT_WORLDS[kind]
+    simulated = {"law": world["law"], "params": world["params"], "noise": 0.01}
+    if "supervised" in world:
+        simulated["supervised"] = world["supervised"]
+    trainer: dict = {"kind": "simulated", "simulated": simulated}
+    if "domains" in world:
+        trainer["data"] = {"domains": world["domains"]}
+    return trainer
 
 
 @functools.cache

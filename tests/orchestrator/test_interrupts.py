@@ -14,6 +14,13 @@ from orchestrator.cluster import sigint_deferred
 from orchestrator.executors import RayExecutor
 
 
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():  # noqa: ANN202 - earlier tests of the session may leave SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt() -> None:
     os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread before os.kill returns
 
@@ -117,6 +124,7 @@ def test_ctrl_c_inside_ray_init_exits_cleanly() -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _CTRL_C_IN_RAY_INIT], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_IN_RAY_INIT], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not an ignored SIGINT
     assert done.returncode == 130, (done.returncode, done.stderr[-2000:])
     assert "interrupted, connected: True" in done.stdout
