@@ -102,19 +102,23 @@ def finished_runs(study) -> tuple[list[FinishedRun], list[FinishedRun]]:  # noqa
     return [r for r in runs if r.stage != "main"], [r for r in runs if r.stage == "main"]
 
 
-def n_params(study) -> int:  # noqa: ANN001
-    return max(len(law.law.param_names) for law in study_laws(study))
-
-
-def measure(world: str, seed: int) -> dict:
+def world_runs(world: str, seed: int):  # noqa: ANN201
+    """The world's study, its laws, its teachers and its runs in the (seeded) order they finish,
+    how many runs the first fit gets (two per parameter of its largest law), and the seconds the
+    simulated trainer took."""
     study = world_study(world, seed)
     start = time.perf_counter()
     teachers, runs = finished_runs(study)
     generated_s = time.perf_counter() - start
-    order = np.random.default_rng(seed).permutation(len(runs))
-    runs = [runs[i] for i in order]
-    first = 2 * n_params(study)
-    refitter = OnlineRefitter(study_laws(study), full_every=study.selection.refit_every, seed=seed, background=False)
+    runs = [runs[i] for i in np.random.default_rng(seed).permutation(len(runs))]
+    fitted = study_laws(study)
+    first = 2 * max(len(law.law.param_names) for law in fitted)
+    return study, fitted, teachers, runs, first, generated_s
+
+
+def measure(world: str, seed: int) -> dict:
+    study, fitted, teachers, runs, first, generated_s = world_runs(world, seed)
+    refitter = OnlineRefitter(fitted, full_every=study.selection.refit_every, seed=seed, background=False)
     refitter.submit(teachers + runs[:first])
     updates = []  # (runs, seconds, full)
     for i in range(first, len(runs)):
@@ -126,10 +130,10 @@ def measure(world: str, seed: int) -> dict:
     last = [s for n, s, full in updates[-100:] if not full]
     fulls = [s for n, s, full in updates if full]
     # baseline: the cold fit of the study's main law on the same tables
-    main_law = study_laws(study)[-1]
+    main_law = fitted[-1]
+    ready = resolve(main_law, {name: state.fit for name, state in refitter.states.items()})
     cold = {}
     for size in (100, 200, len(runs)):
-        ready = resolve(main_law, {name: state.fit for name, state in refitter.states.items()})
         inputs, loss = ready.table(teachers + runs[:size])
         times = []
         for _ in range(3):
@@ -142,7 +146,7 @@ def measure(world: str, seed: int) -> dict:
         "world": world,
         "runs": len(runs),
         "teachers": len(teachers),
-        "law_params": n_params(study),
+        "law_params": first // 2,
         "generate_s": generated_s,
         "warm_median_s": float(np.median(last)),
         "warm_p95_s": float(np.percentile(last, 95)),
@@ -155,7 +159,7 @@ def measure(world: str, seed: int) -> dict:
         "updates": updates,
     }
     print(
-        f"{world:13} {len(runs):4d} runs ({n_params(study)} params): warm median {row['warm_median_s']:.3f} s, "
+        f"{world:13} {len(runs):4d} runs ({first // 2} params): warm median {row['warm_median_s']:.3f} s, "
         f"p95 {row['warm_p95_s']:.3f} s, max {row['warm_max_s']:.3f} s (last 100 updates); full refit "
         f"{row['full_mean_s']:.2f} s; cold fit on all {cold[len(runs)]:.2f} s ({row['ratio']:.1f}x the warm median)",
         flush=True,
@@ -175,17 +179,14 @@ def polish_chains(world: str, rounds: list[int], seed: int) -> list[dict]:
     """Warm-fit chains with each number of polish rounds, against the cold fit (see ``--polish``)."""
     from orchestrator.refit import WARM_OPTIONS
 
-    study = world_study(world, seed)
-    teachers, runs = finished_runs(study)
-    runs = [runs[i] for i in np.random.default_rng(seed).permutation(len(runs))]
-    law = study_laws(study)[-1]
+    _, fitted, teachers, runs, first, _ = world_runs(world, seed)
+    law = fitted[-1]
     target = TARGETS[world]
 
     def predict(fit_: laws.LawFit) -> float:
         return float(law.law.predict(fit_.params, **target))
 
     rng = np.random.default_rng(seed + 1)
-    first = 2 * n_params(study)
     inputs, loss = law.table(teachers + runs[:first])
     cold = laws.fit(law.law, inputs, loss, covariance=False)
     chains = {r: cold for r in rounds}

@@ -86,9 +86,8 @@ def grid_view(study: StudyConfig, st: StudyStatus) -> GridView:
     return GridView.of(expand(study))
 
 
-def snapshot_of(st: StudyStatus, study: StudyConfig, runs: Sequence[PlannedRun] | GridView) -> Snapshot:
-    """The live view's counts and times, from what the store recorded."""
-    grid = runs if isinstance(runs, GridView) else GridView.of(runs)
+def snapshot_of(st: StudyStatus, study: StudyConfig, grid: GridView) -> Snapshot:
+    """The live view's counts and times, from what the store recorded, against ``grid``."""
     ended = st.study_status != "RUNNING"
     states = run_states(st.attempts, max_attempts=study.resources.max_retries + 1, ended=ended)
     total = grid.total
