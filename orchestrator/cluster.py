@@ -56,8 +56,8 @@ def sigint_deferred() -> Iterator[None]:
     the core worker's threads running into interpreter exit, which segfaults; once Ray is fully
     connected, its atexit shutdown stops them in order. A second Ctrl-C interrupts at once (a
     ``ray.init`` that hangs must stay stoppable). Outside the main thread (where signals cannot
-    be handled) the block runs as is."""
-    if threading.current_thread() is not threading.main_thread():
+    be handled), or where Ctrl-C is ignored, the block runs as is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         yield
         return
     caught: list[int] = []
@@ -75,7 +75,7 @@ def sigint_deferred() -> Iterator[None]:
     if caught:
         if callable(previous):
             previous(signal.SIGINT, None)
-        elif previous != signal.SIG_IGN:
+        else:  # SIG_DFL, or a handler not set from Python: as Python's own would
             raise KeyboardInterrupt
 
 

@@ -58,6 +58,18 @@ def test_a_held_ctrl_c_goes_to_the_handler_that_was_there() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+def test_where_ctrl_c_is_ignored_it_stays_ignored() -> None:
+    """A process that ignores SIGINT (started with it ignored, as under nohup) is not made
+    interruptible by the hold: two Ctrl-C used to raise inside the block."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    done = []
+    with sigint_deferred():
+        _interrupt()
+        _interrupt()
+        done.append("the block went on")
+    assert done == ["the block went on"] and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
 class _FakeRay:
     """The Ray calls the executor's shutdown makes: which refs are done, cancel, kill."""
 
